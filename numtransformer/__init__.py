@@ -1,0 +1,34 @@
+"""numtransformer: attention models in NumPy, every backward pass written by hand.
+
+The layer contract (see ``numtransformer.module``)::
+
+    out, cache = layer.forward(x)      # cache holds what backward needs
+    dx = layer.backward(dout, cache)   # parameter grads are added to p.grad
+"""
+
+from .gradcheck import GradcheckReport, gradcheck
+from .layers import (
+    GELU,
+    Dropout,
+    Embedding,
+    LayerNorm,
+    LearnedPositionalEmbedding,
+    Linear,
+    PositionwiseFeedForward,
+    ReLU,
+    Sigmoid,
+    SinusoidalPositionalEncoding,
+    Softmax,
+    Tanh,
+)
+from .losses import CrossEntropyLoss
+from .module import Module, Parameter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Module", "Parameter", "gradcheck", "GradcheckReport",
+    "Linear", "Embedding", "ReLU", "GELU", "Tanh", "Sigmoid", "Softmax", "Dropout",
+    "LayerNorm", "PositionwiseFeedForward", "SinusoidalPositionalEncoding",
+    "LearnedPositionalEmbedding", "CrossEntropyLoss",
+]

@@ -1,0 +1,137 @@
+"""Input checks shared by the public entry points.
+
+Every message names the layer, the argument, what was expected and what came,
+e.g. ``Linear: x has last dim 63, expected in_features=64``.  Shape and dtype
+checks are O(1) and always run; the O(N) NaN/inf scan runs only in the
+outermost forward (see ``numtransformer.module``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .module import is_outermost_call
+
+
+def _name(layer) -> str:
+    return layer if isinstance(layer, str) else type(layer).__name__
+
+
+def check_float(
+    layer,
+    arg: str,
+    x,
+    *,
+    dtype=None,
+    ndim=None,
+    min_ndim: int = 0,
+    last_dim: int | None = None,
+    last_dim_name: str = "",
+    finite: bool = True,
+) -> np.ndarray:
+    """Check that ``x`` is a floating-point array of the expected rank/width/dtype.
+
+    ``dtype``: the dtype the layer computes in (its parameters'); a different
+    float dtype is a TypeError rather than a silent promotion.
+    """
+    who = _name(layer)
+    if not isinstance(x, np.ndarray):
+        if isinstance(x, (list, tuple, float, int, np.generic)):
+            x = np.asarray(x)
+        else:
+            raise TypeError(f"{who}: {arg} must be a numpy array, got {type(x).__name__}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{who}: {arg} must be a floating-point array, got dtype {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(
+            f"{who}: {arg} has dtype {x.dtype} but the layer computes in {np.dtype(dtype)}; "
+            f"cast the input (x.astype(...)) or the layer (.astype(...))"
+        )
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            want = " or ".join(str(n) for n in allowed)
+            raise ValueError(f"{who}: {arg} must have {want} dims, got shape {x.shape}")
+    if x.ndim < min_ndim:
+        raise ValueError(f"{who}: {arg} must have at least {min_ndim} dims, got shape {x.shape}")
+    if last_dim is not None and (x.ndim == 0 or x.shape[-1] != last_dim):
+        got = x.shape[-1] if x.ndim else "none (a scalar)"
+        label = f"{last_dim_name}={last_dim}" if last_dim_name else str(last_dim)
+        raise ValueError(f"{who}: {arg} has last dim {got}, expected {label}")
+    if finite and is_outermost_call() and not np.isfinite(x).all():
+        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        raise ValueError(f"{who}: {arg} contains {bad} NaN/inf value(s)")
+    return x
+
+
+def check_ids(layer, arg: str, ids, num: int, *, min_ndim: int = 0) -> np.ndarray:
+    """Check integer token ids in ``[0, num)``."""
+    who = _name(layer)
+    if not isinstance(ids, np.ndarray):
+        if isinstance(ids, (list, tuple, int, np.integer)):
+            ids = np.asarray(ids)
+        else:
+            raise TypeError(f"{who}: {arg} must be an integer numpy array, got {type(ids).__name__}")
+    if not np.issubdtype(ids.dtype, np.integer) or ids.dtype == np.bool_:
+        raise TypeError(f"{who}: {arg} must be an integer array, got dtype {ids.dtype}")
+    if ids.ndim < min_ndim:
+        raise ValueError(f"{who}: {arg} must have at least {min_ndim} dims, got shape {ids.shape}")
+    if ids.size:
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= num:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{who}: {arg} contains id {bad}, expected ids in [0, {num})")
+    return ids
+
+
+def check_mask(layer, arg: str, mask, shape: tuple) -> np.ndarray:
+    """Check a boolean mask of exactly ``shape`` (True = blocked / padding)."""
+    who = _name(layer)
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"{who}: {arg} must be a boolean numpy array, got {type(mask).__name__}")
+    if mask.dtype != np.bool_:
+        raise TypeError(
+            f"{who}: {arg} must be boolean (True = blocked), got dtype {mask.dtype}"
+        )
+    if mask.shape != tuple(shape):
+        raise ValueError(f"{who}: {arg} has shape {mask.shape}, expected {tuple(shape)}")
+    return mask
+
+
+def check_positive_int(layer, arg: str, value, *, minimum: int = 1) -> int:
+    who = _name(layer)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{who}: {arg} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{who}: {arg} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_probability(layer, arg: str, value, *, allow_one: bool = True) -> float:
+    who = _name(layer)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{who}: {arg} must be a float, got {type(value).__name__}")
+    value = float(value)
+    upper_ok = value <= 1.0 if allow_one else value < 1.0
+    if not (0.0 <= value and upper_ok):
+        bound = "[0, 1]" if allow_one else "[0, 1)"
+        raise ValueError(f"{who}: {arg} must be in {bound}, got {value}")
+    return value
+
+
+def check_float_dtype(layer, dtype) -> np.dtype:
+    who = _name(layer)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"{who}: dtype {dtype!r} is not a numpy dtype") from exc
+    if not np.issubdtype(dt, np.floating):
+        raise TypeError(f"{who}: dtype must be a floating-point dtype, got {dt}")
+    return dt
+
+
+def as_rng(seed) -> np.random.Generator:
+    """A ``np.random.Generator`` from a seed, a Generator (used as is) or None."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)

@@ -1,0 +1,15 @@
+"""Core layers: each a Module with an explicit forward and backward."""
+
+from .activations import GELU, ReLU, Sigmoid, Softmax, Tanh, get_activation, log_softmax, softmax
+from .dropout import Dropout
+from .embedding import Embedding
+from .feedforward import PositionwiseFeedForward
+from .layernorm import LayerNorm
+from .linear import Linear
+from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, sinusoid_table
+
+__all__ = [
+    "Linear", "Embedding", "ReLU", "GELU", "Tanh", "Sigmoid", "Softmax", "Dropout",
+    "LayerNorm", "PositionwiseFeedForward", "SinusoidalPositionalEncoding",
+    "LearnedPositionalEmbedding", "softmax", "log_softmax", "sinusoid_table", "get_activation",
+]

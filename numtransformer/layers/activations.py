@@ -1,0 +1,193 @@
+"""Elementwise activations and softmax.
+
+Each activation is a parameter-free Module whose cache holds the one array its
+backward needs (the input or the output, whichever makes the derivative
+cheapest).  ``softmax`` and ``log_softmax`` are also exposed as functions:
+they are numerically stable and handle blocked (masked) entries.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from scipy.special import erf, expit
+
+from .._validate import check_float, check_mask
+from ..module import Module
+
+__all__ = ["ReLU", "GELU", "Tanh", "Sigmoid", "Softmax", "softmax", "log_softmax",
+           "get_activation"]
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def softmax(x: np.ndarray, axis: int = -1, mask: np.ndarray | None = None) -> np.ndarray:
+    """Stable softmax along ``axis``; ``mask`` True = blocked (weight 0).
+
+    Subtracting the row max leaves the result unchanged (softmax is invariant
+    to adding a constant to a row) and keeps exp from overflowing.  A row whose
+    entries are all blocked (or all -inf) gives all zeros, never NaN.
+    """
+    if mask is not None:
+        x = np.where(mask, -np.inf, x)
+    m = x.max(axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)  # an all-blocked row has max -inf
+    e = np.exp(x - m)
+    s = e.sum(axis=axis, keepdims=True)
+    return e / np.where(s > 0, s, 1)
+
+
+def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Stable log-softmax: ``x - max - log(sum(exp(x - max)))`` (log-sum-exp)."""
+    m = x.max(axis=axis, keepdims=True)
+    shifted = x - m
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+class ActivationCache(NamedTuple):
+    x: np.ndarray | None  # the input, kept when the derivative needs it
+    y: np.ndarray | None  # the output, kept when the derivative needs it
+
+
+class _Elementwise(Module):
+    def _check(self, x):
+        return check_float(self, "x", x)
+
+
+class ReLU(_Elementwise):
+    """y = max(x, 0).
+
+    Backward: dx = dy * [x > 0]  (the subgradient at exactly 0 is taken as 0,
+    as PyTorch does).
+    """
+
+    def forward(self, x):
+        x = self._check(x)
+        y = np.maximum(x, 0)
+        return y, ActivationCache(x=None, y=y)
+
+    def backward(self, dy, cache):
+        return dy * (cache.y > 0)
+
+
+class GELU(Module):
+    """Gaussian error linear unit (Hendrycks & Gimpel, 2016).
+
+    approximate="none" (exact, erf form):
+        Phi(x) = (1 + erf(x / sqrt 2)) / 2,   phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+        y  = x Phi(x)
+        dx = dy (Phi(x) + x phi(x))
+    approximate="tanh":
+        u  = sqrt(2/pi) (x + 0.044715 x^3),   t = tanh(u)
+        y  = x (1 + t) / 2
+        dx = dy ((1 + t) / 2 + x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2) / 2)
+    Both as PyTorch's ``nn.GELU(approximate=...)``.
+    """
+
+    def __init__(self, approximate: str = "none"):
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        x = check_float(self, "x", x)
+        if self.approximate == "none":
+            Phi = 0.5 * (1.0 + erf(x * _INV_SQRT2))
+            y = x * Phi
+        else:
+            t = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
+            y = 0.5 * x * (1.0 + t)
+        return y, ActivationCache(x=x, y=None)
+
+    def backward(self, dy, cache):
+        x = cache.x
+        if self.approximate == "none":
+            Phi = 0.5 * (1.0 + erf(x * _INV_SQRT2))
+            phi = _INV_SQRT_2PI * np.exp(-0.5 * x * x)
+            return dy * (Phi + x * phi)
+        t = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
+        du_dx = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
+        return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
+class Tanh(_Elementwise):
+    """y = tanh(x).   Backward: dx = dy (1 - y^2)."""
+
+    def forward(self, x):
+        y = np.tanh(self._check(x))
+        return y, ActivationCache(x=None, y=y)
+
+    def backward(self, dy, cache):
+        y = cache.y
+        return dy * (1.0 - y * y)
+
+
+class Sigmoid(_Elementwise):
+    """y = 1 / (1 + exp(-x)) (``scipy.special.expit``: no overflow for large |x|).
+
+    Backward: dx = dy y (1 - y).
+    """
+
+    def forward(self, x):
+        y = expit(self._check(x))
+        return y, ActivationCache(x=None, y=y)
+
+    def backward(self, dy, cache):
+        y = cache.y
+        return dy * y * (1.0 - y)
+
+
+class SoftmaxCache(NamedTuple):
+    y: np.ndarray  # the softmax output
+
+
+class Softmax(Module):
+    """Softmax along ``axis``, optionally masked (True = blocked).
+
+    Forward:
+        y_i = exp(x_i - max_j x_j) / sum_k exp(x_k - max_j x_j)   (blocked: y_i = 0)
+
+    Backward (the Jacobian is diag(y) - y y^T):
+        dx_i = y_i (dy_i - sum_k dy_k y_k)
+    Blocked entries have y_i = 0, so they get dx_i = 0; an all-blocked row is 0.
+    """
+
+    def __init__(self, axis: int = -1):
+        self.axis = int(axis)
+
+    def forward(self, x, mask=None):
+        x = check_float(self, "x", x, min_ndim=1)
+        if not -x.ndim <= self.axis < x.ndim:
+            raise ValueError(f"Softmax: axis {self.axis} is out of range for x of shape {x.shape}")
+        if mask is not None:
+            mask = check_mask(self, "mask", mask, x.shape)
+        y = softmax(x, axis=self.axis, mask=mask)
+        return y, SoftmaxCache(y=y)
+
+    def backward(self, dy, cache: SoftmaxCache):
+        y = cache.y
+        return y * (dy - np.sum(dy * y, axis=self.axis, keepdims=True))
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}"
+
+
+def get_activation(name: str) -> Module:
+    """``relu``, ``gelu`` (exact), ``gelu_tanh``, ``tanh`` or ``sigmoid``."""
+    table = {
+        "relu": ReLU,
+        "gelu": GELU,
+        "gelu_tanh": lambda: GELU(approximate="tanh"),
+        "tanh": Tanh,
+        "sigmoid": Sigmoid,
+    }
+    if name not in table:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(table)}")
+    return table[name]()

@@ -1,0 +1,69 @@
+"""Token embedding lookup."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .._validate import as_rng, check_float_dtype, check_ids, check_positive_int
+from ..module import Module, Parameter
+
+
+class EmbeddingCache(NamedTuple):
+    ids: np.ndarray  # (...,) the integer ids that were looked up
+
+
+class Embedding(Module):
+    """A table of ``num_embeddings`` vectors of size ``embedding_dim``.
+
+    Shapes: ids (...) integers in [0, V), W (V, D), y (..., D).
+
+    Forward:
+        y[...] = W[ids[...]]
+
+    Backward (ids get no gradient; backward returns None):
+        dW[v] += sum over positions p with ids[p] == v of dy[p]
+    The scatter-add must sum repeated ids (``W.grad[ids] += dy`` would keep
+    only one of them); ``np.add.at`` does the unbuffered sum.
+
+    ``padding_idx`` (as PyTorch): that row starts at zero and never receives
+    gradient, so it stays fixed during training; the lookup itself still
+    returns the row.  Init as PyTorch: W ~ N(0, 1).
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 *, dtype=np.float32, rng=None):
+        self.num_embeddings = check_positive_int(self, "num_embeddings", num_embeddings)
+        self.embedding_dim = check_positive_int(self, "embedding_dim", embedding_dim)
+        if padding_idx is not None:
+            if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)):
+                raise TypeError(f"Embedding: padding_idx must be an int or None, "
+                                f"got {type(padding_idx).__name__}")
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(f"Embedding: padding_idx must be in [-{num_embeddings}, "
+                                 f"{num_embeddings}), got {padding_idx}")
+            padding_idx = int(padding_idx) % num_embeddings
+        self.padding_idx = padding_idx
+        dtype = check_float_dtype(self, dtype)
+        W = as_rng(rng).standard_normal((num_embeddings, embedding_dim)).astype(dtype)
+        if padding_idx is not None:
+            W[padding_idx] = 0
+        self.W = Parameter(W)
+
+    def forward(self, ids):
+        ids = check_ids(self, "ids", ids, self.num_embeddings)
+        return self.W.data[ids], EmbeddingCache(ids=ids)
+
+    def backward(self, dy, cache: EmbeddingCache):
+        ids = cache.ids.reshape(-1)
+        dy2 = dy.reshape(-1, self.embedding_dim)
+        if self.padding_idx is not None:
+            keep = ids != self.padding_idx
+            ids, dy2 = ids[keep], dy2[keep]
+        np.add.at(self.W.grad, ids, dy2)
+        return None
+
+    def extra_repr(self) -> str:
+        pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}{pad}"

@@ -1,0 +1,112 @@
+"""Losses."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ._validate import check_float, check_probability
+from .layers.activations import log_softmax
+from .module import Module
+
+__all__ = ["CrossEntropyLoss"]
+
+
+class CrossEntropyCache(NamedTuple):
+    log_probs: np.ndarray  # (N, V) log-softmax of the logits
+    targets: np.ndarray  # (N,) target ids, ignored positions replaced by 0
+    valid: np.ndarray  # (N,) bool: the target is not ignore_index
+    n_valid: int  # number of targets that count
+    shape: tuple  # the logits' shape, restored in backward
+
+
+class CrossEntropyLoss(Module):
+    """Softmax cross-entropy over the last axis, fused with log-softmax.
+
+    Shapes: logits z (..., V), targets y (...) integer ids in [0, V) or
+    ``ignore_index``.  Rows are flattened to N = prod(...).
+
+    Forward (eps = label_smoothing, valid_i = [y_i != ignore_index]):
+        log p_i  = z_i - max(z_i) - log sum_c exp(z_ic - max(z_i))    (log-sum-exp)
+        q_i      = (1 - eps) onehot(y_i) + eps / V                    (smoothed target)
+        loss_i   = -sum_c q_ic log p_ic
+                 = (1 - eps) (-log p_{i,y_i}) + eps * mean_c(-log p_ic)
+        mean:      L = sum_i valid_i loss_i / n_valid,  n_valid = sum_i valid_i
+        sum:       L = sum_i valid_i loss_i
+        none:      L_i = valid_i loss_i
+
+    Backward (dL is the upstream gradient: a scalar, or (...) for "none"):
+        dz_i = (softmax(z_i) - q_i) * valid_i * w_i
+    with w_i = dL / n_valid (mean), dL (sum), dL_i (none).  softmax(z_i) is
+    exp(log p_i), so no second exp-normalise is needed.
+
+    Matches ``torch.nn.CrossEntropyLoss(ignore_index, label_smoothing,
+    reduction)`` with one deliberate difference: a batch whose targets are all
+    ignored has loss 0 and zero gradient (PyTorch returns NaN for "mean").
+    log p is finite for finite logits, so label smoothing never takes log(0).
+    """
+
+    def __init__(self, ignore_index: int = -100, label_smoothing: float = 0.0,
+                 reduction: str = "mean"):
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"CrossEntropyLoss: reduction must be 'mean', 'sum' or 'none', "
+                             f"got {reduction!r}")
+        self.ignore_index = int(ignore_index)
+        self.label_smoothing = check_probability(self, "label_smoothing", label_smoothing)
+        self.reduction = reduction
+
+    def forward(self, logits, targets):
+        logits = check_float(self, "logits", logits, min_ndim=1)
+        V = logits.shape[-1]
+        if V == 0:
+            raise ValueError("CrossEntropyLoss: logits has last dim 0, expected at least 1 class")
+        if not isinstance(targets, np.ndarray) or not np.issubdtype(targets.dtype, np.integer):
+            got = targets.dtype if isinstance(targets, np.ndarray) else type(targets).__name__
+            raise TypeError(f"CrossEntropyLoss: targets must be an integer array, got {got}")
+        if targets.shape != logits.shape[:-1]:
+            raise ValueError(f"CrossEntropyLoss: targets has shape {targets.shape}, expected "
+                             f"{logits.shape[:-1]} (the logits' shape without the class axis)")
+        y = targets.reshape(-1)
+        valid = y != self.ignore_index
+        bad = valid & ((y < 0) | (y >= V))
+        if bad.any():
+            raise ValueError(f"CrossEntropyLoss: targets contains id {int(y[bad][0])}, expected "
+                             f"ids in [0, {V}) or ignore_index={self.ignore_index}")
+        y = np.where(valid, y, 0)
+        n_valid = int(valid.sum())
+
+        log_p = log_softmax(logits.reshape(-1, V), axis=-1)
+        eps = self.label_smoothing
+        nll = -np.take_along_axis(log_p, y[:, None], axis=1)[:, 0]
+        loss_i = nll if eps == 0.0 else (1.0 - eps) * nll - eps * log_p.mean(axis=1)
+        loss_i = np.where(valid, loss_i, 0)
+        if self.reduction == "none":
+            loss = loss_i.reshape(targets.shape)
+        else:
+            total = loss_i.sum(dtype=loss_i.dtype)
+            loss = total / max(n_valid, 1) if self.reduction == "mean" else total
+            loss = np.asarray(loss, dtype=logits.dtype)
+        cache = CrossEntropyCache(log_probs=log_p, targets=y, valid=valid, n_valid=n_valid,
+                                  shape=logits.shape)
+        return loss, cache
+
+    def backward(self, dout=1.0, cache: CrossEntropyCache = None):
+        log_p, y, valid = cache.log_probs, cache.targets, cache.valid
+        N, V = log_p.shape
+        eps = self.label_smoothing
+        dz = np.exp(log_p)  # softmax
+        if eps:
+            dz -= eps / V
+        dz[np.arange(N), y] -= 1.0 - eps
+        if self.reduction == "none":
+            w = np.asarray(dout, dtype=dz.dtype).reshape(-1) * valid
+        else:
+            scale = float(np.asarray(dout)) / (max(cache.n_valid, 1) if self.reduction == "mean" else 1)
+            w = valid * np.asarray(scale, dtype=dz.dtype)
+        dz *= w[:, None]
+        return dz.reshape(cache.shape)
+
+    def extra_repr(self) -> str:
+        return (f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, "
+                f"reduction={self.reduction!r}")

@@ -1,0 +1,274 @@
+"""The layer contract: ``Parameter`` and ``Module``.
+
+Every layer and every model in numtransformer follows one contract::
+
+    out, cache = m.forward(*inputs, **options)   # cache: what backward needs
+    dx = m.backward(dout, cache)                 # grads of the float inputs
+    y = m(*inputs, **options)                    # forward, cache dropped
+
+* The cache is *returned*, never stored on ``self``.  A module called several
+  times before its backward (an RNN cell unrolled over time, a weight shared by
+  two layers) therefore just works: each call has its own cache.
+* ``backward`` returns the gradients of the float inputs, in the order they were
+  passed (one array, a tuple when there are several, ``None`` when there are
+  none: token ids and boolean masks get no gradient).  Parameter gradients are
+  *added* to ``p.grad``, so gradients of a parameter used several times sum up.
+* Shapes are batch-first ``(B, T, D)``; boolean masks use PyTorch's meaning
+  (``True`` = may NOT attend / is padding).
+
+Input checks.  A public ``forward`` validates what it is given (dtype, rank,
+widths, ids in range, masks) and scans float inputs for NaN/inf.  The scan is
+O(N), so it runs only in the *outermost* forward: when a module's forward runs
+inside another module's forward (a Linear inside an attention layer, a cell
+inside the time loop), the outer module has already checked its inputs and the
+inner scan is skipped.  ``Module`` tracks that nesting depth itself (see
+``__init_subclass__``); cheap shape checks always run.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+from collections import OrderedDict
+from typing import Iterator
+
+import numpy as np
+
+__all__ = ["Parameter", "Module", "is_outermost_call"]
+
+# Number of Module.forward calls currently on the stack (see module docstring).
+_FORWARD_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "numtransformer_forward_depth", default=0
+)
+
+
+def is_outermost_call() -> bool:
+    """True when the running forward was called by user code, not by another module."""
+    return _FORWARD_DEPTH.get() <= 1
+
+
+def _track_depth(forward):
+    @functools.wraps(forward)
+    def wrapped(self, *args, **kwargs):
+        token = _FORWARD_DEPTH.set(_FORWARD_DEPTH.get() + 1)
+        try:
+            return forward(self, *args, **kwargs)
+        finally:
+            _FORWARD_DEPTH.reset(token)
+
+    wrapped._tracks_depth = True
+    return wrapped
+
+
+class Parameter:
+    """A trainable tensor: ``data`` and its accumulated gradient ``grad``.
+
+    ``grad`` always has the shape and dtype of ``data``.  Backward passes add to
+    it (``p.grad += ...``); ``zero_grad`` resets it.
+    """
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        data = np.array(data, copy=True)
+        if not np.issubdtype(data.dtype, np.floating):
+            raise TypeError(
+                f"Parameter: data must be a floating-point array, got dtype {data.dtype}"
+            )
+        self.data = data
+        self.grad = np.zeros_like(data)
+
+    @property
+    def shape(self) -> tuple:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    def zero_grad(self) -> None:
+        self.grad[...] = 0
+
+    def astype(self, dtype) -> "Parameter":
+        """Cast data and grad in place (the object identity is kept, so ties survive)."""
+        self.data = self.data.astype(dtype)
+        self.grad = self.grad.astype(dtype)
+        return self
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class of every layer and model (see the module docstring).
+
+    Subclasses assign ``Parameter`` objects, child ``Module`` objects, and lists
+    or tuples of child modules as plain attributes; ``named_parameters`` finds
+    them in assignment order and names them with dotted paths
+    (``layers.0.ffn.linear1.W``).  A parameter reachable under two names (tied
+    weights) is listed once, under the first name.
+    """
+
+    training: bool = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        forward = cls.__dict__.get("forward")
+        if forward is not None and not getattr(forward, "_tracks_depth", False):
+            cls.forward = _track_depth(forward)
+
+    # -- the contract -----------------------------------------------------------
+    def forward(self, *inputs, **options):
+        """Return ``(out, cache)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, dout, cache):
+        """Add parameter gradients to ``p.grad``; return the float inputs' gradients."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def __call__(self, *inputs, **options):
+        out, _ = self.forward(*inputs, **options)
+        return out
+
+    # -- the tree -----------------------------------------------------------------
+    def named_children(self) -> Iterator[tuple[str, "Module"]]:
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, (list, tuple)):
+                for i, item in enumerate(value):
+                    if isinstance(item, Module):
+                        yield f"{name}.{i}", item
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+        """Yield ``(dotted.name, module)`` for this module and every descendant."""
+        seen: set[int] = set()
+        stack = [(prefix, self)]
+        while stack:
+            name, module = stack.pop(0)
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            yield name, module
+            children = [
+                (f"{name}.{child_name}" if name else child_name, child)
+                for child_name, child in module.named_children()
+            ]
+            stack[0:0] = children
+
+    def _named_parameters_all(self) -> Iterator[tuple[str, Parameter]]:
+        """Every (name, parameter) pair, including second names of tied weights."""
+
+        def walk(module: Module, prefix: str, on_path: set[int]):
+            for name, value in vars(module).items():
+                if isinstance(value, Parameter):
+                    yield prefix + name, value
+            for child_name, child in module.named_children():
+                if id(child) in on_path:  # a cycle would recurse forever
+                    continue
+                yield from walk(child, f"{prefix}{child_name}.", on_path | {id(child)})
+
+        yield from walk(self, "", {id(self)})
+
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+        """Yield ``(dotted.name, Parameter)``; a shared parameter appears once."""
+        seen: set[int] = set()
+        for name, p in self._named_parameters_all():
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield name, p
+
+    def parameters(self) -> list[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.parameters())
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.zero_grad()
+
+    def train(self, mode: bool = True) -> "Module":
+        for _, m in self.named_modules():
+            m.training = bool(mode)
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    # -- state ----------------------------------------------------------------------
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """A copy of every parameter under every name it has (tied weights twice)."""
+        return OrderedDict((name, p.data.copy()) for name, p in self._named_parameters_all())
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> dict[str, list[str]]:
+        """Copy arrays into the parameters, keeping each parameter's dtype.
+
+        With ``strict=True`` any missing or unexpected key is an error; a shape
+        mismatch is always an error.  Every offending key is named.  Returns
+        ``{"missing_keys": [...], "unexpected_keys": [...]}``.
+        """
+        own = OrderedDict(self._named_parameters_all())
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        problems = []
+        if strict and missing:
+            problems.append("missing keys: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        arrays = {}
+        for key, p in own.items():
+            if key not in state_dict:
+                continue
+            value = np.asarray(state_dict[key])
+            if value.dtype == object or not (
+                np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
+            ):
+                problems.append(f"{key}: expected a numeric array, got dtype {value.dtype}")
+            elif value.shape != p.shape:
+                problems.append(
+                    f"{key}: expected shape {p.shape}, got {value.shape}"
+                )
+            else:
+                arrays[key] = value
+        if problems:
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: " + "; ".join(problems)
+            )
+        for key, value in arrays.items():
+            p = own[key]
+            p.data = value.astype(p.dtype, copy=True)
+            if p.grad.shape != p.data.shape:
+                p.grad = np.zeros_like(p.data)
+        return {"missing_keys": missing, "unexpected_keys": unexpected}
+
+    def astype(self, dtype) -> "Module":
+        """Cast every parameter (and its grad) to ``dtype``; returns ``self``."""
+        dtype = np.dtype(dtype)
+        if not np.issubdtype(dtype, np.floating):
+            raise TypeError(f"{type(self).__name__}.astype: expected a float dtype, got {dtype}")
+        for p in self.parameters():
+            p.astype(dtype)
+        for _, m in self.named_modules():
+            if "dtype" in vars(m):
+                m.dtype = dtype
+        return self
+
+    # -- display --------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        children = list(self.named_children())
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not children:
+            return head + ")"
+        lines = [head]
+        for name, child in children:
+            body = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {body}")
+        return "\n".join(lines) + "\n)"

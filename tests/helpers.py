@@ -1,0 +1,30 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+seeds = st.integers(min_value=0, max_value=2**31 - 1)
+
+
+def away_from_zero(rng: np.random.Generator, shape, margin: float = 0.05) -> np.ndarray:
+    """Normal draws pushed at least ``margin`` away from 0 (clear of the ReLU kink)."""
+    x = rng.standard_normal(shape)
+    return np.where(x >= 0, x + margin, x - margin)
+
+
+def check_dtype_preserved(module, *inputs, **kwargs):
+    """float32 in -> float32 out (and float32 input grads) for a float32 module."""
+    out, cache = module.forward(*inputs, **kwargs)
+    outs = out if isinstance(out, tuple) else (out,)
+    for o in outs:
+        assert o.dtype == np.float32, f"{type(module).__name__}: output dtype {o.dtype}"
+    dout = tuple(np.ones_like(o) for o in outs) if isinstance(out, tuple) else np.ones_like(out)
+    grads = module.backward(dout, cache)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    for g in grads:
+        if g is not None:
+            assert g.dtype == np.float32, f"{type(module).__name__}: grad dtype {g.dtype}"
+    for name, p in module.named_parameters():
+        assert p.grad.dtype == np.float32, f"{name}: grad dtype {p.grad.dtype}"
