@@ -74,6 +74,12 @@ class ReLU(_Elementwise):
         return dy * (cache.y > 0)
 
 
+class GELUCache(NamedTuple):
+    x: np.ndarray  # the input
+    Phi: np.ndarray | None  # exact form: the normal CDF at x (erf is the costly part)
+    t: np.ndarray | None  # tanh form: tanh(u)
+
+
 class GELU(Module):
     """Gaussian error linear unit (Hendrycks & Gimpel, 2016).
 
@@ -98,18 +104,17 @@ class GELU(Module):
         if self.approximate == "none":
             Phi = 0.5 * (1.0 + erf(x * _INV_SQRT2))
             y = x * Phi
-        else:
-            t = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
-            y = 0.5 * x * (1.0 + t)
-        return y, ActivationCache(x=x, y=None)
+            return y, GELUCache(x=x, Phi=Phi, t=None)
+        t = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
+        y = 0.5 * x * (1.0 + t)
+        return y, GELUCache(x=x, Phi=None, t=t)
 
     def backward(self, dy, cache):
         x = cache.x
         if self.approximate == "none":
-            Phi = 0.5 * (1.0 + erf(x * _INV_SQRT2))
             phi = _INV_SQRT_2PI * np.exp(-0.5 * x * x)
-            return dy * (Phi + x * phi)
-        t = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
+            return dy * (cache.Phi + x * phi)
+        t = cache.t
         du_dx = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
         return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
 
