@@ -1,0 +1,174 @@
+import math
+
+import numpy as np
+import pytest
+
+from numtransformer import Linear, Parameter
+from numtransformer.optim import (
+    SGD,
+    Adam,
+    AdamW,
+    ConstantSchedule,
+    NoamSchedule,
+    WarmupCosineSchedule,
+    clip_grad_norm,
+    global_grad_norm,
+)
+
+
+def _param(values, grad):
+    p = Parameter(np.array(values, dtype=np.float64))
+    p.grad[...] = grad
+    return p
+
+
+def test_sgd_plain_and_weight_decay_by_hand():
+    p = _param([1.0, -2.0], [0.5, 0.5])
+    SGD([p], lr=0.1, weight_decay=0.2).step()
+    # g = [0.5 + 0.2, 0.5 - 0.4]
+    np.testing.assert_allclose(p.data, [1 - 0.07, -2 - 0.01])
+
+
+def test_sgd_momentum_and_nesterov_by_hand():
+    p = _param([0.0], [1.0])
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    opt.step()  # b = 1, p = -0.1
+    opt.step()  # b = 0.9 + 1 = 1.9, p = -0.1 - 0.19
+    np.testing.assert_allclose(p.data, [-0.29])
+    q = _param([0.0], [1.0])
+    opt = SGD([q], lr=0.1, momentum=0.9, nesterov=True)
+    opt.step()  # b = 1, g = 1 + 0.9 = 1.9
+    opt.step()  # b = 1.9, g = 1 + 1.71 = 2.71
+    np.testing.assert_allclose(q.data, [-0.19 - 0.271])
+
+
+def test_adam_by_hand_with_bias_correction_per_step():
+    p = _param([1.0, 1.0], [0.1, -0.3])
+    opt = Adam([p], lr=0.01, betas=(0.9, 0.99), eps=1e-8)
+    opt.step()
+    # step 1: m_hat = g, v_hat = g^2, update = lr * g / (|g| + eps)
+    np.testing.assert_allclose(p.data, [1 - 0.01 * 0.1 / (0.1 + 1e-8), 1 + 0.01 * 0.3 / (0.3 + 1e-8)])
+    p.grad[...] = [0.2, 0.2]
+    opt.step()
+    m = 0.9 * 0.1 * 0.1 + 0.1 * 0.2  # m after two steps, first coordinate
+    v = 0.99 * 0.01 * 0.01 + 0.01 * 0.04
+    m_hat, v_hat = m / (1 - 0.9**2), v / (1 - 0.99**2)
+    expected0 = 1 - 0.01 * 0.1 / (0.1 + 1e-8) - 0.01 * m_hat / (math.sqrt(v_hat) + 1e-8)
+    assert abs(p.data[0] - expected0) < 1e-14
+    assert opt.step_count == 2
+
+
+def test_step_count_is_per_step_not_per_tensor():
+    # Classic bug: a counter advanced once per tensor makes bias correction
+    # depend on the number of tensors.  Ten tensors, one step: all see t = 1.
+    ps = [_param([0.0], [1.0]) for _ in range(10)]
+    opt = Adam(ps, lr=0.1)
+    opt.step()
+    assert opt.step_count == 1
+    for p in ps:
+        np.testing.assert_allclose(p.data, [-0.1], rtol=1e-6)  # m_hat/sqrt(v_hat) = 1 at t = 1
+
+
+def test_adamw_decays_the_weights_not_the_gradient():
+    p = _param([2.0], [0.0])
+    AdamW([p], lr=0.1, weight_decay=0.5).step()
+    # zero gradient: the Adam part is 0 / (0 + eps) = 0; the decay is p *= 1 - lr * wd
+    np.testing.assert_allclose(p.data, [2.0 * (1 - 0.05)])
+    q = _param([2.0], [0.0])
+    Adam([q], lr=0.1, weight_decay=0.5).step()
+    # Adam's L2 penalty enters the gradient: g = 1, the step is lr * sign = 0.1
+    np.testing.assert_allclose(q.data, [1.9], rtol=1e-6)
+
+
+def test_float32_stays_float32():
+    lin = Linear(3, 2, rng=0)
+    for p in lin.parameters():
+        p.grad[...] = 0.1
+    for opt in (SGD(lin, lr=0.1, momentum=0.9, weight_decay=0.1), Adam(lin), AdamW(lin)):
+        opt.step()
+        opt.step()
+        assert all(p.dtype == np.float32 for p in lin.parameters())
+        assert all(b.dtype == np.float32 for kind in opt.state.values() for b in kind.values())
+
+
+def test_state_dict_resume_is_bit_exact():
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal((4, 3)).astype(np.float32) for _ in range(6)]
+
+    def run(split):
+        lin = Linear(4, 3, rng=0)
+        opt = AdamW(lin, lr=0.01)
+        for i, g in enumerate(grads):
+            if i == split:
+                saved_params, saved_opt = lin.state_dict(), opt.state_dict()
+                lin = Linear(4, 3, rng=99)
+                lin.load_state_dict(saved_params)
+                opt = AdamW(lin, lr=123.0)
+                opt.load_state_dict(saved_opt)
+            lin.W.grad[...] = g
+            opt.step()
+        return lin.W.data
+
+    assert np.array_equal(run(split=None), run(split=3))
+
+
+def test_state_dict_keys_use_parameter_names():
+    lin = Linear(2, 2, rng=0)
+    opt = Adam(lin)
+    opt.step()
+    assert set(opt.state_dict()) == {"step_count", "lr", "m.W", "m.b", "v.W", "v.b"}
+    bad = opt.state_dict()
+    bad["m.W"] = np.zeros((3, 3))
+    with pytest.raises(ValueError, match=r"m.W has shape \(3, 3\), expected \(2, 2\)"):
+        Adam(lin).load_state_dict(bad)
+    with pytest.raises(ValueError, match="unexpected key 'm.nope'"):
+        Adam(lin).load_state_dict({"step_count": 1, "m.nope": np.zeros(1)})
+
+
+def test_tied_parameters_are_stepped_once():
+    p = _param([1.0], [1.0])
+    opt = SGD([p, p], lr=0.5)
+    opt.step()
+    np.testing.assert_allclose(p.data, [0.5])
+
+
+def test_clip_grad_norm():
+    a, b = _param([0, 0], [3.0, 0.0]), _param([0], [4.0])
+    assert global_grad_norm([a, b]) == 5.0
+    norm = clip_grad_norm([a, b], 1.0)
+    assert norm == 5.0
+    np.testing.assert_allclose(global_grad_norm([a, b]), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(a.grad, [0.6, 0], rtol=1e-6)
+    c = _param([0], [0.5])
+    clip_grad_norm([c], 1.0)
+    assert c.grad[0] == 0.5  # below the limit: untouched
+    d = _param([0], [np.inf])
+    assert clip_grad_norm([d], 1.0) == math.inf
+
+
+def test_noam_values_at_known_steps():
+    s = NoamSchedule(d_model=512, warmup=4000)
+    assert abs(s(1) - 512**-0.5 * 4000**-1.5) < 1e-15
+    assert abs(s(4000) - 512**-0.5 * 4000**-0.5) < 1e-15  # the peak
+    assert abs(s(16000) - 512**-0.5 * 16000**-0.5) < 1e-15
+    assert s(3999) < s(4000) > s(4001)
+    assert abs(NoamSchedule(64, 100, factor=2.0)(50) - 2 * 64**-0.5 * 50 * 100**-1.5) < 1e-15
+
+
+def test_warmup_cosine_and_constant():
+    s = WarmupCosineSchedule(1.0, warmup=10, total=110, min_lr=0.1)
+    assert s(5) == 0.5 and s(10) == 1.0
+    assert abs(s(60) - (0.1 + 0.9 * 0.5)) < 1e-12
+    assert abs(s(110) - 0.1) < 1e-12 and abs(s(500) - 0.1) < 1e-12
+    assert ConstantSchedule(0.3)(7) == 0.3
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="lr"):
+        SGD([_param([0], [0])], lr=-1)
+    with pytest.raises(ValueError, match="betas"):
+        Adam([_param([0], [0])], betas=(1.0, 0.9))
+    with pytest.raises(ValueError, match="empty"):
+        Adam([])
+    with pytest.raises(ValueError, match="nesterov"):
+        SGD([_param([0], [0])], lr=0.1, nesterov=True)
