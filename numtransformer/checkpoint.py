@@ -1,0 +1,153 @@
+"""Checkpoints: one ``.npz`` file, written atomically, read without pickle.
+
+Layout of the file (every entry a plain numpy array; text is stored as a 0-d
+unicode array, never as a pickled object):
+
+    __format__        "numtransformer-checkpoint-1"
+    config            JSON text: what is needed to rebuild the model, task and run
+    meta              JSON text: step count, RNG states, data position, metrics ...
+    param/<name>      each entry of ``model.state_dict()``
+    optim/<key>       each entry of ``optimizer.state_dict()``
+
+Writing goes to a temporary file in the same directory, is flushed to disk, and
+then renamed over the target (``os.replace`` is atomic on POSIX), so a process
+killed at any moment leaves either the old checkpoint or the new one, never a
+torn file.  Reading uses ``np.load(allow_pickle=False)``: loading a file never
+runs code, and a pickle-bearing or malformed file is a clear ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .module import Module
+
+__all__ = ["save_checkpoint", "load_checkpoint", "Checkpoint", "rng_states", "set_rng_states",
+           "CheckpointError"]
+
+FORMAT = "numtransformer-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (missing, corrupt, another model ...)."""
+
+
+@dataclass
+class Checkpoint:
+    config: dict
+    meta: dict
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    optim: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def rng_states(module: Module, extra: dict | None = None) -> dict:
+    """The bit-generator state of every ``np.random.Generator`` attribute in the
+    module tree (keyed ``path:attr``), plus those of ``extra`` generators."""
+    states = {}
+    for path, m in module.named_modules():
+        for attr, value in vars(m).items():
+            if isinstance(value, np.random.Generator):
+                states[f"{path}:{attr}"] = value.bit_generator.state
+    for name, gen in (extra or {}).items():
+        states[name] = gen.bit_generator.state
+    return states
+
+
+def set_rng_states(module: Module, states: dict, extra: dict | None = None) -> None:
+    """Restore what ``rng_states`` saved; a generator missing from ``states`` is an error."""
+    wanted = rng_states(module, extra)
+    missing = sorted(set(wanted) - set(states))
+    if missing:
+        raise CheckpointError(f"checkpoint: no saved state for random generator(s) {missing}")
+    for path, m in module.named_modules():
+        for attr, value in vars(m).items():
+            if isinstance(value, np.random.Generator):
+                value.bit_generator.state = states[f"{path}:{attr}"]
+    for name, gen in (extra or {}).items():
+        gen.bit_generator.state = states[name]
+
+
+def save_checkpoint(path: str, model: Module, config: dict, meta: dict | None = None,
+                    optimizer=None) -> None:
+    """Write model parameters, config, meta and optimizer state to ``path`` atomically."""
+    arrays = {
+        "__format__": np.array(FORMAT),
+        "config": np.array(json.dumps(config, sort_keys=True)),
+        "meta": np.array(json.dumps(meta or {}, sort_keys=True)),
+    }
+    for name, value in model.state_dict().items():
+        arrays[f"param/{name}"] = value
+    if optimizer is not None:
+        for key, value in optimizer.state_dict().items():
+            arrays[f"optim/{key}"] = np.asarray(value)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
+        pass
+
+
+def _text(archive, key: str, path: str) -> str:
+    if key not in archive.files:
+        raise CheckpointError(f"checkpoint {path!r}: missing entry {key!r}")
+    value = archive[key]
+    if value.dtype.kind != "U" or value.shape != ():
+        raise CheckpointError(f"checkpoint {path!r}: entry {key!r} is not text")
+    return str(value)
+
+
+def load_checkpoint(path: str) -> Checkpoint:
+    """Read a checkpoint written by ``save_checkpoint`` (never unpickles anything)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            fmt = _text(archive, "__format__", path)
+            if fmt != FORMAT:
+                raise CheckpointError(f"checkpoint {path!r}: format {fmt!r}, expected {FORMAT!r}")
+            try:
+                config = json.loads(_text(archive, "config", path))
+                meta = json.loads(_text(archive, "meta", path))
+            except json.JSONDecodeError as exc:
+                raise CheckpointError(f"checkpoint {path!r}: config/meta is not JSON: {exc}") from exc
+            params, optim = {}, {}
+            for key in archive.files:
+                if key.startswith("param/"):
+                    params[key[len("param/"):]] = archive[key]
+                elif key.startswith("optim/"):
+                    optim[key[len("optim/"):]] = archive[key]
+    except CheckpointError:
+        raise
+    except ValueError as exc:  # includes "Object arrays cannot be loaded when allow_pickle=False"
+        raise CheckpointError(f"checkpoint {path!r} is not a valid numtransformer checkpoint: "
+                              f"{exc}") from exc
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path!r} is unreadable (truncated or corrupt): "
+                              f"{exc}") from exc
+    for name, value in params.items():
+        if value.dtype.kind not in "fiu":
+            raise CheckpointError(f"checkpoint {path!r}: parameter {name!r} has dtype "
+                                  f"{value.dtype}, expected a numeric array")
+    return Checkpoint(config=config, meta=meta, params=params, optim=optim)
