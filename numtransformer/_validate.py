@@ -13,6 +13,11 @@ import numpy as np
 from .module import is_outermost_call
 
 
+# The dtypes layers compute in.  float16 is refused rather than half-supported:
+# SciPy's erf/expit have no float16 loops and would silently promote it.
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _name(layer) -> str:
     return layer if isinstance(layer, str) else type(layer).__name__
 
@@ -40,8 +45,10 @@ def check_float(
             x = np.asarray(x)
         else:
             raise TypeError(f"{who}: {arg} must be a numpy array, got {type(x).__name__}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"{who}: {arg} must be a floating-point array, got dtype {x.dtype}")
+    if x.dtype not in _FLOATS:
+        kind = "a float32 or float64 array" if np.issubdtype(x.dtype, np.floating) else \
+            "a floating-point array (float32 or float64)"
+        raise TypeError(f"{who}: {arg} must be {kind}, got dtype {x.dtype}")
     if dtype is not None and x.dtype != dtype:
         raise TypeError(
             f"{who}: {arg} has dtype {x.dtype} but the layer computes in {np.dtype(dtype)}; "
@@ -58,7 +65,7 @@ def check_float(
         got = x.shape[-1] if x.ndim else "none (a scalar)"
         label = f"{last_dim_name}={last_dim}" if last_dim_name else str(last_dim)
         raise ValueError(f"{who}: {arg} has last dim {got}, expected {label}")
-    if finite and is_outermost_call() and not np.isfinite(x).all():
+    if finite and is_outermost_call(layer) and not np.isfinite(x).all():
         bad = int(x.size - np.count_nonzero(np.isfinite(x)))
         raise ValueError(f"{who}: {arg} contains {bad} NaN/inf value(s)")
     return x
@@ -125,8 +132,8 @@ def check_float_dtype(layer, dtype) -> np.dtype:
         dt = np.dtype(dtype)
     except TypeError as exc:
         raise TypeError(f"{who}: dtype {dtype!r} is not a numpy dtype") from exc
-    if not np.issubdtype(dt, np.floating):
-        raise TypeError(f"{who}: dtype must be a floating-point dtype, got {dt}")
+    if dt not in _FLOATS:
+        raise TypeError(f"{who}: dtype must be float32 or float64, got {dt}")
     return dt
 
 

@@ -12,11 +12,11 @@ caller's parameters, gradients and random generators are left untouched.
 
 Numerical derivative: the fourth-order central stencil
 
-    dL/dx ~ (-L(x+2h) + 8 L(x+h) - 8 L(x-h) + L(x-2h)) / (12 h),   h = 1e-4,
+    dL/dx ~ (-L(x+2h) + 8 L(x+h) - 8 L(x-h) + L(x-2h)) / (12 h),   h = 2^-13 ~ 1.2e-4,
 
 whose truncation error (O(h^4)) is far below its rounding error
 (~1e-12 * |L|), so the check resolves errors well under 1e-7.  Inputs must sit
-farther than 2h from any kink (ReLU at 0).
+farther than 4h from any kink (ReLU at 0).
 
 Which entries: a tensor with at most ``max_entries`` entries is checked in
 full; a larger one at ``max_entries`` random entries *plus* one directional
@@ -28,25 +28,29 @@ The error reported per tensor is
     err = max_i |a_i - n_i| / max(max_i |a_i|, max_i |n_i|, floor)
 
 the worst difference relative to that tensor's largest gradient (a per-entry
-ratio is noise wherever a true gradient is ~0).  ``floor = noise / threshold``
-where ``noise = 15 * eps_float64 * S / h`` bounds the stencil's rounding error
-(S = sum |out * G| at the unperturbed point, 15 = 10 x the stencil's
-coefficient sum 18/12): a difference the finite differences cannot resolve
-never fails the check.  That matters only for tensors whose exact gradient is
-zero or tiny (a bias before a softmax, which shift invariance makes exactly
-zero; a softmax over one element); for every other tensor the floor is orders
-of magnitude below its own gradient scale and the error is plainly relative.
+ratio is noise wherever a true gradient is ~0).  ``floor = 10 * noise /
+threshold``, where ``noise`` is the finite differences' rounding noise,
+*measured*: for a few entries of every tensor the stencil is also taken at 2h,
+and since truncation is negligible at both steps, |n(h) - n(2h)| is rounding
+noise.  A difference within 10x that noise never fails the check; that matters
+only for tensors whose exact gradient is zero or tiny (a bias before a softmax,
+made exactly zero by shift invariance; a softmax over one element), which the
+table marks with ``*``.  Every other tensor is judged plainly relative to its
+own largest gradient.  The step h = 2^-13 is a power of two, so x +- h is
+exact in float64 and the step applied is the step assumed, even for large x.
 
-It also catches three classic mistakes that a plain comparison misses:
-parameter gradients *overwritten* instead of accumulated (every ``p.grad`` is
-pre-filled with random values before backward and the analytic gradient is the
-difference), an input array mutated in place by forward or backward, and an
-upstream gradient mutated by backward.
+It also catches mistakes a plain comparison misses: parameter gradients
+*overwritten* instead of accumulated (backward runs again with ``p.grad``
+pre-filled with random values, and ``grad - prefill`` must equal the first
+result), a backward that changes its cache (a second call with the same cache
+must give the same gradients), and any input, keyword array, parameter or
+upstream gradient modified in place.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,7 +59,9 @@ from .module import Module
 
 __all__ = ["gradcheck", "GradcheckReport", "TensorCheck", "numerical_gradient"]
 
-_STEP = 1e-4
+_STEP = 2.0**-13  # ~1.2e-4; a power of two (see _step)
+_NOISE_SAMPLES = 4  # entries per tensor whose stencil is also taken at 2h
+_NOISE_MARGIN = 10.0  # differences below 10x the measured rounding noise never fail
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ class TensorCheck:
     directional: bool  # when the tensor was larger than max_entries)
     error: float  # max |a - n| / max(max|a|, max|n|, floor)
     max_abs_grad: float  # max |a| over the whole analytic gradient
+    floored: bool = False  # True when judged against the noise floor (gradient ~ 0)
 
 
 @dataclass
@@ -78,6 +85,7 @@ class GradcheckReport:
     threshold: float
     tensors: list[TensorCheck] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    noise: float = 0.0  # the measured finite-difference rounding noise
 
     @property
     def errors(self) -> dict[str, float]:
@@ -104,11 +112,15 @@ class GradcheckReport:
         for t in self.tensors:
             checked = f"{t.entries_checked}" + ("+dir" if t.directional else "")
             rows.append(
-                (t.name, "x".join(map(str, t.shape)) or "()", checked, f"{t.error:.2e}",
+                (t.name, "x".join(map(str, t.shape)) or "()", checked,
+                 f"{t.error:.2e}" + (" *" if t.floored else ""),
                  "ok" if t.error <= self.threshold else "FAIL")
             )
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        if any(t.floored for t in self.tensors):
+            lines.append(f"* gradient ~ 0: judged against the noise floor "
+                         f"(10 x measured noise {self.noise:.1e} / threshold)")
         lines += [f"problem: {p}" for p in self.problems]
         return "\n".join(lines)
 
@@ -139,11 +151,23 @@ def _float_outputs(out) -> list:
             for x in items]
 
 
-def numerical_gradient(f, x: np.ndarray, index=None, direction=None, h: float = _STEP) -> float:
+def _step(x_scale: float) -> float:
+    """h = 2^-13 (~1.2e-4), a power of two: x +- h and x +- 2h are then exact in
+    float64 for |x| < 2^39, so the step really applied is the step assumed (a
+    decimal 1e-4 added to x = 1e5 would be off by 1e-7 relative).  Larger |x|
+    gets h = 16 ulp(x)."""
+    return max(_STEP, 16.0 * float(np.spacing(np.float64(x_scale))))
+
+
+def numerical_gradient(f, x: np.ndarray, index=None, direction=None, h: float | None = None,
+                       with_noise: bool = False):
     """Fourth-order central difference of the scalar ``f()`` w.r.t. ``x``.
 
     Perturbs ``x`` in place (restoring it afterwards) at the flat ``index``, or
-    along ``direction`` (an array of x's shape) when given.
+    along ``direction`` (an array of x's shape) when given.  ``h`` defaults to
+    2^-13 (see ``_step``; the entry's |x|, or the largest for a direction).  With
+    ``with_noise`` it also returns |stencil(h) - stencil(2h)|: truncation is
+    negligible at both steps, so their difference measures rounding noise.
     """
     if not x.flags.c_contiguous:
         raise ValueError("numerical_gradient: x must be C-contiguous (it is perturbed in place)")
@@ -151,24 +175,42 @@ def numerical_gradient(f, x: np.ndarray, index=None, direction=None, h: float = 
     if direction is not None:
         d = direction.reshape(-1)
         saved = flat.copy()
+        scale = float(np.abs(saved).max(initial=0.0))
 
         def at(t):
             flat[:] = saved + t * d
             return f()
     else:
         saved = flat[index]
+        scale = abs(float(saved))
 
         def at(t):
             flat[index] = saved + t
             return f()
+    if h is None:
+        h = _step(scale)
     try:
-        value = (-at(2 * h) + 8 * at(h) - 8 * at(-h) + at(-2 * h)) / (12 * h)
+        l1, l2, m1, m2 = at(h), at(2 * h), at(-h), at(-2 * h)
+        value = (-l2 + 8 * l1 - 8 * m1 + m2) / (12 * h)
+        if with_noise:
+            l4, m4 = at(4 * h), at(-4 * h)
+            value_2h = (-l4 + 8 * l2 - 8 * m2 + m4) / (24 * h)
     finally:
         if direction is not None:
             flat[:] = saved
         else:
             flat[index] = saved
+    if with_noise:
+        return float(value), abs(float(value) - float(value_2h))
     return float(value)
+
+
+def _as_tuple(grads) -> tuple:
+    if grads is None:
+        return ()
+    if isinstance(grads, np.ndarray):
+        return (grads,)
+    return tuple(grads)
 
 
 def gradcheck(
@@ -202,7 +244,12 @@ def gradcheck(
         if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating):
             inputs[i] = np.array(x, dtype=np.float64, order="C", copy=True)
             float_slots.append(i)
-    originals = [x.copy() if isinstance(x, np.ndarray) else x for x in inputs]
+    watched = {f"input[{i}]": x for i, x in enumerate(inputs) if isinstance(x, np.ndarray)}
+    watched.update({f"keyword argument {k!r}": v for k, v in forward_kwargs.items()
+                    if isinstance(v, np.ndarray)})
+    params = list(module.named_parameters())
+    watched.update({f"parameter {n}": p.data for n, p in params})
+    snapshot = {k: v.copy() for k, v in watched.items()}
 
     generators = _generators(module)
     rng_states = [g.bit_generator.state for g in generators]
@@ -220,8 +267,9 @@ def gradcheck(
     G = [None if o is None else rng.standard_normal(o.shape) for o in outs]
     dout = tuple(G) if isinstance(out, (tuple, list)) else G[0]
     G_saved = [None if g is None else g.copy() for g in G]
-    S = sum(float(np.sum(np.abs(o * g))) for o, g in zip(outs, G) if g is not None)
-    floor = 15 * np.finfo(np.float64).eps * S / _STEP / threshold
+    # Rounding noise of L, summed as a random walk: a lower bound for the noise floor.
+    noise = np.finfo(np.float64).eps * math.sqrt(
+        sum(float(np.sum((o * g) ** 2)) for o, g in zip(outs, G) if g is not None)) / _STEP
 
     def loss() -> float:
         restore_rngs()
@@ -232,35 +280,44 @@ def gradcheck(
                 total += float(np.sum(oi * gi))
         return total
 
-    params = list(module.named_parameters())
-    prefill = {}
-    for pname, p in params:
-        prefill[pname] = rng.standard_normal(p.shape)
-        p.grad = prefill[pname].copy()
+    def run_backward(prefill):
+        for pname, p in params:
+            p.grad = np.zeros(p.shape) if prefill is None else prefill[pname].copy()
+        returned = _as_tuple(module.backward(dout, cache))
+        return returned, {pname: p.grad.copy() for pname, p in params}
 
-    grads = module.backward(dout, cache)
+    grads, pgrads = run_backward(None)
+    grads2, pgrads2 = run_backward(None)
+    prefill = {pname: rng.standard_normal(p.shape) * max(1e-300, float(np.abs(g).max(initial=1.0)))
+               for (pname, p), g in zip(params, pgrads.values())}
+    _, pgrads3 = run_backward(prefill)
 
     for g, g0 in zip(G, G_saved):
         if g is not None and not np.array_equal(g, g0):
             report.problems.append("backward modified the upstream gradient dout in place")
-    for i, (x, x0) in enumerate(zip(inputs, originals)):
-        if isinstance(x, np.ndarray) and not np.array_equal(x, x0, equal_nan=True):
-            report.problems.append(f"input[{i}] was modified in place by forward or backward")
-            inputs[i][...] = x0
+    for label, arr in watched.items():
+        if not np.array_equal(arr, snapshot[label], equal_nan=True):
+            report.problems.append(f"{label} was modified in place by forward or backward")
+            arr[...] = snapshot[label]
 
-    # Normalise backward's return value: one array, a tuple, or None.
     n_float = len(float_slots)
-    if grads is None:
-        grads = ()
-    elif isinstance(grads, np.ndarray):
-        grads = (grads,)
-    grads = tuple(grads)
     if len(grads) != n_float:
         report.problems.append(
             f"backward returned {len(grads)} input gradient(s), expected {n_float} "
             f"(one per float input, in order)"
         )
         return report
+    same = all(isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.array_equal(a, b)
+               for a, b in zip(grads, grads2))
+    same = same and all(np.array_equal(pgrads[k], pgrads2[k]) for k in pgrads)
+    if not same:
+        report.problems.append("backward gave different gradients when called twice with the "
+                               "same cache (does it modify its cache?)")
+    for pname, _ in params:
+        accumulated = pgrads3[pname] - prefill[pname]
+        tol = 1e-12 * max(1.0, float(np.abs(prefill[pname]).max(initial=0.0)))
+        if not np.allclose(accumulated, pgrads[pname], rtol=1e-9, atol=tol):
+            report.problems.append(f"{pname}: backward overwrites p.grad instead of adding to it")
 
     analytic: list[tuple[str, np.ndarray, np.ndarray]] = []  # (name, grad, tensor)
     for slot, g in zip(float_slots, grads):
@@ -274,10 +331,11 @@ def gradcheck(
             report.problems.append(f"{tname}: gradient has dtype {g.dtype}, expected float64")
         analytic.append((tname, np.asarray(g, dtype=np.float64), x))
     for pname, p in params:
-        if p.grad.shape != p.shape:
-            report.problems.append(f"{pname}: grad has shape {p.grad.shape}, expected {p.shape}")
+        if pgrads[pname].shape != p.shape:
+            report.problems.append(f"{pname}: grad has shape {pgrads[pname].shape}, "
+                                   f"expected {p.shape}")
             return report
-        analytic.append((pname, p.grad - prefill[pname], p.data))
+        analytic.append((pname, pgrads[pname], p.data))
 
     measured = []
     for tname, a, x in analytic:
@@ -286,7 +344,13 @@ def gradcheck(
             idx = np.arange(size)
         else:
             idx = np.sort(rng.choice(size, size=max_entries, replace=False))
-        n = np.array([numerical_gradient(loss, x, index=int(i)) for i in idx])
+        n = np.empty(len(idx))
+        for k, i in enumerate(idx):
+            if k < _NOISE_SAMPLES:  # a few entries per tensor also measure the noise
+                n[k], entry_noise = numerical_gradient(loss, x, index=int(i), with_noise=True)
+                noise = max(noise, entry_noise)
+            else:
+                n[k] = numerical_gradient(loss, x, index=int(i))
         a_sel = a.reshape(-1)[idx]
         direction = None
         if size > max_entries:
@@ -295,18 +359,21 @@ def gradcheck(
             direction = (float(np.sum(a * d)), numerical_gradient(loss, x, direction=d))
         measured.append((tname, a, a_sel, n, direction, x.shape, len(idx)))
 
+    floor = _NOISE_MARGIN * noise / threshold
+    report.noise = noise
     for tname, a, a_sel, n, direction, shape, checked in measured:
         amax = float(np.abs(a).max(initial=0.0))
-        denom = max(amax, float(np.abs(n).max(initial=0.0)), floor)
+        scale = max(amax, float(np.abs(n).max(initial=0.0)))
         diff = float(np.abs(a_sel - n).max(initial=0.0))
         if direction is not None:
             ad, nd = direction
             diff = max(diff, abs(ad - nd))
-            denom = max(denom, abs(ad), abs(nd))
+            scale = max(scale, abs(ad), abs(nd))
+        denom = max(scale, floor)
         if not (np.isfinite(diff) and np.isfinite(denom)):
             error = float("inf")
         else:
             error = diff / denom if denom > 0 else 0.0
-        report.tensors.append(TensorCheck(tname, tuple(shape), checked,
-                                          direction is not None, error, amax))
+        report.tensors.append(TensorCheck(tname, tuple(shape), checked, direction is not None,
+                                          error, amax, floored=floor > scale))
     return report

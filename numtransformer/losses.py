@@ -99,10 +99,17 @@ class CrossEntropyLoss(Module):
         if eps:
             dz -= eps / V
         dz[np.arange(N), y] -= 1.0 - eps
+        dout = np.asarray(dout)
         if self.reduction == "none":
-            w = np.asarray(dout, dtype=dz.dtype).reshape(-1) * valid
+            if dout.shape != cache.shape[:-1]:
+                raise ValueError(f"CrossEntropyLoss.backward: dout has shape {dout.shape}, "
+                                 f"expected {cache.shape[:-1]} (reduction='none')")
+            w = dout.astype(dz.dtype, copy=False).reshape(-1) * valid
         else:
-            scale = float(np.asarray(dout)) / (max(cache.n_valid, 1) if self.reduction == "mean" else 1)
+            if dout.size != 1:
+                raise ValueError(f"CrossEntropyLoss.backward: dout must be a scalar for "
+                                 f"reduction={self.reduction!r}, got shape {dout.shape}")
+            scale = dout.item() / (max(cache.n_valid, 1) if self.reduction == "mean" else 1)
             w = valid * np.asarray(scale, dtype=dz.dtype)
         dz *= w[:, None]
         return dz.reshape(cache.shape)

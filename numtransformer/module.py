@@ -15,14 +15,19 @@ Every layer and every model in numtransformer follows one contract::
   *added* to ``p.grad``, so gradients of a parameter used several times sum up.
 * Shapes are batch-first ``(B, T, D)``; boolean masks use PyTorch's meaning
   (``True`` = may NOT attend / is padding).
+* Outputs and returned gradients may share memory with the cache, the inputs or
+  ``dout`` (ReLU returns the array its cache keeps; Dropout in eval returns its
+  input).  Never modify them in place: write ``h = h + r``, not ``h += r``.
 
 Input checks.  A public ``forward`` validates what it is given (dtype, rank,
 widths, ids in range, masks) and scans float inputs for NaN/inf.  The scan is
 O(N), so it runs only in the *outermost* forward: when a module's forward runs
 inside another module's forward (a Linear inside an attention layer, a cell
 inside the time loop), the outer module has already checked its inputs and the
-inner scan is skipped.  ``Module`` tracks that nesting depth itself (see
-``__init_subclass__``); cheap shape checks always run.
+inner scan is skipped.  ``Module`` records which module object is running the
+outermost forward (see ``__init_subclass__``); a subclass whose forward calls
+``super().forward`` is the same object, so it still counts as outermost.  Cheap
+shape checks always run.
 """
 
 from __future__ import annotations
@@ -36,25 +41,31 @@ import numpy as np
 
 __all__ = ["Parameter", "Module", "is_outermost_call"]
 
-# Number of Module.forward calls currently on the stack (see module docstring).
-_FORWARD_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar(
-    "numtransformer_forward_depth", default=0
+# id() of the module object whose forward was called by user code and is still
+# running, or None (see the module docstring).
+_OUTERMOST: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "numtransformer_outermost_module", default=None
 )
 
 
-def is_outermost_call() -> bool:
-    """True when the running forward was called by user code, not by another module."""
-    return _FORWARD_DEPTH.get() <= 1
+def is_outermost_call(layer=None) -> bool:
+    """True when ``layer``'s running forward was called by user code, not by
+    another module (with no ``layer``: when no other module's forward is running
+    around the caller's)."""
+    outer = _OUTERMOST.get()
+    return outer is None or (layer is not None and outer == id(layer))
 
 
 def _track_depth(forward):
     @functools.wraps(forward)
     def wrapped(self, *args, **kwargs):
-        token = _FORWARD_DEPTH.set(_FORWARD_DEPTH.get() + 1)
+        if _OUTERMOST.get() is not None:
+            return forward(self, *args, **kwargs)
+        token = _OUTERMOST.set(id(self))
         try:
             return forward(self, *args, **kwargs)
         finally:
-            _FORWARD_DEPTH.reset(token)
+            _OUTERMOST.reset(token)
 
     wrapped._tracks_depth = True
     return wrapped
@@ -71,9 +82,9 @@ class Parameter:
 
     def __init__(self, data):
         data = np.array(data, copy=True)
-        if not np.issubdtype(data.dtype, np.floating):
+        if data.dtype not in (np.float32, np.float64):
             raise TypeError(
-                f"Parameter: data must be a floating-point array, got dtype {data.dtype}"
+                f"Parameter: data must be a float32 or float64 array, got dtype {data.dtype}"
             )
         self.data = data
         self.grad = np.zeros_like(data)
@@ -235,6 +246,12 @@ class Module:
                 )
             else:
                 arrays[key] = value
+        first_key: dict[int, str] = {}
+        for key, value in arrays.items():  # tied weights: every name must hold the same value
+            pid = id(own[key])
+            if pid in first_key and not np.array_equal(arrays[first_key[pid]], value):
+                problems.append(f"{key}: tied to {first_key[pid]} but holds a different value")
+            first_key.setdefault(pid, key)
         if problems:
             raise ValueError(
                 f"{type(self).__name__}.load_state_dict: " + "; ".join(problems)
@@ -249,8 +266,8 @@ class Module:
     def astype(self, dtype) -> "Module":
         """Cast every parameter (and its grad) to ``dtype``; returns ``self``."""
         dtype = np.dtype(dtype)
-        if not np.issubdtype(dtype, np.floating):
-            raise TypeError(f"{type(self).__name__}.astype: expected a float dtype, got {dtype}")
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"{type(self).__name__}.astype: expected float32 or float64, got {dtype}")
         for p in self.parameters():
             p.astype(dtype)
         for _, m in self.named_modules():

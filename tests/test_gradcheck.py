@@ -78,9 +78,10 @@ def test_transposed_weight_grad_is_caught_and_named():
     assert report.failures == ["W"]
 
 
-def test_overwritten_grads_are_caught():
+def test_overwritten_grads_are_caught_and_named():
     report = gradcheck(OverwritingLinear(3, 4, dtype=np.float64, rng=0), _x(5, 3))
-    assert report.failures == ["W"]
+    assert not report.passed
+    assert report.problems == ["W: backward overwrites p.grad instead of adding to it"]
 
 
 def test_input_mutation_is_reported():
@@ -192,3 +193,73 @@ def test_a_gradient_off_by_one_part_in_a_million_is_caught():
     report = gradcheck(SlightlyOff(4, 3, dtype=np.float64, rng=0), _x(6, 4, seed=2))
     assert report.failures == ["input[0]"]
     assert 5e-7 < report.errors["input[0]"] < 2e-6
+
+
+def test_a_backward_that_modifies_its_cache_is_caught():
+    class CacheEater(Linear):
+        def backward(self, dy, cache):
+            dx = super().backward(dy, cache)
+            cache.x[...] *= 0.5  # wrong: the second backward sees a different x
+            return dx
+
+    report = gradcheck(CacheEater(3, 2, dtype=np.float64, rng=0), _x(4, 3))
+    assert any("modify its cache" in p for p in report.problems)
+
+
+def test_keyword_arrays_and_parameters_modified_in_place_are_caught():
+    class MaskEater(Softmax):
+        def forward(self, x, mask=None):
+            out = super().forward(x, mask=mask)
+            mask[0, 0] = True
+            return out
+
+    report = gradcheck(MaskEater(), _x(2, 3), mask=np.zeros((2, 3), bool))
+    assert any("keyword argument 'mask'" in p for p in report.problems)
+
+    class WeightEater(Linear):
+        def backward(self, dy, cache):
+            dx = super().backward(dy, cache)
+            self.b.data += 1.0
+            return dx
+
+    report = gradcheck(WeightEater(3, 2, dtype=np.float64, rng=0), _x(4, 3))
+    assert any("parameter b was modified" in p for p in report.problems)
+
+
+def test_large_inputs_do_not_false_fail():
+    from numtransformer import LayerNorm
+
+    x = 1e5 + np.random.default_rng(0).standard_normal((4, 6))
+    report = gradcheck(LayerNorm(6, dtype=np.float64), x)
+    assert report.passed, report
+
+
+def test_small_errors_in_large_outputs_are_not_hidden_by_the_floor():
+    class Off(Linear):
+        def backward(self, dy, cache):
+            return super().backward(dy, cache) * (1 + 1e-4)
+
+    lin = Off(16, 16, dtype=np.float64, rng=0)
+    lin.W.data *= 0.01
+    lin.b.data[...] = 100.0
+    report = gradcheck(lin, _x(8, 32, 16), max_entries=16)
+    assert "input[0]" in report.failures
+
+
+def test_zero_gradient_tensors_are_marked_in_the_table():
+    class BiasSoftmax(Module):
+        def __init__(self):
+            self.c = Parameter(np.array([0.3]))
+            self.softmax = Softmax()
+
+        def forward(self, x):
+            return self.softmax.forward(x + self.c.data)
+
+        def backward(self, dy, cache):
+            dx = self.softmax.backward(dy, cache)
+            self.c.grad += dx.sum()
+            return dx
+
+    report = gradcheck(BiasSoftmax(), _x(3, 5))
+    assert report.passed and report.tensors[1].floored and not report.tensors[0].floored
+    assert "noise floor" in report.table()

@@ -95,3 +95,15 @@ def test_bad_input():
         CrossEntropyLoss(reduction="avg")
     with pytest.raises(ValueError, match="label_smoothing"):
         CrossEntropyLoss(label_smoothing=1.5)
+
+
+def test_backward_checks_dout():
+    ce = CrossEntropyLoss(reduction="none")
+    _, cache = ce.forward(np.zeros((2, 3, 4)), np.zeros((2, 3), np.int64))
+    with pytest.raises(ValueError, match=r"dout has shape \(3,\), expected \(2, 3\)"):
+        ce.backward(np.ones(3), cache)
+    ce = CrossEntropyLoss()
+    _, cache = ce.forward(np.zeros((2, 4)), np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="dout must be a scalar"):
+        ce.backward(np.ones(2), cache)
+    assert ce.backward(np.array([2.0]), cache).shape == (2, 4)

@@ -27,8 +27,10 @@ def test_parameter_holds_data_and_grad_of_same_shape_and_dtype():
     p = Parameter(np.arange(6, dtype=np.float32).reshape(2, 3))
     assert p.grad.shape == p.data.shape and p.grad.dtype == np.float32
     assert not p.grad.any()
-    with pytest.raises(TypeError, match="floating-point"):
+    with pytest.raises(TypeError, match="float32 or float64"):
         Parameter(np.arange(3))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        Parameter(np.ones(3, np.float16))
 
 
 def test_parameter_copies_its_data():
@@ -145,7 +147,7 @@ def test_nesting_depth_marks_the_outermost_call():
 
     class Inner(Module):
         def forward(self, x):
-            seen.append(("inner", is_outermost_call()))
+            seen.append(("inner", is_outermost_call(self)))
             return x, None
 
     class Outer(Module):
@@ -153,7 +155,7 @@ def test_nesting_depth_marks_the_outermost_call():
             self.inner = Inner()
 
         def forward(self, x):
-            seen.append(("outer", is_outermost_call()))
+            seen.append(("outer", is_outermost_call(self)))
             return self.inner.forward(x)
 
     Outer().forward(1.0)
@@ -164,3 +166,20 @@ def test_nesting_depth_marks_the_outermost_call():
 def test_repr_shows_the_tree():
     text = repr(Net())
     assert "(layers.0): Block(" in text and "Linear(in_features=4, out_features=4" in text
+
+
+def test_tied_names_must_agree_on_load():
+    net = Net(tie=True)
+    sd = net.state_dict()
+    sd["head2.W"] = sd["head2.W"] + 1
+    with pytest.raises(ValueError, match="head2.W: tied to head.W but holds a different value"):
+        net.load_state_dict(sd)
+
+
+def test_a_subclass_calling_super_forward_still_checks_for_nan():
+    class MyLinear(Linear):
+        def forward(self, x):
+            return super().forward(x)
+
+    with pytest.raises(ValueError, match="NaN"):
+        MyLinear(2, 2, rng=0)(np.full((1, 2), np.nan, np.float32))

@@ -2,8 +2,9 @@
 
 Each activation is a parameter-free Module whose cache holds the one array its
 backward needs (the input or the output, whichever makes the derivative
-cheapest).  ``softmax`` and ``log_softmax`` are also exposed as functions:
-they are numerically stable and handle blocked (masked) entries.
+cheapest).  ``softmax`` and ``log_softmax`` are also exposed as functions,
+both numerically stable; ``softmax`` also takes a mask of blocked entries
+(``log_softmax`` takes none: an all -inf row gives NaN there).
 """
 
 from __future__ import annotations

@@ -41,8 +41,7 @@ class Dropout(Module):
         if self.p == 1.0:
             mask = np.zeros_like(x)
         else:
-            draw_dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float32
-            keep = self.rng.random(x.shape, dtype=draw_dtype) >= self.p
+            keep = self.rng.random(x.shape, dtype=x.dtype) >= self.p
             mask = keep.astype(x.dtype) * (1.0 / (1.0 - self.p))
         return x * mask, DropoutCache(mask=mask)
 

@@ -29,7 +29,9 @@ class Embedding(Module):
 
     ``padding_idx`` (as PyTorch): that row starts at zero and never receives
     gradient, so it stays fixed during training; the lookup itself still
-    returns the row.  Init as PyTorch: W ~ N(0, 1).
+    returns the row.  That zero gradient is a convention, not the derivative:
+    a finite-difference check with padding ids in the input sees the row's true
+    effect and disagrees on that row, by design.  Init as PyTorch: W ~ N(0, 1).
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,

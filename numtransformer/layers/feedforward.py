@@ -29,7 +29,7 @@ class PositionwiseFeedForward(Module):
 
     Forward:
         h  = x W1 + b1            (linear1)
-        a  = act(h)               (relu, gelu or gelu_tanh)
+        a  = act(h)               (relu, gelu, gelu_tanh, tanh or sigmoid)
         a' = dropout(a)
         y  = a' W2 + b2           (linear2)
 

@@ -36,8 +36,11 @@ class PositionalCache(NamedTuple):
 def _check_positions(layer, x, offset, max_len, d_model, dtype):
     x = check_float(layer, "x", x, dtype=dtype, ndim=(2, 3), last_dim=d_model,
                     last_dim_name="d_model")
-    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
-        raise ValueError(f"{type(layer).__name__}: offset must be an int >= 0, got {offset!r}")
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
+        raise TypeError(f"{type(layer).__name__}: offset must be an int, got "
+                        f"{type(offset).__name__}")
+    if offset < 0:
+        raise ValueError(f"{type(layer).__name__}: offset must be >= 0, got {offset}")
     T = x.shape[-2]
     if offset + T > max_len:
         raise ValueError(f"{type(layer).__name__}: positions {offset}..{offset + T - 1} "
