@@ -6,6 +6,18 @@ The layer contract (see ``numtransformer.module``)::
     dx = layer.backward(dout, cache)   # parameter grads are added to p.grad
 """
 
+from .attention import (
+    AdditiveScore,
+    Attention,
+    ConcatScore,
+    CosineScore,
+    DotScore,
+    GeneralScore,
+    LocationScore,
+    MultiHeadAttention,
+    ScaledDotScore,
+    causal_mask,
+)
 from .gradcheck import GradcheckReport, gradcheck
 from .layers import (
     GELU,
@@ -20,6 +32,7 @@ from .layers import (
     SinusoidalPositionalEncoding,
     Softmax,
     Tanh,
+    TiedLinear,
 )
 from .losses import CrossEntropyLoss
 from .module import Module, Parameter
@@ -30,5 +43,7 @@ __all__ = [
     "Module", "Parameter", "gradcheck", "GradcheckReport",
     "Linear", "Embedding", "ReLU", "GELU", "Tanh", "Sigmoid", "Softmax", "Dropout",
     "LayerNorm", "PositionwiseFeedForward", "SinusoidalPositionalEncoding",
-    "LearnedPositionalEmbedding", "CrossEntropyLoss",
+    "LearnedPositionalEmbedding", "TiedLinear", "CrossEntropyLoss",
+    "DotScore", "ScaledDotScore", "GeneralScore", "AdditiveScore", "ConcatScore",
+    "CosineScore", "LocationScore", "Attention", "MultiHeadAttention", "causal_mask",
 ]

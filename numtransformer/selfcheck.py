@@ -87,8 +87,14 @@ def all_cases() -> list[Case]:
     return cases
 
 
-# Functions returning a list of Case; each higher package appends its own here.
-_CASE_PROVIDERS: list[Callable[[], list[Case]]] = []
+def _attention_cases() -> list[Case]:
+    from .attention.cases import gradcheck_cases
+
+    return gradcheck_cases()
+
+
+# Functions returning a list of Case, one per package above the core layers.
+_CASE_PROVIDERS: list[Callable[[], list[Case]]] = [_attention_cases]
 
 
 def run_all(seed: int = 0, threshold: float = 1e-7,

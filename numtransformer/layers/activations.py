@@ -37,9 +37,11 @@ def softmax(x: np.ndarray, axis: int = -1, mask: np.ndarray | None = None) -> np
         x = np.where(mask, -np.inf, x)
     m = x.max(axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)  # an all-blocked row has max -inf
-    e = np.exp(x - m)
+    e = np.subtract(x, m)  # a fresh array: the in-place steps below never touch x
+    np.exp(e, out=e)
     s = e.sum(axis=axis, keepdims=True)
-    return e / np.where(s > 0, s, 1)
+    e /= np.where(s > 0, s, 1)
+    return e
 
 
 def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -1,0 +1,459 @@
+"""Multi-head attention and its incremental-decoding (KV cache) path."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from .._validate import (as_rng, check_float, check_float_dtype, check_positive_int,
+                         check_probability)
+from ..layers.activations import softmax
+from ..layers.dropout import Dropout
+from ..layers.linear import Linear
+from ..module import Module
+from .masks import check_attn_mask, check_key_padding_mask
+
+__all__ = ["MultiHeadAttention", "KVCache"]
+
+
+def _affine(x2, W, b):
+    """y = x W + b on (N, D_in) rows (W may be a column block of a larger matrix)."""
+    y = x2 @ W
+    if b is not None:
+        y += b
+    return y
+
+
+def _affine_backward(x2, dy2, W, b, dW, db):
+    """dW += x^T dy ; db += sum_n dy_n ; return dx = dy W^T."""
+    dW += x2.T @ dy2
+    if b is not None:
+        db += dy2.sum(axis=0)
+    return dy2 @ W.T
+
+
+def _merge_heads(x):
+    """(B, H, T, d_k) -> (B*T, H*d_k): head h fills columns h*d_k .. (h+1)*d_k - 1."""
+    B, H, T, d_k = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B * T, H * d_k)
+
+
+def _xavier_uniform(rng, fan_in: int, fan_out: int, shape, dtype) -> np.ndarray:
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-bound, bound, shape).astype(dtype)
+
+
+class MultiHeadAttentionCache(NamedTuple):
+    inputs: tuple  # (N, D) rows of the projected inputs: (x,), or (query, key, value)
+    q_s: np.ndarray  # (B, H, Tq, d_k): q / sqrt(d_k)
+    k: np.ndarray  # (B, H, Tk, d_k)
+    v: np.ndarray  # (B, H, Tk, d_k)
+    alpha: np.ndarray  # (B, H, Tq, Tk): softmax weights, 0 where blocked
+    alpha_drop: np.ndarray  # (B, H, Tq, Tk): dropout(alpha) (alpha itself without dropout)
+    dropout: tuple  # the Dropout cache (its mask)
+    out_proj: tuple  # the Linear cache of y = C W_o + b_o (holds C)
+    weights: str | None  # which weights forward returned: None, "mean" or "heads"
+
+
+class KVCache:
+    """Projected keys and values of the steps decoded so far, for incremental decoding.
+
+    ``k``, ``v``: (B, H, T, d_k) views of preallocated buffers that double when
+    full, so appending a step costs amortised O(1) copies, not a copy of the
+    past.  Create one with ``MultiHeadAttention.new_kv_cache`` (self-attention:
+    ``decode`` appends each new step) or ``MultiHeadAttention.cache_memory``
+    (cross-attention: a fixed, "static" memory projected once).
+    """
+
+    def __init__(self, batch_size: int, n_heads: int, d_k: int, *, dtype=np.float32,
+                 capacity: int = 16):
+        self.batch_size = check_positive_int(self, "batch_size", batch_size)
+        self.n_heads = check_positive_int(self, "n_heads", n_heads)
+        self.d_k = check_positive_int(self, "d_k", d_k)
+        capacity = check_positive_int(self, "capacity", capacity)
+        self.dtype = check_float_dtype(self, dtype)
+        self._k = np.empty((batch_size, n_heads, capacity, d_k), self.dtype)
+        self._v = np.empty_like(self._k)
+        self.length = 0
+        self.static = False
+
+    @classmethod
+    def from_memory(cls, k: np.ndarray, v: np.ndarray) -> "KVCache":
+        """A static cache holding already projected (B, H, Tk, d_k) keys and values."""
+        B, H, Tk, d_k = k.shape
+        cache = cls(B, H, d_k, dtype=k.dtype, capacity=1)
+        cache._k, cache._v, cache.length, cache.static = k, v, Tk, True
+        return cache
+
+    @property
+    def k(self) -> np.ndarray:
+        return self._k[:, :, : self.length]
+
+    @property
+    def v(self) -> np.ndarray:
+        return self._v[:, :, : self.length]
+
+    def append(self, k_new: np.ndarray, v_new: np.ndarray) -> None:
+        """Append (B, H, T, d_k) keys and values of T new steps."""
+        if self.static:
+            raise ValueError("KVCache: a static (memory) cache cannot be appended to")
+        start, stop = self.length, self.length + k_new.shape[2]
+        if stop > self._k.shape[2]:
+            capacity = max(stop, 2 * self._k.shape[2])
+            for name in ("_k", "_v"):
+                old = getattr(self, name)
+                new = np.empty(old.shape[:2] + (capacity, self.d_k), self.dtype)
+                new[:, :, :start] = old[:, :, :start]
+                setattr(self, name, new)
+        self._k[:, :, start:stop] = k_new
+        self._v[:, :, start:stop] = v_new
+        self.length = stop
+
+    def select(self, rows) -> "KVCache":
+        """A new cache holding batch rows ``rows`` (kept, reordered or repeated),
+        as beam search needs when it keeps the best hypotheses."""
+        rows = np.asarray(rows)
+        out = KVCache(len(rows), self.n_heads, self.d_k, dtype=self.dtype, capacity=1)
+        out._k, out._v = self._k[rows], self._v[rows]
+        out.length, out.static = self.length, self.static
+        return out
+
+    def __repr__(self) -> str:
+        return (f"KVCache(batch_size={self.batch_size}, n_heads={self.n_heads}, d_k={self.d_k}, "
+                f"length={self.length}, static={self.static}, dtype={self.dtype})")
+
+
+class MultiHeadAttention(Module):
+    """Multi-head scaled dot-product attention ("Attention Is All You Need",
+    sec. 3.2.2, eq. 1 and the MultiHead equation), batch-first.
+
+    Shapes: query (B, Tq, E) with E = d_model, key (B, Tk, kdim), value (B, Tk, vdim),
+    H = n_heads, d_k = E / H; output y (B, Tq, E).
+    Masks (boolean, True = blocked): key_padding_mask (B, Tk); attn_mask (Tq, Tk)
+    or (B, Tq, Tk); both may be given and are ORed.
+
+    Forward (``split`` reshapes (B, T, E) to (B, H, T, d_k); ``merge`` undoes it):
+        Q = query W_q + b_q ;  K = key W_k + b_k ;  V = value W_v + b_v     (B, T, E)
+        q, k, v    = split(Q), split(K), split(V)                         (B, H, T, d_k)
+        q_s        = q / sqrt(d_k)        (scale folded into q: T*d_k multiplies, not T*T)
+        e          = q_s k^T                                               (B, H, Tq, Tk)
+        alpha      = softmax(e) over the unblocked keys (a row with none: 0)
+        alpha_drop = dropout(alpha)
+        context    = alpha_drop v                                          (B, H, Tq, d_k)
+        C          = merge(context)                                        (B, Tq, E)
+        y          = C W_o + b_o
+    Backward (dweights: the gradient of the returned weights, if any):
+        dC          = dy W_o^T ;  dW_o += C^T dy ;  db_o += sum dy          (out_proj)
+        dcontext    = split(dC)
+        dalpha_drop = dcontext v^T
+        dv          = alpha_drop^T dcontext
+        dalpha      = dropout.backward(dalpha_drop)  [+ dweights / H, or + dweights per head]
+        de          = alpha * (dalpha - sum_j dalpha alpha)                 (softmax Jacobian)
+        dk          = de^T q_s
+        dq          = (de k) / sqrt(d_k)
+        dQ, dK, dV  = merge(dq), merge(dk), merge(dv)
+        dW_q += query^T dQ ;  db_q += sum dQ ;  dquery = dQ W_q^T         (likewise K, V)
+
+    Self-attention.  ``forward(x)`` (key and value omitted) is self-attention:
+    Q, K and V come from ONE GEMM x [W_q | W_k | W_v], and backward returns the
+    single gradient dx.  ``forward(x, x, x)`` with the very same array is also
+    projected with one GEMM, but backward then returns three gradients
+    (dquery, dkey, dvalue), one per argument, whose sum is dx.
+
+    Parameters.  When kdim == vdim == d_model, the three input projections are
+    one Linear ``in_proj`` (E, 3E) with columns [W_q | W_k | W_v] and bias
+    [b_q | b_k | b_v]; otherwise they are ``q_proj`` (E, E), ``k_proj`` (kdim, E),
+    ``v_proj`` (vdim, E).  The output projection is ``out_proj`` (E, E).
+    Mapping to ``torch.nn.MultiheadAttention`` (our W is the transpose of torch's):
+        in_proj.W  = in_proj_weight.T        in_proj.b = in_proj_bias
+        q_proj.W   = q_proj_weight.T         q_proj.b  = in_proj_bias[:E]
+        k_proj.W   = k_proj_weight.T         k_proj.b  = in_proj_bias[E:2E]
+        v_proj.W   = v_proj_weight.T         v_proj.b  = in_proj_bias[2E:]
+        out_proj.W = out_proj.weight.T       out_proj.b = out_proj.bias
+    Init as PyTorch: input projections Xavier-uniform (the fused one with
+    fan_in = E, fan_out = 3E), out_proj.W ~ U(-1/sqrt(E), 1/sqrt(E)), biases 0.
+
+    Returned weights.  ``need_weights=True`` makes forward return ``(y, weights)``
+    with weights = alpha averaged over heads (B, Tq, Tk), or per head
+    (B, H, Tq, Tk) when ``average_attn_weights=False``; backward then takes
+    ``dout = (dy, dweights)`` (dweights may be None).  Differences from PyTorch:
+    need_weights defaults to False (one output), the weights are alpha *before*
+    dropout (PyTorch returns them after), a 3-D attn_mask is (B, Tq, Tk) shared
+    by the heads (PyTorch's is (B*H, Tq, Tk)), and a fully blocked row gives 0,
+    where PyTorch gives NaN.
+
+    Incremental decoding (inference, no dropout): see ``new_kv_cache``,
+    ``cache_memory`` and ``decode``.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True,
+                 kdim: int | None = None, vdim: int | None = None, *, dtype=np.float32,
+                 rng=None):
+        d_model = check_positive_int(self, "d_model", d_model)
+        n_heads = check_positive_int(self, "n_heads", n_heads)
+        if d_model % n_heads:
+            raise ValueError(f"MultiHeadAttention: d_model={d_model} is not divisible by "
+                             f"n_heads={n_heads}")
+        kdim = d_model if kdim is None else check_positive_int(self, "kdim", kdim)
+        vdim = d_model if vdim is None else check_positive_int(self, "vdim", vdim)
+        p = check_probability(self, "dropout", dropout)
+        dtype = check_float_dtype(self, dtype)
+        rng = as_rng(rng)
+        bias = bool(bias)
+        self.d_model, self.n_heads, self.d_k = d_model, n_heads, d_model // n_heads
+        self.kdim, self.vdim = kdim, vdim
+        E = d_model
+        self.in_proj = self.q_proj = self.k_proj = self.v_proj = None
+        if kdim == E and vdim == E:
+            self.in_proj = Linear(E, 3 * E, bias, dtype=dtype, rng=rng)
+            self.in_proj.W.data = _xavier_uniform(rng, E, 3 * E, (E, 3 * E), dtype)
+            projections = [self.in_proj]
+        else:
+            self.q_proj = Linear(E, E, bias, dtype=dtype, rng=rng)
+            self.k_proj = Linear(kdim, E, bias, dtype=dtype, rng=rng)
+            self.v_proj = Linear(vdim, E, bias, dtype=dtype, rng=rng)
+            projections = [self.q_proj, self.k_proj, self.v_proj]
+            for lin in projections:
+                lin.W.data = _xavier_uniform(rng, lin.in_features, E, lin.W.shape, dtype)
+        self.dropout = Dropout(p, rng=rng.spawn(1)[0])
+        self.out_proj = Linear(E, E, bias, dtype=dtype, rng=rng)
+        for lin in projections + [self.out_proj]:
+            if lin.b is not None:
+                lin.b.data[...] = 0
+
+    # -- helpers ------------------------------------------------------------------------
+    @property
+    def dtype(self) -> np.dtype:
+        return self.out_proj.W.dtype
+
+    def _in_blocks(self):
+        """[(W, b, dW, db)] of the Q, K and V projections, in that order.
+
+        With a fused ``in_proj`` these are column blocks (views) of its weight,
+        bias and their grads, so ``dW += ...`` accumulates into in_proj's grad.
+        """
+        if self.in_proj is not None:
+            E, W, b = self.d_model, self.in_proj.W, self.in_proj.b
+            cols = (slice(0, E), slice(E, 2 * E), slice(2 * E, 3 * E))
+            return [(W.data[:, c], None if b is None else b.data[c],
+                     W.grad[:, c], None if b is None else b.grad[c]) for c in cols]
+        return [(lin.W.data, None if lin.b is None else lin.b.data,
+                 lin.W.grad, None if lin.b is None else lin.b.grad)
+                for lin in (self.q_proj, self.k_proj, self.v_proj)]
+
+    def _split(self, X2, B, T):
+        """(B*T, E) -> (B, H, T, d_k), a view."""
+        return X2.reshape(B, T, self.n_heads, self.d_k).transpose(0, 2, 1, 3)
+
+    def _check_inputs(self, query, key, value):
+        """Returns (query, key, value, n_inputs, one_gemm)."""
+        if (key is None) != (value is None):
+            raise ValueError("MultiHeadAttention: pass both key and value (attention over "
+                             "them) or neither (self-attention over query)")
+        one_gemm = key is None or (query is key and key is value and self.in_proj is not None)
+        query = check_float(self, "query", query, dtype=self.dtype, ndim=3,
+                            last_dim=self.d_model, last_dim_name="d_model")
+        if key is None:
+            if self.in_proj is None:
+                raise ValueError(f"MultiHeadAttention: self-attention (key=value=None) needs "
+                                 f"kdim == vdim == d_model, got kdim={self.kdim}, "
+                                 f"vdim={self.vdim}, d_model={self.d_model}")
+            return query, query, query, 1, True
+        if one_gemm:
+            return query, query, query, 3, True
+        key = check_float(self, "key", key, dtype=self.dtype, ndim=3, last_dim=self.kdim,
+                          last_dim_name="kdim")
+        value = check_float(self, "value", value, dtype=self.dtype, ndim=3,
+                            last_dim=self.vdim, last_dim_name="vdim")
+        if key.shape[0] != query.shape[0]:
+            raise ValueError(f"MultiHeadAttention: key has batch size {key.shape[0]} but "
+                             f"query has {query.shape[0]}")
+        if value.shape[:2] != key.shape[:2]:
+            raise ValueError(f"MultiHeadAttention: value has shape {value.shape}, expected "
+                             f"(B, Tk, vdim) with (B, Tk) = {key.shape[:2]} as the key")
+        return query, key, value, 3, False
+
+    def _blocked(self, key_padding_mask, attn_mask, B, Tq, Tk):
+        """The union of both masks, broadcastable against (B, H, Tq, Tk), or None."""
+        blocked = None
+        if key_padding_mask is not None:
+            kpm = check_key_padding_mask(self, "key_padding_mask", key_padding_mask, B, Tk)
+            blocked = kpm[:, None, None, :]
+        if attn_mask is not None:
+            am = check_attn_mask(self, "attn_mask", attn_mask, B, Tq, Tk)[:, None]
+            blocked = am if blocked is None else (blocked | am)
+        return blocked
+
+    # -- the contract ---------------------------------------------------------------------
+    def forward(self, query, key=None, value=None, key_padding_mask=None, attn_mask=None,
+                need_weights: bool = False, average_attn_weights: bool = True):
+        """Returns ``(y, cache)``, or ``((y, weights), cache)`` with ``need_weights``.
+
+        ``key``/``value`` omitted: self-attention over ``query`` (one GEMM, one
+        input gradient).  Masks are boolean, True = blocked.
+        """
+        query, key, value, n_inputs, one_gemm = self._check_inputs(query, key, value)
+        (B, Tq, _), Tk = query.shape, key.shape[1]
+        if Tk == 0:
+            raise ValueError(f"MultiHeadAttention: key has no positions (shape {key.shape}); "
+                             f"attention needs at least one key")
+        blocked = self._blocked(key_padding_mask, attn_mask, B, Tq, Tk)
+        H, d_k = self.n_heads, self.d_k
+
+        if one_gemm:  # [Q | K | V] = x [W_q | W_k | W_v] + [b_q | b_k | b_v]
+            x2 = query.reshape(B * Tq, self.d_model)
+            b = None if self.in_proj.b is None else self.in_proj.b.data
+            QKV = _affine(x2, self.in_proj.W.data, b)
+            q, k, v = QKV.reshape(B, Tq, 3, H, d_k).transpose(2, 0, 3, 1, 4)
+            inputs = (x2,) if n_inputs == 1 else (x2, x2, x2)
+        else:
+            (W_q, b_q, _, _), (W_k, b_k, _, _), (W_v, b_v, _, _) = self._in_blocks()
+            inputs = (query.reshape(B * Tq, -1), key.reshape(B * Tk, -1),
+                      value.reshape(B * Tk, -1))
+            q = self._split(_affine(inputs[0], W_q, b_q), B, Tq)
+            k = self._split(_affine(inputs[1], W_k, b_k), B, Tk)
+            v = self._split(_affine(inputs[2], W_v, b_v), B, Tk)
+
+        q_s = q * (1.0 / math.sqrt(d_k))
+        e = q_s @ k.swapaxes(-1, -2)
+        alpha = softmax(e, axis=-1, mask=blocked)
+        alpha_drop, dropout_cache = self.dropout.forward(alpha)
+        context = alpha_drop @ v
+        C = _merge_heads(context).reshape(B, Tq, self.d_model)
+        y, out_cache = self.out_proj.forward(C)
+
+        weights = None
+        if need_weights:
+            weights = "mean" if average_attn_weights else "heads"
+        cache = MultiHeadAttentionCache(inputs=inputs, q_s=q_s, k=k, v=v, alpha=alpha,
+                                        alpha_drop=alpha_drop, dropout=dropout_cache,
+                                        out_proj=out_cache, weights=weights)
+        if weights is None:
+            return y, cache
+        return (y, alpha.mean(axis=1) if weights == "mean" else alpha), cache
+
+    def backward(self, dout, cache: MultiHeadAttentionCache):
+        if cache.weights is None:
+            dy, dweights = dout, None
+        else:
+            dy, dweights = dout
+        q_s, k, v, alpha = cache.q_s, cache.k, cache.v, cache.alpha
+        B, H, Tq, d_k = q_s.shape
+        Tk = k.shape[2]
+
+        dC = self.out_proj.backward(dy, cache.out_proj)
+        dcontext = self._split(dC.reshape(B * Tq, self.d_model), B, Tq)
+        dalpha_drop = dcontext @ v.swapaxes(-1, -2)
+        dv = cache.alpha_drop.swapaxes(-1, -2) @ dcontext
+        dalpha = self.dropout.backward(dalpha_drop, cache.dropout)
+        if dweights is not None:
+            dalpha = dalpha + (dweights[:, None] * (1.0 / H) if cache.weights == "mean"
+                               else dweights)
+        de = dalpha - np.sum(dalpha * alpha, axis=-1, keepdims=True)
+        de *= alpha
+        dk = de.swapaxes(-1, -2) @ q_s
+        dq = (de @ k) * (1.0 / math.sqrt(d_k))
+
+        if len(cache.inputs) == 1:  # self-attention: dx = [dQ | dK | dV] [W_q | W_k | W_v]^T
+            dQKV = np.empty((B, Tq, 3, H, d_k), dtype=dq.dtype)
+            dQKV[:, :, 0] = dq.transpose(0, 2, 1, 3)
+            dQKV[:, :, 1] = dk.transpose(0, 2, 1, 3)
+            dQKV[:, :, 2] = dv.transpose(0, 2, 1, 3)
+            W, b = self.in_proj.W, self.in_proj.b
+            dx2 = _affine_backward(cache.inputs[0], dQKV.reshape(B * Tq, 3 * self.d_model),
+                                   W.data, b, W.grad, None if b is None else b.grad)
+            return dx2.reshape(B, Tq, self.d_model)
+
+        grads = []
+        for x2, d, T, (W, b, dW, db) in zip(cache.inputs, (dq, dk, dv), (Tq, Tk, Tk),
+                                            self._in_blocks()):
+            dx2 = _affine_backward(x2, _merge_heads(d), W, b, dW, db)
+            grads.append(dx2.reshape(B, T, x2.shape[1]))
+        return tuple(grads)
+
+    # -- incremental decoding (inference) ---------------------------------------------------
+    def new_kv_cache(self, batch_size: int, capacity: int = 16) -> KVCache:
+        """An empty cache for ``decode`` in causal self-attention."""
+        if self.in_proj is None:
+            raise ValueError("MultiHeadAttention: incremental self-attention needs "
+                             "kdim == vdim == d_model")
+        return KVCache(batch_size, self.n_heads, self.d_k, dtype=self.dtype, capacity=capacity)
+
+    def cache_memory(self, key, value) -> KVCache:
+        """Project a fixed memory (the encoder output) once, for cross-attention ``decode``."""
+        key = check_float(self, "key", key, dtype=self.dtype, ndim=3, last_dim=self.kdim,
+                          last_dim_name="kdim")
+        value = check_float(self, "value", value, dtype=self.dtype, ndim=3, last_dim=self.vdim,
+                            last_dim_name="vdim")
+        if value.shape[:2] != key.shape[:2] or key.shape[1] == 0:
+            raise ValueError(f"MultiHeadAttention: key {key.shape} and value {value.shape} "
+                             f"must share a non-empty (B, Tk)")
+        B, Tk = key.shape[:2]
+        _, (W_k, b_k, _, _), (W_v, b_v, _, _) = self._in_blocks()
+        k = self._split(_affine(key.reshape(B * Tk, -1), W_k, b_k), B, Tk)
+        v = self._split(_affine(value.reshape(B * Tk, -1), W_v, b_v), B, Tk)
+        return KVCache.from_memory(np.ascontiguousarray(k), np.ascontiguousarray(v))
+
+    def decode(self, x, kv_cache: KVCache, key_padding_mask=None):
+        """Attention for T new query steps x (B, T, E), given the cached past; returns y (B, T, E).
+
+        Self-attention (a cache from ``new_kv_cache``): the new steps' keys and
+        values are appended to the cache, and new step i (absolute position
+        P + i, P = steps cached before the call) attends to positions 0..P+i:
+        the output equals ``forward(x_all, attn_mask=causal_mask(...))`` at
+        those positions.  Cross-attention (a cache from ``cache_memory``): the
+        steps attend to the whole memory, as ``forward(x, key, value)`` does.
+        ``key_padding_mask``: (B, number of keys after the call), True = blocked.
+        No dropout is applied (this is the inference path) and no cache for
+        backward is kept.
+        """
+        if not isinstance(kv_cache, KVCache):
+            raise TypeError(f"MultiHeadAttention: kv_cache must be a KVCache, got "
+                            f"{type(kv_cache).__name__}")
+        x = check_float(self, "x", x, dtype=self.dtype, ndim=3, last_dim=self.d_model,
+                        last_dim_name="d_model")
+        B, T, _ = x.shape
+        if (kv_cache.batch_size, kv_cache.n_heads, kv_cache.d_k) != (B, self.n_heads, self.d_k):
+            raise ValueError(f"MultiHeadAttention: kv_cache has batch_size="
+                             f"{kv_cache.batch_size}, n_heads={kv_cache.n_heads}, "
+                             f"d_k={kv_cache.d_k}; expected {B}, {self.n_heads}, {self.d_k}")
+        if kv_cache.dtype != self.dtype:
+            raise TypeError(f"MultiHeadAttention: kv_cache has dtype {kv_cache.dtype} but the "
+                            f"layer computes in {self.dtype}")
+        H, d_k = self.n_heads, self.d_k
+        x2 = x.reshape(B * T, self.d_model)
+        if kv_cache.static:
+            W_q, b_q, _, _ = self._in_blocks()[0]
+            q = self._split(_affine(x2, W_q, b_q), B, T)
+            blocked = None
+        else:
+            if self.in_proj is None:
+                raise ValueError("MultiHeadAttention: incremental self-attention needs "
+                                 "kdim == vdim == d_model")
+            b = None if self.in_proj.b is None else self.in_proj.b.data
+            QKV = _affine(x2, self.in_proj.W.data, b)
+            q, k_new, v_new = QKV.reshape(B, T, 3, H, d_k).transpose(2, 0, 3, 1, 4)
+            P = kv_cache.length
+            kv_cache.append(k_new, v_new)
+            # new step i sits at position P + i and may not see keys j > P + i
+            blocked = (np.arange(P + T)[None, :] > (P + np.arange(T))[:, None])[None, None]
+        Tk = kv_cache.length
+        if key_padding_mask is not None:
+            kpm = check_key_padding_mask(self, "key_padding_mask", key_padding_mask, B, Tk)
+            kpm = kpm[:, None, None, :]
+            blocked = kpm if blocked is None else (blocked | kpm)
+        q_s = q * (1.0 / math.sqrt(d_k))
+        e = q_s @ kv_cache.k.swapaxes(-1, -2)
+        alpha = softmax(e, axis=-1, mask=blocked)
+        context = alpha @ kv_cache.v
+        b_o = None if self.out_proj.b is None else self.out_proj.b.data
+        y = _affine(_merge_heads(context), self.out_proj.W.data, b_o)
+        return y.reshape(B, T, self.d_model)
+
+    def extra_repr(self) -> str:
+        s = f"d_model={self.d_model}, n_heads={self.n_heads}, dropout={self.dropout.p}"
+        if self.kdim != self.d_model or self.vdim != self.d_model:
+            s += f", kdim={self.kdim}, vdim={self.vdim}"
+        return s + f", bias={self.out_proj.b is not None}"
