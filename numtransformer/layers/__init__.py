@@ -5,11 +5,11 @@ from .dropout import Dropout
 from .embedding import Embedding
 from .feedforward import PositionwiseFeedForward
 from .layernorm import LayerNorm
-from .linear import Linear
+from .linear import Linear, TiedLinear
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, sinusoid_table
 
 __all__ = [
-    "Linear", "Embedding", "ReLU", "GELU", "Tanh", "Sigmoid", "Softmax", "Dropout",
+    "Linear", "TiedLinear", "Embedding", "ReLU", "GELU", "Tanh", "Sigmoid", "Softmax", "Dropout",
     "LayerNorm", "PositionwiseFeedForward", "SinusoidalPositionalEncoding",
     "LearnedPositionalEmbedding", "softmax", "log_softmax", "sinusoid_table", "get_activation",
 ]

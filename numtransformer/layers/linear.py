@@ -66,3 +66,53 @@ class Linear(Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.b is not None}")
+
+
+class TiedLinearCache(NamedTuple):
+    x: np.ndarray  # (N, D_in) rows of the input
+    lead_shape: tuple
+
+
+class TiedLinear(Module):
+    """An output projection that reuses an embedding table as its weight
+    ("weight tying", Press & Wolf, 2017; "Attention Is All You Need", sec. 3.4).
+
+    Shapes: x (..., D), E (V, D) the shared table (the *same* Parameter object
+    as the embedding's W), optional b (V,), y (..., V).
+
+    Forward:
+        y = x E^T + b
+    Backward:
+        dE += dy^T x        (V, D): added to the shared parameter's grad, so E's
+                            gradient is the sum from both uses
+        db += sum_n dy_n
+        dx  = dy E
+    """
+
+    def __init__(self, weight: Parameter, bias: bool = False):
+        if not isinstance(weight, Parameter) or weight.data.ndim != 2:
+            raise TypeError("TiedLinear: weight must be a 2-D Parameter (the embedding table)")
+        self.out_features, self.in_features = weight.shape
+        self.E = weight
+        self.b = Parameter(np.zeros(self.out_features, weight.dtype)) if bias else None
+
+    def forward(self, x):
+        x = check_float(self, "x", x, dtype=self.E.dtype, min_ndim=1,
+                        last_dim=self.in_features, last_dim_name="embedding_dim")
+        lead_shape = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        y = x2 @ self.E.data.T
+        if self.b is not None:
+            y += self.b.data
+        return y.reshape(*lead_shape, self.out_features), TiedLinearCache(x2, lead_shape)
+
+    def backward(self, dy, cache: TiedLinearCache):
+        dy2 = dy.reshape(-1, self.out_features)
+        self.E.grad += dy2.T @ cache.x
+        if self.b is not None:
+            self.b.grad += dy2.sum(axis=0)
+        return (dy2 @ self.E.data).reshape(*cache.lead_shape, self.in_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, tied, "
+                f"bias={self.b is not None}")
