@@ -35,6 +35,7 @@ from .layers import (
     TiedLinear,
 )
 from .losses import CrossEntropyLoss
+from .recurrent import LSTMN, RNN, GRUCell, LSTMCell, RNNCell
 from .module import Module, Parameter
 
 __version__ = "0.1.0"
@@ -46,4 +47,5 @@ __all__ = [
     "LearnedPositionalEmbedding", "TiedLinear", "CrossEntropyLoss",
     "DotScore", "ScaledDotScore", "GeneralScore", "AdditiveScore", "ConcatScore",
     "CosineScore", "LocationScore", "Attention", "MultiHeadAttention", "causal_mask",
+    "RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTMN",
 ]

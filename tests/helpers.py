@@ -20,7 +20,9 @@ def check_dtype_preserved(module, *inputs, **kwargs):
     outs = out if isinstance(out, tuple) else (out,)
     for o in outs:
         assert o.dtype == np.float32, f"{type(module).__name__}: output dtype {o.dtype}"
-    dout = tuple(np.ones_like(o) for o in outs) if isinstance(out, tuple) else np.ones_like(out)
+    rng = np.random.default_rng(0)  # a random upstream gradient, never all ones
+    douts = tuple(rng.standard_normal(o.shape).astype(o.dtype) for o in outs)
+    dout = douts if isinstance(out, tuple) else douts[0]
     grads = module.backward(dout, cache)
     grads = grads if isinstance(grads, tuple) else (grads,)
     for g in grads:

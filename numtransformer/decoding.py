@@ -1,0 +1,196 @@
+"""Decoding: greedy search, beam search, and sampling.
+
+Any sequence-to-sequence model can be decoded if it offers two methods:
+
+    state  = model.start_decoding(src_ids, src_pad_mask)   # encode once
+    logits = model.decode_step(state, prev_tokens)         # (B,) -> (B, V); state advances
+
+and its state offers ``state.select(rows)`` (keep, reorder or repeat batch
+rows; beam search needs it).  ``Transformer`` does this with key/value caches,
+so a step costs O(t), not a recompute of the whole prefix.  A decoder-only LM
+offers ``start_decoding(batch_size)`` and ``decode_step(state, tokens)`` with
+tokens (B,) or (B, T) (a prompt fed at once); ``sample`` uses that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .data.tokenizers import BOS_ID, EOS_ID
+from .layers.activations import log_softmax
+
+__all__ = ["greedy_decode", "beam_search", "Hypothesis", "length_penalty", "sample"]
+
+
+def greedy_decode(model, src_ids, src_pad_mask=None, max_len: int = 50,
+                  bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> list[list[int]]:
+    """The most likely next token at every step, for a batch of sources.
+
+    Returns one token list per source, without <bos> and without the <eos>
+    that ended it (a row that never emits <eos> stops at ``max_len`` tokens).
+    """
+    state = model.start_decoding(src_ids, src_pad_mask)
+    B = state.batch_size
+    tokens = np.full(B, bos_id, dtype=np.int64)
+    out = [[] for _ in range(B)]
+    done = np.zeros(B, dtype=bool)
+    for _ in range(max_len):
+        tokens = np.argmax(model.decode_step(state, tokens), axis=-1)
+        for b in np.flatnonzero(~done):
+            if tokens[b] == eos_id:
+                done[b] = True
+            else:
+                out[b].append(int(tokens[b]))
+        if done.all():
+            break
+    return out
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT's lp(Y) = ((5 + |Y|) / 6)^alpha (Wu et al., 2016, eq. 14); alpha = 0: 1."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # without <bos> / <eos>
+    log_prob: float  # sum of the token log-probabilities (the <eos> included)
+    score: float  # log_prob / length_penalty(len(tokens) + 1, alpha)
+    finished: bool  # ended with <eos> (False: cut at max_len)
+
+
+def beam_search(model, src_ids, src_pad_mask=None, beam_size: int = 4, max_len: int = 50,
+                alpha: float = 0.6, bos_id: int = BOS_ID, eos_id: int = EOS_ID,
+                return_all: bool = False):
+    """Beam search with GNMT's length penalty, batched over sources.
+
+    Every source keeps ``beam_size`` live hypotheses.  Each step extends every
+    live one by every token, and of the best 2k candidates (by summed log
+    probability) those ending in <eos> move to the finished list (ranked by
+    ``log_prob / lp``, the best k kept) while the best k others stay live.  A
+    source is done when it has k finished hypotheses and its best live one,
+    ended at the next step, would not beat the worst of them; at ``max_len`` the
+    live ones count as unfinished candidates.  With beam_size=1 and alpha=0
+    this is exactly greedy decoding.
+
+    Returns the best token list per source (or, with ``return_all``, every
+    source's hypotheses, best first).
+    """
+    if beam_size < 1:
+        raise ValueError(f"beam_search: beam_size must be >= 1, got {beam_size}")
+    k = int(beam_size)
+    state = model.start_decoding(src_ids, src_pad_mask)
+    B = state.batch_size
+    state = state.select(np.repeat(np.arange(B), k))  # row b * k + j: source b, beam j
+    tokens = np.full(B * k, bos_id, dtype=np.int64)
+    seqs = [[[] for _ in range(k)] for _ in range(B)]
+    scores = np.full((B, k), -np.inf)
+    scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    active = np.ones(B, dtype=bool)
+
+    for step in range(max_len):
+        logp = log_softmax(model.decode_step(state, tokens).astype(np.float64), axis=-1)
+        V = logp.shape[-1]
+        cand = scores[:, :, None] + logp.reshape(B, k, V)  # (B, k, V)
+        flat = cand.reshape(B, k * V)
+        n_top = min(2 * k, k * V)
+        top = np.argpartition(-flat, n_top - 1, axis=1)[:, :n_top]
+        rows, new_tokens = [], []
+        new_scores = np.full((B, k), -np.inf)
+        new_seqs = [[[] for _ in range(k)] for _ in range(B)]
+        for b in range(B):
+            order = top[b][np.argsort(-flat[b, top[b]], kind="stable")]
+            live = 0
+            for idx in order:
+                beam, tok = divmod(int(idx), V)
+                value = float(flat[b, idx])
+                if not np.isfinite(value):
+                    continue
+                if not active[b]:
+                    break
+                if tok == eos_id:
+                    seq = seqs[b][beam]
+                    finished[b].append(Hypothesis(
+                        list(seq), value, value / length_penalty(len(seq) + 1, alpha), True))
+                    continue
+                if live < k:
+                    new_seqs[b][live] = seqs[b][beam] + [tok]
+                    new_scores[b, live] = value
+                    rows.append(b * k + beam)
+                    new_tokens.append(tok)
+                    live += 1
+            while live < k:  # keep the row layout: pad with dead beams
+                rows.append(b * k)
+                new_tokens.append(eos_id)
+                live += 1
+            finished[b].sort(key=lambda h: -h.score)
+            del finished[b][k:]
+            # Done when k hypotheses have finished and no live one, finished
+            # at the next step, would beat the worst of them (log-probabilities
+            # only fall as a hypothesis grows).
+            if len(finished[b]) >= k:
+                best_live = new_scores[b].max() / length_penalty(step + 2, alpha)
+                if not best_live > finished[b][-1].score:
+                    active[b] = False
+                    new_scores[b] = -np.inf
+        scores, seqs = new_scores, new_seqs
+        if not active.any():
+            break
+        state = state.select(np.array(rows))
+        tokens = np.array(new_tokens, dtype=np.int64)
+
+    results = []
+    for b in range(B):
+        hyps = list(finished[b])
+        for j in range(k):
+            if np.isfinite(scores[b, j]):
+                seq = seqs[b][j]
+                hyps.append(Hypothesis(list(seq), float(scores[b, j]),
+                                       float(scores[b, j]) / length_penalty(len(seq), alpha),
+                                       False))
+        hyps.sort(key=lambda h: -h.score)
+        results.append(hyps if return_all else (hyps[0].tokens if hyps else []))
+    return results
+
+
+def sample(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0,
+           top_k: int | None = None, rng=None, eos_id: int | None = None) -> np.ndarray:
+    """Sample continuations from a decoder-only LM.
+
+    prompt_ids (B, T) ints; at each step logits / temperature, optionally keep
+    only the top_k tokens, softmax, draw.  temperature = 0 is greedy.  Returns
+    (B, T + n) with the prompt; rows that emitted ``eos_id`` are padded with it.
+    """
+    prompt = np.asarray(prompt_ids, dtype=np.int64)
+    if prompt.ndim != 2 or prompt.shape[1] == 0:
+        raise ValueError(f"sample: prompt_ids must be (B, T) with T >= 1, got {prompt.shape}")
+    if temperature < 0:
+        raise ValueError(f"sample: temperature must be >= 0, got {temperature}")
+    rng = np.random.default_rng(rng)
+    B = prompt.shape[0]
+    state = model.start_decoding(B)
+    logits = model.decode_step(state, prompt).astype(np.float64)
+    out = [prompt]
+    done = np.zeros(B, dtype=bool)
+    for _ in range(max_new_tokens):
+        if temperature == 0:
+            nxt = np.argmax(logits, axis=-1)
+        else:
+            z = logits / temperature
+            if top_k is not None and top_k < z.shape[-1]:
+                kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
+                z = np.where(z < kth, -np.inf, z)
+            p = np.exp(log_softmax(z, axis=-1))
+            u = rng.random((B, 1))
+            nxt = np.minimum((np.cumsum(p, axis=-1) < u).sum(axis=-1), z.shape[-1] - 1)
+        if eos_id is not None:
+            nxt = np.where(done, eos_id, nxt)
+            done |= nxt == eos_id
+        out.append(nxt[:, None])
+        if eos_id is not None and done.all():
+            break
+        logits = model.decode_step(state, nxt).astype(np.float64)
+    return np.concatenate(out, axis=1)

@@ -1,0 +1,55 @@
+"""float64 gradient-check cases of the models, for ``numtransformer gradcheck``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..attention import causal_mask
+
+
+def gradcheck_cases():
+    from ..selfcheck import Case
+    from .transformer import (Transformer, TransformerDecoderLayer, TransformerEncoderLayer,
+                              TransformerLM)
+
+    F64 = np.float64
+
+    def enc(norm_first, activation):
+        def build(r):
+            layer = TransformerEncoderLayer(8, 2, 12, 0.1, activation, norm_first=norm_first,
+                                            dtype=F64, rng=r)
+            pad = np.array([[False, False, True], [False, False, False]])
+            return layer, (r.standard_normal((2, 3, 8)),), {"src_key_padding_mask": pad}
+        return build
+
+    def dec(norm_first, activation):
+        def build(r):
+            layer = TransformerDecoderLayer(8, 2, 12, 0.1, activation, norm_first=norm_first,
+                                            dtype=F64, rng=r)
+            mpad = np.array([[False, False, True, True], [False] * 4])
+            return layer, (r.standard_normal((2, 3, 8)), r.standard_normal((2, 4, 8))), {
+                "tgt_mask": causal_mask(3), "memory_key_padding_mask": mpad}
+        return build
+
+    def transformer(r):
+        model = Transformer(7, 9, d_model=8, nhead=2, num_encoder_layers=1,
+                            num_decoder_layers=2, dim_feedforward=12, dropout=0.1,
+                            tie_output=True, dtype=F64, rng=r)
+        src = np.array([[3, 4, 5, 0], [2, 6, 1, 6]])
+        tgt = np.array([[1, 3, 4], [1, 5, 0]])
+        return model, (src, tgt, src == 0, tgt == 0), {"max_entries": 16}
+
+    def lm(r):
+        model = TransformerLM(11, 8, 2, 2, 12, dropout=0.1, dtype=F64, rng=r)
+        ids = np.array([[1, 2, 3, 4], [5, 6, 7, 0]])
+        return model, (ids, ids == 0), {"max_entries": 16}
+
+    cases = []
+    for nf in (False, True):
+        for act in ("relu", "gelu"):
+            tag = f"{'pre' if nf else 'post'}-LN, {act}"
+            cases.append(Case(f"TransformerEncoderLayer({tag})", enc(nf, act)))
+            cases.append(Case(f"TransformerDecoderLayer({tag})", dec(nf, act)))
+    cases.append(Case("Transformer(tied output)", transformer))
+    cases.append(Case("TransformerLM", lm))
+    return cases

@@ -1,0 +1,725 @@
+"""The Transformer ("Attention Is All You Need", Vaswani et al., 2017).
+
+Layers (constructor arguments mirror PyTorch's layers of the same name):
+``TransformerEncoderLayer``, ``TransformerDecoderLayer``, the stacks
+``TransformerEncoder`` / ``TransformerDecoder``, the encoder-decoder model
+``Transformer`` and the decoder-only causal language model ``TransformerLM``.
+
+Residual sublayers, post-LN (the paper, sec. 3.1; the default) and pre-LN
+(``norm_first=True``; Xiong et al., 2020):
+
+    post-LN:  x <- LayerNorm(x + Dropout(Sublayer(x)))
+    pre-LN:   x <- x + Dropout(Sublayer(LayerNorm(x)))
+
+Backward of a residual sublayer (the identity path adds its gradient):
+
+    post-LN:  dr = norm.backward(dy);  dx = dr + sublayer.backward(dropout.backward(dr))
+    pre-LN:   dx = dy + norm.backward(sublayer.backward(dropout.backward(dy)))
+
+Incremental decoding: ``start_decoding`` / ``decode_step`` run one new target
+position at a time against key/value caches (cost O(t) per step, not a full
+recompute); ``numtransformer.decoding`` builds greedy and beam search on them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from .._validate import (as_rng, check_float, check_float_dtype, check_ids, check_mask,
+                         check_positive_int, check_probability)
+from ..attention import KVCache, MultiHeadAttention, causal_mask
+from ..layers import (Dropout, Embedding, LayerNorm, LearnedPositionalEmbedding, Linear,
+                      PositionwiseFeedForward, SinusoidalPositionalEncoding, TiedLinear)
+from ..module import Module
+
+__all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
+           "TransformerDecoder", "Transformer", "TransformerLM", "DecoderState", "LMState"]
+
+_ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+
+
+def _check_layer_args(owner, d_model, nhead, dim_feedforward, dropout, activation,
+                      layer_norm_eps):
+    who = type(owner).__name__
+    check_positive_int(owner, "d_model", d_model)
+    check_positive_int(owner, "nhead", nhead)
+    check_positive_int(owner, "dim_feedforward", dim_feedforward)
+    check_probability(owner, "dropout", dropout)
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"{who}: activation must be one of {_ACTIVATIONS}, got {activation!r}")
+    if d_model % nhead:
+        raise ValueError(f"{who}: d_model={d_model} is not divisible by nhead={nhead}")
+    if not layer_norm_eps > 0:
+        raise ValueError(f"{who}: layer_norm_eps must be > 0, got {layer_norm_eps}")
+
+
+# ----------------------------------------------------------------------------------------
+class EncoderLayerCache(NamedTuple):
+    norm1: tuple | None  # pre-LN: n1 = norm1(x)
+    self_attn: tuple  # a = SelfAttention(x or n1)
+    dropout1: tuple
+    residual_norm1: tuple | None  # post-LN: h = norm1(x + drop(a))
+    norm2: tuple | None  # pre-LN: n2 = norm2(h)
+    ffn: tuple  # f = FFN(h or n2)
+    dropout2: tuple
+    residual_norm2: tuple | None  # post-LN: y = norm2(h + drop(f))
+
+
+class TransformerEncoderLayer(Module):
+    """Self-attention + position-wise FFN, each in a residual block (sec. 3.1).
+
+    Shapes: src x (B, T, D); src_key_padding_mask (B, T); src_mask (T, T) or
+    (B, T, T); masks True = blocked.  Returns y (B, T, D).
+
+    Forward, post-LN (norm_first=False):
+        a = SelfAttn(x);     h = norm1(x + dropout1(a))
+        f = FFN(h);          y = norm2(h + dropout2(f))
+    Forward, pre-LN (norm_first=True):
+        a = SelfAttn(norm1(x));  h = x + dropout1(a)
+        f = FFN(norm2(h));       y = h + dropout2(f)
+    Backward, post-LN:
+        dr2 = norm2.backward(dy);   dh = dr2 + FFN.backward(dropout2.backward(dr2))
+        dr1 = norm1.backward(dh);   dx = dr1 + SelfAttn.backward(dropout1.backward(dr1))
+    Backward, pre-LN:
+        dh = dy + norm2.backward(FFN.backward(dropout2.backward(dy)))
+        dx = dh + norm1.backward(SelfAttn.backward(dropout1.backward(dh)))
+
+    FFN(x) = linear2(dropout(act(linear1(x)))) with its own dropout, as PyTorch.
+    Parameter names: self_attn.*, ffn.linear1.*, ffn.linear2.*, norm1.*, norm2.*.
+    """
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
+                 dropout: float = 0.1, activation: str = "relu", layer_norm_eps: float = 1e-5,
+                 norm_first: bool = False, *, dtype=np.float32, rng=None):
+        _check_layer_args(self, d_model, nhead, dim_feedforward, dropout, activation,
+                          layer_norm_eps)
+        rng = as_rng(rng)
+        self.d_model, self.nhead, self.norm_first = d_model, nhead, bool(norm_first)
+        self.self_attn = MultiHeadAttention(d_model, nhead, dropout, dtype=dtype, rng=rng)
+        self.ffn = PositionwiseFeedForward(d_model, dim_feedforward, activation, dropout,
+                                           dtype=dtype, rng=rng)
+        self.norm1 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
+        self.norm2 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
+        self.dropout1 = Dropout(dropout, rng=rng.spawn(1)[0])
+        self.dropout2 = Dropout(dropout, rng=rng.spawn(1)[0])
+
+    @property
+    def dtype(self):
+        return self.norm1.dtype
+
+    def forward(self, src, src_key_padding_mask=None, src_mask=None):
+        x = check_float(self, "src", src, dtype=self.dtype, ndim=3, last_dim=self.d_model,
+                        last_dim_name="d_model")
+        if self.norm_first:
+            n1, c_n1 = self.norm1.forward(x)
+            a, c_sa = self.self_attn.forward(n1, key_padding_mask=src_key_padding_mask,
+                                             attn_mask=src_mask)
+            a_drop, c_d1 = self.dropout1.forward(a)
+            h = x + a_drop
+            n2, c_n2 = self.norm2.forward(h)
+            f, c_ff = self.ffn.forward(n2)
+            f_drop, c_d2 = self.dropout2.forward(f)
+            y = h + f_drop
+            return y, EncoderLayerCache(c_n1, c_sa, c_d1, None, c_n2, c_ff, c_d2, None)
+        a, c_sa = self.self_attn.forward(x, key_padding_mask=src_key_padding_mask,
+                                         attn_mask=src_mask)
+        a_drop, c_d1 = self.dropout1.forward(a)
+        h, c_r1 = self.norm1.forward(x + a_drop)
+        f, c_ff = self.ffn.forward(h)
+        f_drop, c_d2 = self.dropout2.forward(f)
+        y, c_r2 = self.norm2.forward(h + f_drop)
+        return y, EncoderLayerCache(None, c_sa, c_d1, c_r1, None, c_ff, c_d2, c_r2)
+
+    def backward(self, dy, cache: EncoderLayerCache):
+        if self.norm_first:
+            df = self.dropout2.backward(dy, cache.dropout2)
+            dh = dy + self.norm2.backward(self.ffn.backward(df, cache.ffn), cache.norm2)
+            da = self.dropout1.backward(dh, cache.dropout1)
+            dn1 = self.self_attn.backward(da, cache.self_attn)
+            return dh + self.norm1.backward(dn1, cache.norm1)
+        dr2 = self.norm2.backward(dy, cache.residual_norm2)
+        dh = dr2 + self.ffn.backward(self.dropout2.backward(dr2, cache.dropout2), cache.ffn)
+        dr1 = self.norm1.backward(dh, cache.residual_norm1)
+        return dr1 + self.self_attn.backward(self.dropout1.backward(dr1, cache.dropout1),
+                                             cache.self_attn)
+
+    def decode(self, x, kv_cache: KVCache, key_padding_mask=None):
+        """Causal incremental step(s) for a decoder-only model (inference, no dropout):
+        x (B, T_new, D) attends to the cached past plus itself."""
+        if self.norm_first:
+            h = x + self.self_attn.decode(self.norm1(x), kv_cache, key_padding_mask)
+            return h + self.ffn(self.norm2(h))
+        h = self.norm1(x + self.self_attn.decode(x, kv_cache, key_padding_mask))
+        return self.norm2(h + self.ffn(h))
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, nhead={self.nhead}, norm_first={self.norm_first}"
+
+
+# ----------------------------------------------------------------------------------------
+class DecoderLayerCache(NamedTuple):
+    norm1: tuple | None
+    self_attn: tuple
+    dropout1: tuple
+    residual_norm1: tuple | None
+    norm2: tuple | None
+    cross_attn: tuple
+    dropout2: tuple
+    residual_norm2: tuple | None
+    norm3: tuple | None
+    ffn: tuple
+    dropout3: tuple
+    residual_norm3: tuple | None
+
+
+class TransformerDecoderLayer(Module):
+    """Masked self-attention, encoder-decoder (cross) attention, FFN (sec. 3.1).
+
+    Shapes: tgt x (B, T, D); memory m (B, S, D); tgt_mask (T, T) or (B, T, T)
+    (usually ``causal_mask(T)``); tgt_key_padding_mask (B, T);
+    memory_key_padding_mask (B, S).  Returns y (B, T, D).
+
+    Forward, post-LN:
+        h1 = norm1(x  + dropout1(SelfAttn(x)))
+        h2 = norm2(h1 + dropout2(CrossAttn(h1, m, m)))     (K, V from the encoder output)
+        y  = norm3(h2 + dropout3(FFN(h2)))
+    Forward, pre-LN:
+        h1 = x  + dropout1(SelfAttn(norm1(x)))
+        h2 = h1 + dropout2(CrossAttn(norm2(h1), m, m))
+        y  = h2 + dropout3(FFN(norm3(h2)))
+    Backward: each block as in TransformerEncoderLayer, in reverse order; the
+    cross-attention returns (dquery, dkey, dvalue) and dm = dkey + dvalue.
+    backward returns (dx, dm).
+
+    Parameter names: self_attn.*, cross_attn.* (PyTorch: multihead_attn),
+    ffn.linear1.*, ffn.linear2.*, norm1.*, norm2.*, norm3.*.
+    """
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
+                 dropout: float = 0.1, activation: str = "relu", layer_norm_eps: float = 1e-5,
+                 norm_first: bool = False, *, dtype=np.float32, rng=None):
+        _check_layer_args(self, d_model, nhead, dim_feedforward, dropout, activation,
+                          layer_norm_eps)
+        rng = as_rng(rng)
+        self.d_model, self.nhead, self.norm_first = d_model, nhead, bool(norm_first)
+        self.self_attn = MultiHeadAttention(d_model, nhead, dropout, dtype=dtype, rng=rng)
+        self.cross_attn = MultiHeadAttention(d_model, nhead, dropout, dtype=dtype, rng=rng)
+        self.ffn = PositionwiseFeedForward(d_model, dim_feedforward, activation, dropout,
+                                           dtype=dtype, rng=rng)
+        self.norm1 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
+        self.norm2 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
+        self.norm3 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
+        self.dropout1 = Dropout(dropout, rng=rng.spawn(1)[0])
+        self.dropout2 = Dropout(dropout, rng=rng.spawn(1)[0])
+        self.dropout3 = Dropout(dropout, rng=rng.spawn(1)[0])
+
+    @property
+    def dtype(self):
+        return self.norm1.dtype
+
+    def forward(self, tgt, memory, tgt_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None):
+        x = check_float(self, "tgt", tgt, dtype=self.dtype, ndim=3, last_dim=self.d_model,
+                        last_dim_name="d_model")
+        m = check_float(self, "memory", memory, dtype=self.dtype, ndim=3,
+                        last_dim=self.d_model, last_dim_name="d_model")
+        if m.shape[0] != x.shape[0]:
+            raise ValueError(f"TransformerDecoderLayer: memory has batch size {m.shape[0]}, "
+                             f"tgt has {x.shape[0]}")
+        sa_kw = dict(key_padding_mask=tgt_key_padding_mask, attn_mask=tgt_mask)
+        if self.norm_first:
+            n1, c_n1 = self.norm1.forward(x)
+            a, c_sa = self.self_attn.forward(n1, **sa_kw)
+            a_drop, c_d1 = self.dropout1.forward(a)
+            h1 = x + a_drop
+            n2, c_n2 = self.norm2.forward(h1)
+            b, c_ca = self.cross_attn.forward(n2, m, m, key_padding_mask=memory_key_padding_mask)
+            b_drop, c_d2 = self.dropout2.forward(b)
+            h2 = h1 + b_drop
+            n3, c_n3 = self.norm3.forward(h2)
+            f, c_ff = self.ffn.forward(n3)
+            f_drop, c_d3 = self.dropout3.forward(f)
+            y = h2 + f_drop
+            return y, DecoderLayerCache(c_n1, c_sa, c_d1, None, c_n2, c_ca, c_d2, None,
+                                        c_n3, c_ff, c_d3, None)
+        a, c_sa = self.self_attn.forward(x, **sa_kw)
+        a_drop, c_d1 = self.dropout1.forward(a)
+        h1, c_r1 = self.norm1.forward(x + a_drop)
+        b, c_ca = self.cross_attn.forward(h1, m, m, key_padding_mask=memory_key_padding_mask)
+        b_drop, c_d2 = self.dropout2.forward(b)
+        h2, c_r2 = self.norm2.forward(h1 + b_drop)
+        f, c_ff = self.ffn.forward(h2)
+        f_drop, c_d3 = self.dropout3.forward(f)
+        y, c_r3 = self.norm3.forward(h2 + f_drop)
+        return y, DecoderLayerCache(None, c_sa, c_d1, c_r1, None, c_ca, c_d2, c_r2,
+                                    None, c_ff, c_d3, c_r3)
+
+    def backward(self, dy, cache: DecoderLayerCache):
+        if self.norm_first:
+            df = self.dropout3.backward(dy, cache.dropout3)
+            dh2 = dy + self.norm3.backward(self.ffn.backward(df, cache.ffn), cache.norm3)
+            db = self.dropout2.backward(dh2, cache.dropout2)
+            dn2, dm_k, dm_v = self.cross_attn.backward(db, cache.cross_attn)
+            dh1 = dh2 + self.norm2.backward(dn2, cache.norm2)
+            da = self.dropout1.backward(dh1, cache.dropout1)
+            dn1 = self.self_attn.backward(da, cache.self_attn)
+            dx = dh1 + self.norm1.backward(dn1, cache.norm1)
+            return dx, dm_k + dm_v
+        dr3 = self.norm3.backward(dy, cache.residual_norm3)
+        dh2 = dr3 + self.ffn.backward(self.dropout3.backward(dr3, cache.dropout3), cache.ffn)
+        dr2 = self.norm2.backward(dh2, cache.residual_norm2)
+        dq, dm_k, dm_v = self.cross_attn.backward(self.dropout2.backward(dr2, cache.dropout2),
+                                                  cache.cross_attn)
+        dh1 = dr2 + dq
+        dr1 = self.norm1.backward(dh1, cache.residual_norm1)
+        dx = dr1 + self.self_attn.backward(self.dropout1.backward(dr1, cache.dropout1),
+                                           cache.self_attn)
+        return dx, dm_k + dm_v
+
+    def decode(self, x, self_cache: KVCache, memory_cache: KVCache,
+               memory_key_padding_mask=None):
+        """Incremental step(s) (inference, no dropout): x (B, T_new, D) attends
+        causally to the cached target steps and to the whole (cached) memory."""
+        mkpm = memory_key_padding_mask
+        if self.norm_first:
+            h1 = x + self.self_attn.decode(self.norm1(x), self_cache)
+            h2 = h1 + self.cross_attn.decode(self.norm2(h1), memory_cache, mkpm)
+            return h2 + self.ffn(self.norm3(h2))
+        h1 = self.norm1(x + self.self_attn.decode(x, self_cache))
+        h2 = self.norm2(h1 + self.cross_attn.decode(h1, memory_cache, mkpm))
+        return self.norm3(h2 + self.ffn(h2))
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, nhead={self.nhead}, norm_first={self.norm_first}"
+
+
+# ----------------------------------------------------------------------------------------
+class StackCache(NamedTuple):
+    layers: list  # one cache per layer
+    norm: tuple | None  # the final LayerNorm's cache
+
+
+def _layer_kwargs(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps,
+                  norm_first, dtype):
+    return dict(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward,
+                dropout=dropout, activation=activation, layer_norm_eps=layer_norm_eps,
+                norm_first=norm_first, dtype=dtype)
+
+
+class TransformerEncoder(Module):
+    """N encoder layers, each with its own weights, and an optional final LayerNorm.
+
+        x_0 = src;  x_l = layer_l(x_{l-1});  y = norm(x_N)  (final_norm)
+    Backward: dx_N = norm.backward(dy); dx_{l-1} = layer_l.backward(dx_l).
+
+    ``final_norm`` defaults to ``norm_first``: a pre-LN stack needs a last
+    normalisation, a post-LN stack already ends with one (``nn.Transformer``
+    adds it in both cases: pass final_norm=True to match it).
+    """
+
+    def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int = 2048,
+                 dropout: float = 0.1, activation: str = "relu", layer_norm_eps: float = 1e-5,
+                 norm_first: bool = False, final_norm: bool | None = None, *,
+                 dtype=np.float32, rng=None):
+        check_positive_int(self, "num_layers", num_layers)
+        rng = as_rng(rng)
+        kw = _layer_kwargs(d_model, nhead, dim_feedforward, dropout, activation,
+                           layer_norm_eps, norm_first, dtype)
+        self.layers = [TransformerEncoderLayer(**kw, rng=rng) for _ in range(num_layers)]
+        final_norm = norm_first if final_norm is None else final_norm
+        self.norm = LayerNorm(d_model, layer_norm_eps, dtype=dtype) if final_norm else None
+        self.d_model = d_model
+
+    def forward(self, src, src_key_padding_mask=None, mask=None):
+        x = check_float(self, "src", src, dtype=self.layers[0].dtype, ndim=3,
+                        last_dim=self.d_model, last_dim_name="d_model")
+        caches = []
+        for layer in self.layers:
+            x, c = layer.forward(x, src_key_padding_mask=src_key_padding_mask, src_mask=mask)
+            caches.append(c)
+        c_norm = None
+        if self.norm is not None:
+            x, c_norm = self.norm.forward(x)
+        return x, StackCache(caches, c_norm)
+
+    def backward(self, dy, cache: StackCache):
+        if self.norm is not None:
+            dy = self.norm.backward(dy, cache.norm)
+        for layer, c in zip(reversed(self.layers), reversed(cache.layers)):
+            dy = layer.backward(dy, c)
+        return dy
+
+
+class TransformerDecoder(Module):
+    """N decoder layers and an optional final LayerNorm (see TransformerEncoder).
+
+        x_0 = tgt;  x_l = layer_l(x_{l-1}, m);  y = norm(x_N)
+    Backward: every layer reads the same memory m, so dm = sum_l dm_l.
+    Returns (dtgt, dmemory).
+    """
+
+    def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int = 2048,
+                 dropout: float = 0.1, activation: str = "relu", layer_norm_eps: float = 1e-5,
+                 norm_first: bool = False, final_norm: bool | None = None, *,
+                 dtype=np.float32, rng=None):
+        check_positive_int(self, "num_layers", num_layers)
+        rng = as_rng(rng)
+        kw = _layer_kwargs(d_model, nhead, dim_feedforward, dropout, activation,
+                           layer_norm_eps, norm_first, dtype)
+        self.layers = [TransformerDecoderLayer(**kw, rng=rng) for _ in range(num_layers)]
+        final_norm = norm_first if final_norm is None else final_norm
+        self.norm = LayerNorm(d_model, layer_norm_eps, dtype=dtype) if final_norm else None
+        self.d_model = d_model
+
+    def forward(self, tgt, memory, tgt_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None):
+        dtype = self.layers[0].dtype
+        x = check_float(self, "tgt", tgt, dtype=dtype, ndim=3, last_dim=self.d_model,
+                        last_dim_name="d_model")
+        memory = check_float(self, "memory", memory, dtype=dtype, ndim=3,
+                             last_dim=self.d_model, last_dim_name="d_model")
+        caches = []
+        for layer in self.layers:
+            x, c = layer.forward(x, memory, tgt_mask=tgt_mask,
+                                 tgt_key_padding_mask=tgt_key_padding_mask,
+                                 memory_key_padding_mask=memory_key_padding_mask)
+            caches.append(c)
+        c_norm = None
+        if self.norm is not None:
+            x, c_norm = self.norm.forward(x)
+        return x, StackCache(caches, c_norm)
+
+    def backward(self, dy, cache: StackCache):
+        if self.norm is not None:
+            dy = self.norm.backward(dy, cache.norm)
+        dmemory = None
+        for layer, c in zip(reversed(self.layers), reversed(cache.layers)):
+            dy, dm = layer.backward(dy, c)
+            dmemory = dm if dmemory is None else dmemory + dm
+        return dy, dmemory
+
+
+# ----------------------------------------------------------------------------------------
+def _positional(kind, d_model, max_len, dtype, rng):
+    if kind == "sinusoidal":
+        return SinusoidalPositionalEncoding(d_model, max_len)
+    if kind == "learned":
+        return LearnedPositionalEmbedding(max_len, d_model, dtype=dtype, rng=rng)
+    raise ValueError(f"positional must be 'sinusoidal' or 'learned', got {kind!r}")
+
+
+class TransformerCache(NamedTuple):
+    src_embed: tuple
+    src_pos: tuple
+    src_dropout: tuple
+    encoder: tuple
+    tgt_embed: tuple
+    tgt_pos: tuple
+    tgt_dropout: tuple
+    decoder: tuple
+    generator: tuple
+
+
+class DecoderState:
+    """What incremental decoding carries between steps, for a batch of rows:
+    per decoder layer a growing self-attention KV cache and a fixed memory KV
+    cache, the source padding mask, and the number of target steps so far.
+    ``select(rows)`` keeps / reorders / repeats rows (beam search)."""
+
+    def __init__(self, self_caches, memory_caches, memory_key_padding_mask, step=0):
+        self.self_caches = self_caches
+        self.memory_caches = memory_caches
+        self.memory_key_padding_mask = memory_key_padding_mask
+        self.step = step
+
+    @property
+    def batch_size(self) -> int:
+        return self.memory_caches[0].batch_size
+
+    def select(self, rows) -> "DecoderState":
+        rows = np.asarray(rows)
+        mkpm = self.memory_key_padding_mask
+        return DecoderState([c.select(rows) for c in self.self_caches],
+                            [c.select(rows) for c in self.memory_caches],
+                            None if mkpm is None else mkpm[rows], self.step)
+
+
+class Transformer(Module):
+    """The encoder-decoder Transformer for sequence-to-sequence tasks.
+
+    Shapes: src_ids (B, S), tgt_in_ids (B, T) integer ids (teacher forcing: the
+    target shifted right, starting with <bos>); pad masks (B, S), (B, T), True =
+    padding.  Returns logits (B, T, V_tgt).
+
+    Forward:
+        x   = dropout(PE(E_src[src] * sqrt(D)))                 (sec. 3.4, 3.5)
+        m   = Encoder(x, src_pad_mask)
+        y   = dropout(PE(E_tgt[tgt_in] * sqrt(D)))
+        h   = Decoder(y, m, causal_mask(T), tgt_pad_mask, src_pad_mask)
+        z   = h W_out + b_out     or, tied,   z = h E_tgt^T
+    Backward:
+        dh     = generator.backward(dz)                 (tied: adds to E_tgt's grad)
+        dy, dm = Decoder.backward(dh)
+        E_tgt  <- embed.backward(dropout/PE backward(dy) * sqrt(D))
+        dx     = Encoder.backward(dm)
+        E_src  <- embed.backward(dropout/PE backward(dx) * sqrt(D))
+    With ``share_embeddings`` E_src and E_tgt are one Parameter (one vocabulary)
+    and with ``tie_output`` the output projection reuses E_tgt: a shared
+    weight's gradient is the sum over its uses, because every backward adds
+    to the same ``.grad``.
+
+    Embeddings are initialised N(0, 1/D), so after the sqrt(D) scale they have
+    unit variance, the scale of the positional encoding.
+    """
+
+    def __init__(self, src_vocab: int, tgt_vocab: int, d_model: int = 512, nhead: int = 8,
+                 num_encoder_layers: int = 6, num_decoder_layers: int = 6,
+                 dim_feedforward: int = 2048, dropout: float = 0.1, activation: str = "relu",
+                 layer_norm_eps: float = 1e-5, norm_first: bool = False,
+                 positional: str = "sinusoidal", max_len: int = 512,
+                 share_embeddings: bool = False, tie_output: bool = False,
+                 final_norm: bool | None = None, pad_id: int = 0, *, dtype=np.float32,
+                 rng=None):
+        check_positive_int(self, "src_vocab", src_vocab)
+        check_positive_int(self, "tgt_vocab", tgt_vocab)
+        dtype = check_float_dtype(self, dtype)
+        if share_embeddings and src_vocab != tgt_vocab:
+            raise ValueError(f"Transformer: share_embeddings needs src_vocab == tgt_vocab, got "
+                             f"{src_vocab} and {tgt_vocab}")
+        rng = as_rng(rng)
+        self.config = dict(src_vocab=src_vocab, tgt_vocab=tgt_vocab, d_model=d_model,
+                           nhead=nhead, num_encoder_layers=num_encoder_layers,
+                           num_decoder_layers=num_decoder_layers,
+                           dim_feedforward=dim_feedforward, dropout=dropout,
+                           activation=activation, layer_norm_eps=layer_norm_eps,
+                           norm_first=norm_first, positional=positional, max_len=max_len,
+                           share_embeddings=share_embeddings, tie_output=tie_output,
+                           final_norm=final_norm, pad_id=pad_id)
+        self.d_model, self.pad_id = d_model, pad_id
+        self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
+        self.embed_scale = math.sqrt(d_model)
+        # No padding_idx: padded positions are masked as keys and ignored by the
+        # loss, so the pad row's true gradient is already zero.
+        self.src_embed = Embedding(src_vocab, d_model, dtype=dtype, rng=rng)
+        self.src_embed.W.data *= 1.0 / math.sqrt(d_model)
+        if share_embeddings:
+            self.tgt_embed = self.src_embed
+        else:
+            self.tgt_embed = Embedding(tgt_vocab, d_model, dtype=dtype, rng=rng)
+            self.tgt_embed.W.data *= 1.0 / math.sqrt(d_model)
+        self.src_pos = _positional(positional, d_model, max_len, dtype, rng)
+        self.tgt_pos = (self.src_pos if positional == "sinusoidal"
+                        else _positional(positional, d_model, max_len, dtype, rng))
+        self.src_dropout = Dropout(dropout, rng=rng.spawn(1)[0])
+        self.tgt_dropout = Dropout(dropout, rng=rng.spawn(1)[0])
+        stack = dict(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward,
+                     dropout=dropout, activation=activation, layer_norm_eps=layer_norm_eps,
+                     norm_first=norm_first, final_norm=final_norm, dtype=dtype)
+        self.encoder = TransformerEncoder(num_encoder_layers, **stack, rng=rng)
+        self.decoder = TransformerDecoder(num_decoder_layers, **stack, rng=rng)
+        if tie_output:
+            self.generator = TiedLinear(self.tgt_embed.W)
+        else:
+            self.generator = Linear(d_model, tgt_vocab, dtype=dtype, rng=rng)
+        self.max_len = max_len
+
+    @property
+    def dtype(self):
+        return self.src_embed.W.dtype
+
+    def _check(self, src_ids, tgt_in_ids, src_pad_mask, tgt_pad_mask):
+        src = check_ids(self, "src_ids", src_ids, self.src_vocab)
+        if src.ndim != 2 or src.shape[1] == 0:
+            raise ValueError(f"Transformer: src_ids must be (B, S) with S >= 1, got shape "
+                             f"{src.shape}")
+        if src_pad_mask is not None:
+            check_mask(self, "src_pad_mask", src_pad_mask, src.shape)
+        if tgt_in_ids is None:
+            return src, None
+        tgt = check_ids(self, "tgt_in_ids", tgt_in_ids, self.tgt_vocab)
+        if tgt.ndim != 2 or tgt.shape[0] != src.shape[0] or tgt.shape[1] == 0:
+            raise ValueError(f"Transformer: tgt_in_ids must be (B, T) with B = {src.shape[0]} "
+                             f"and T >= 1, got shape {tgt.shape}")
+        if tgt_pad_mask is not None:
+            check_mask(self, "tgt_pad_mask", tgt_pad_mask, tgt.shape)
+        return src, tgt
+
+    def _embed_src(self, src):
+        e, c_e = self.src_embed.forward(src)
+        p, c_p = self.src_pos.forward(e * self.embed_scale)
+        x, c_d = self.src_dropout.forward(p)
+        return x, (c_e, c_p, c_d)
+
+    def forward(self, src_ids, tgt_in_ids, src_pad_mask=None, tgt_pad_mask=None):
+        src, tgt = self._check(src_ids, tgt_in_ids, src_pad_mask, tgt_pad_mask)
+        x, (c_se, c_sp, c_sd) = self._embed_src(src)
+        memory, c_enc = self.encoder.forward(x, src_key_padding_mask=src_pad_mask)
+        e, c_te = self.tgt_embed.forward(tgt)
+        p, c_tp = self.tgt_pos.forward(e * self.embed_scale)
+        y, c_td = self.tgt_dropout.forward(p)
+        h, c_dec = self.decoder.forward(y, memory, tgt_mask=causal_mask(tgt.shape[1]),
+                                        tgt_key_padding_mask=tgt_pad_mask,
+                                        memory_key_padding_mask=src_pad_mask)
+        logits, c_gen = self.generator.forward(h)
+        return logits, TransformerCache(c_se, c_sp, c_sd, c_enc, c_te, c_tp, c_td, c_dec, c_gen)
+
+    def backward(self, dlogits, cache: TransformerCache):
+        dh = self.generator.backward(dlogits, cache.generator)
+        dy, dmemory = self.decoder.backward(dh, cache.decoder)
+        dp = self.tgt_pos.backward(self.tgt_dropout.backward(dy, cache.tgt_dropout),
+                                   cache.tgt_pos)
+        self.tgt_embed.backward(dp * self.embed_scale, cache.tgt_embed)
+        dx = self.encoder.backward(dmemory, cache.encoder)
+        dp = self.src_pos.backward(self.src_dropout.backward(dx, cache.src_dropout),
+                                   cache.src_pos)
+        self.src_embed.backward(dp * self.embed_scale, cache.src_embed)
+        return None
+
+    # -- incremental decoding (inference) ----------------------------------------------
+    def encode(self, src_ids, src_pad_mask=None):
+        """The encoder output m (B, S, D) (inference: no cache kept)."""
+        src, _ = self._check(src_ids, None, src_pad_mask, None)
+        x, _ = self._embed_src(src)
+        return self.encoder(x, src_key_padding_mask=src_pad_mask)
+
+    def start_decoding(self, src_ids, src_pad_mask=None) -> DecoderState:
+        """Encode the source once and project its keys/values for every layer."""
+        memory = self.encode(src_ids, src_pad_mask)
+        B = memory.shape[0]
+        self_caches = [layer.self_attn.new_kv_cache(B) for layer in self.decoder.layers]
+        memory_caches = [layer.cross_attn.cache_memory(memory, memory)
+                         for layer in self.decoder.layers]
+        return DecoderState(self_caches, memory_caches, src_pad_mask)
+
+    def decode_step(self, state: DecoderState, tokens) -> np.ndarray:
+        """Feed the previous target token of every row (B,), return next-token
+        logits (B, V); the state advances by one step."""
+        tokens = check_ids(self, "tokens", np.asarray(tokens), self.tgt_vocab)
+        if state.step >= self.max_len:
+            raise ValueError(f"Transformer: decoding past max_len={self.max_len}")
+        e = self.tgt_embed(tokens[:, None])
+        y = self.tgt_pos(e * self.embed_scale, offset=state.step)
+        for layer, sc, mc in zip(self.decoder.layers, state.self_caches, state.memory_caches):
+            y = layer.decode(y, sc, mc, state.memory_key_padding_mask)
+        if self.decoder.norm is not None:
+            y = self.decoder.norm(y)
+        state.step += 1
+        return self.generator(y)[:, 0]
+
+
+# ----------------------------------------------------------------------------------------
+class LMCache(NamedTuple):
+    embed: tuple
+    pos: tuple
+    dropout: tuple
+    blocks: list
+    norm: tuple
+    generator: tuple
+
+
+class LMState:
+    """Incremental decoding state of a TransformerLM: one KV cache per block."""
+
+    def __init__(self, caches, step=0):
+        self.caches, self.step = caches, step
+
+    @property
+    def batch_size(self) -> int:
+        return self.caches[0].batch_size
+
+    def select(self, rows) -> "LMState":
+        rows = np.asarray(rows)
+        return LMState([c.select(rows) for c in self.caches], self.step)
+
+
+class TransformerLM(Module):
+    """Decoder-only causal language model (GPT-style, pre-LN).
+
+    Shapes: ids (B, T); pad_mask (B, T) True = padding; logits (B, T, V).
+
+    Forward:
+        x_0 = dropout(E[ids] + P[0..T-1])          (learned positions; or sinusoid table)
+        x_l = Block_l(x_{l-1}, causal_mask(T))     (pre-LN encoder layers: self-attention
+                                                    that sees positions <= t only)
+        z   = LayerNorm(x_N) E^T                   (tied output; or a Linear)
+    Backward: the same chain in reverse; the tied E collects the gradient of
+    both the lookup and the output projection.
+    """
+
+    def __init__(self, vocab_size: int, d_model: int = 128, nhead: int = 4,
+                 num_layers: int = 4, dim_feedforward: int = 512, dropout: float = 0.1,
+                 activation: str = "gelu", layer_norm_eps: float = 1e-5,
+                 positional: str = "learned", max_len: int = 512, tie_output: bool = True,
+                 *, dtype=np.float32, rng=None):
+        check_positive_int(self, "vocab_size", vocab_size)
+        check_positive_int(self, "num_layers", num_layers)
+        dtype = check_float_dtype(self, dtype)
+        rng = as_rng(rng)
+        self.config = dict(vocab_size=vocab_size, d_model=d_model, nhead=nhead,
+                           num_layers=num_layers, dim_feedforward=dim_feedforward,
+                           dropout=dropout, activation=activation,
+                           layer_norm_eps=layer_norm_eps, positional=positional,
+                           max_len=max_len, tie_output=tie_output)
+        self.vocab_size, self.d_model, self.max_len = vocab_size, d_model, max_len
+        self.embed = Embedding(vocab_size, d_model, dtype=dtype, rng=rng)
+        self.embed.W.data *= 0.02  # GPT-2's N(0, 0.02^2)
+        self.pos = _positional(positional, d_model, max_len, dtype, rng)
+        self.dropout = Dropout(dropout, rng=rng.spawn(1)[0])
+        self.blocks = [TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout,
+                                               activation, layer_norm_eps, norm_first=True,
+                                               dtype=dtype, rng=rng)
+                       for _ in range(num_layers)]
+        self.norm = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
+        self.generator = (TiedLinear(self.embed.W) if tie_output
+                          else Linear(d_model, vocab_size, dtype=dtype, rng=rng))
+
+    @property
+    def dtype(self):
+        return self.embed.W.dtype
+
+    def forward(self, ids, pad_mask=None):
+        ids = check_ids(self, "ids", ids, self.vocab_size)
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"TransformerLM: ids must be (B, T) with T >= 1, got {ids.shape}")
+        if pad_mask is not None:
+            check_mask(self, "pad_mask", pad_mask, ids.shape)
+        e, c_e = self.embed.forward(ids)
+        p, c_p = self.pos.forward(e)
+        x, c_d = self.dropout.forward(p)
+        mask = causal_mask(ids.shape[1])
+        caches = []
+        for block in self.blocks:
+            x, c = block.forward(x, src_key_padding_mask=pad_mask, src_mask=mask)
+            caches.append(c)
+        h, c_n = self.norm.forward(x)
+        logits, c_g = self.generator.forward(h)
+        return logits, LMCache(c_e, c_p, c_d, caches, c_n, c_g)
+
+    def backward(self, dlogits, cache: LMCache):
+        dx = self.norm.backward(self.generator.backward(dlogits, cache.generator), cache.norm)
+        for block, c in zip(reversed(self.blocks), reversed(cache.blocks)):
+            dx = block.backward(dx, c)
+        dp = self.pos.backward(self.dropout.backward(dx, cache.dropout), cache.pos)
+        self.embed.backward(dp, cache.embed)
+        return None
+
+    def start_decoding(self, batch_size: int) -> LMState:
+        return LMState([b.self_attn.new_kv_cache(batch_size) for b in self.blocks])
+
+    def decode_step(self, state: LMState, tokens) -> np.ndarray:
+        """Feed tokens (B,) or (B, T_new) (a prompt at once); returns the logits
+        of the last fed position (B, V)."""
+        tokens = check_ids(self, "tokens", np.asarray(tokens), self.vocab_size)
+        if tokens.ndim == 1:
+            tokens = tokens[:, None]
+        T = tokens.shape[1]
+        if state.step + T > self.max_len:
+            raise ValueError(f"TransformerLM: decoding past max_len={self.max_len}")
+        x = self.pos(self.embed(tokens), offset=state.step)
+        for block, kv in zip(self.blocks, state.caches):
+            x = block.decode(x, kv)
+        state.step += T
+        return self.generator(self.norm(x[:, -1:]))[:, 0]

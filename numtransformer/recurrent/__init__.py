@@ -1,0 +1,12 @@
+"""Recurrent layers: the tanh RNN, LSTM and GRU cells, the unrolled RNN, and the LSTMN.
+
+Each cell is one time step with an explicit backward through every gate; ``RNN``
+unrolls any of them over (B, T, D) (stacked, bidirectional, padded by lengths);
+``LSTMN`` is an LSTM that reads a tape of all its past states by attention.
+"""
+
+from .cells import GRUCell, LSTMCell, RNNCell
+from .lstmn import LSTMN
+from .rnn import RNN
+
+__all__ = ["RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTMN"]

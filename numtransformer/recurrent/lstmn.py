@@ -1,0 +1,234 @@
+"""The Long Short-Term Memory-Network: an LSTM that reads its own past through attention."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from scipy.special import expit
+
+from .._validate import as_rng, check_float, check_float_dtype, check_positive_int
+from ..layers.activations import softmax
+from ..module import Module, Parameter
+
+__all__ = ["LSTMN"]
+
+
+class LSTMNCache(NamedTuple):
+    x: np.ndarray  # (B, T, D) the input
+    h: np.ndarray  # (B, T, H) hidden tape h_0 .. h_{T-1}
+    c: np.ndarray  # (B, T, H) memory (cell) tape c_0 .. c_{T-1}
+    h_tilde: np.ndarray  # (B, T, H) adaptive summaries of the hidden tape, h~_t
+    c_tilde: np.ndarray  # (B, T, H) adaptive summaries of the memory tape, c~_t
+    s: np.ndarray  # (B, T, T) intra-attention weights, s[:, t, i] for i in the window
+    u: list  # per step t >= 1: (B, n_t, A) tanh(k_i + q_t) for the n_t slots read
+    i: np.ndarray  # (B, T, H) input gates
+    f: np.ndarray  # (B, T, H) forget gates
+    g: np.ndarray  # (B, T, H) candidate cells c^_t
+    o: np.ndarray  # (B, T, H) output gates
+    tanh_c: np.ndarray  # (B, T, H) tanh(c_t)
+
+
+class LSTMN(Module):
+    """Long Short-Term Memory-Network (Cheng, Dong & Lapata, 2016, "Long
+    Short-Term Memory-Networks for Machine Reading", EMNLP, arXiv:1601.06733):
+    an LSTM whose state is a tape of every past hidden and cell state, read at
+    each step by intra-attention.  The paper's gate matrices have no bias; b
+    here is the usual LSTM bias (set it to 0 for the paper's form).
+
+    ``LSTMN(input_size, hidden_size, attention_size=None, window=None, *,
+    dtype=np.float32, rng=None)``; attention_size A defaults to H.
+
+    Shapes: x (B, T, D); h, c, h~, c~ (B, T, H); s (B, T, T).
+    Parameters: W_h (H, A), W_x (D, A), W_ht (H, A), v (A,) for the attention;
+    W_ih (D, 4H), W_hh (H, 4H), b (4H,) for the gates, whose column blocks are
+    i, f, c^, o -- the order of ``LSTMCell`` (i, f, g, o), so an LSTM's weights
+    load unchanged: W_ih = W_ih, W_hh = W_hh, b = b_ih + b_hh.
+
+    Forward, t = 0 .. T-1, reading the slots i in R_t = [max(0, t - window), t)
+    (all earlier steps when window is None):
+        q_t  = x_t W_x + h~_{t-1} W_ht                   (B, A), the query
+        k_i  = h_i W_h                                   (B, A), the key of slot i
+        u_ti = tanh(k_i + q_t)
+        a_ti = u_ti v                      i.e. a_i = v^T tanh(W_h h_i + W_x x_t + W_ht h~_{t-1})
+        s_t  = softmax_i(a_t)
+        h~_t = sum_i s_ti h_i
+        c~_t = sum_i s_ti c_i
+        z_t  = x_t W_ih + b + h~_t W_hh = [z_i, z_f, z_g, z_o]   i.e. W [h~_t, x_t]
+        i = sigmoid(z_i)   f = sigmoid(z_f)   g = c^_t = tanh(z_g)   o = sigmoid(z_o)
+        c_t  = f * c~_t + i * g
+        h_t  = o * tanh(c_t)
+    The t = 0 convention: the tape is empty, so there is nothing to read and
+    h~_0 = c~_0 = 0 (the zero initial state of an LSTM) and s_0 = 0; the first
+    query, at t = 1, uses h~_0 = 0.  x W_x and x W_ih + b are computed for all
+    steps with one GEMM each, before the time loop.
+
+    Backward (t = T-1 .. 0; dh, dc start as the upstream d_h, d_c and collect
+    every later step's reads; dk collects every later step's scores):
+        dh_t     = dh_t + dk_t W_h^T                     k_t = h_t W_h was read later
+        do       = dh_t * tanh(c_t)
+        dc_t     = dc_t + dh_t * o * (1 - tanh(c_t)^2)
+        di, df, dg, dc~_t = dc_t * g, dc_t * c~_t, dc_t * i, dc_t * f
+        dz_t     = [di i (1 - i), df f (1 - f), dg (1 - g^2), do o (1 - o)]
+        dh~_t    = dz_t W_hh^T + dq_{t+1} W_ht^T         h~_t feeds the gates and the next query
+      the read (t >= 1):
+        ds_ti    = dh~_t . h_i + dc~_t . c_i (+ d_s[t, i], the upstream gradient of s)
+        dh_i    += s_ti dh~_t                            every past state gets gradient
+        dc_i    += s_ti dc~_t                            from every later read
+        da_t     = s_t * (ds_t - sum_i s_ti ds_ti)       softmax backward
+        dv      += sum_{b,i} da_ti u_ti
+        dp_ti    = da_ti v * (1 - u_ti^2)                gradient of k_i + q_t
+        dk_i    += dp_ti
+        dq_t     = sum_i dp_ti
+      after the loop, one GEMM each over all B*T rows:
+        dW_h  += h^T dk          dW_ht += h~_prev^T dq     (h~_prev[:, t] = h~_{t-1})
+        dW_x  += x^T dq          dW_ih += x^T dz     db += sum dz     dW_hh += h~^T dz
+        dx     = dq W_x^T + dz W_ih^T
+
+    Call conventions:
+        (h, c, s), cache = lstmn.forward(x)
+            h, c: the hidden and memory tapes (B, T, H); s: the intra-attention
+            weights (B, T, T), row t over the slots it read (zero elsewhere and
+            in row 0) -- for plotting.
+        dx = lstmn.backward((d_h, d_c, d_s), cache)      any may be None; a bare
+            array is d_h alone.
+    The model is causal: step t never reads steps >= t, so trailing padding
+    never changes the real steps (mask the padded outputs in the loss).
+    ``window=1`` reads only the last state (s = 1), which is exactly an LSTM.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, attention_size: int | None = None,
+                 window: int | None = None, *, dtype=np.float32, rng=None):
+        self.input_size = check_positive_int(self, "input_size", input_size)
+        self.hidden_size = check_positive_int(self, "hidden_size", hidden_size)
+        self.attention_size = (hidden_size if attention_size is None
+                               else check_positive_int(self, "attention_size", attention_size))
+        self.window = None if window is None else check_positive_int(self, "window", window)
+        dtype = check_float_dtype(self, dtype)
+        rng = as_rng(rng)
+        D, H, A = input_size, hidden_size, self.attention_size
+
+        def uniform(shape, fan_in):
+            bound = 1.0 / math.sqrt(fan_in)
+            return Parameter(rng.uniform(-bound, bound, shape).astype(dtype))
+
+        # The gates as PyTorch's LSTM (U(-1/sqrt(H), 1/sqrt(H))); the attention as Linear layers.
+        self.W_ih = uniform((D, 4 * H), H)
+        self.W_hh = uniform((H, 4 * H), H)
+        self.b = uniform((4 * H,), H)
+        self.W_h = uniform((H, A), H)
+        self.W_x = uniform((D, A), D)
+        self.W_ht = uniform((H, A), H)
+        self.v = uniform((A,), A)
+
+    def _first_slot(self, t: int) -> int:
+        return 0 if self.window is None else max(0, t - self.window)
+
+    def forward(self, x):
+        dtype = self.W_ih.dtype
+        x = check_float(self, "x", x, dtype=dtype, ndim=3, last_dim=self.input_size,
+                        last_dim_name="input_size")
+        B, T, D = x.shape
+        if T == 0:
+            raise ValueError(f"LSTMN: x has no time steps (shape {x.shape})")
+        H, A = self.hidden_size, self.attention_size
+        x2 = x.reshape(B * T, D)
+        xq = (x2 @ self.W_x.data).reshape(B, T, A)  # x_t W_x, the input's share of q_t
+        xz = (x2 @ self.W_ih.data + self.b.data).reshape(B, T, 4 * H)  # x_t W_ih + b
+        h, c, h_tilde, c_tilde = (np.zeros((B, T, H), dtype) for _ in range(4))
+        i, f, g, o, tanh_c = (np.empty((B, T, H), dtype) for _ in range(5))
+        k = np.empty((B, T, A), dtype)
+        s = np.zeros((B, T, T), dtype)
+        u = [None] * T
+        for t in range(T):
+            if t > 0:  # at t = 0 the tape is empty: h~_0 = c~_0 = 0
+                lo = self._first_slot(t)
+                q = xq[:, t] + h_tilde[:, t - 1] @ self.W_ht.data
+                u[t] = np.tanh(k[:, lo:t] + q[:, None, :])
+                a = u[t] @ self.v.data
+                s[:, t, lo:t] = softmax(a, axis=-1)
+                h_tilde[:, t] = np.einsum("bi,bih->bh", s[:, t, lo:t], h[:, lo:t])
+                c_tilde[:, t] = np.einsum("bi,bih->bh", s[:, t, lo:t], c[:, lo:t])
+            z = xz[:, t] + h_tilde[:, t] @ self.W_hh.data
+            i[:, t] = expit(z[:, :H])
+            f[:, t] = expit(z[:, H:2 * H])
+            g[:, t] = np.tanh(z[:, 2 * H:3 * H])
+            o[:, t] = expit(z[:, 3 * H:])
+            c[:, t] = f[:, t] * c_tilde[:, t] + i[:, t] * g[:, t]
+            tanh_c[:, t] = np.tanh(c[:, t])
+            h[:, t] = o[:, t] * tanh_c[:, t]
+            k[:, t] = h[:, t] @ self.W_h.data
+        cache = LSTMNCache(x=x, h=h, c=c, h_tilde=h_tilde, c_tilde=c_tilde, s=s, u=u,
+                           i=i, f=f, g=g, o=o, tanh_c=tanh_c)
+        return (h, c, s), cache
+
+    def backward(self, dout, cache: LSTMNCache):
+        douts = (dout,) if isinstance(dout, np.ndarray) else tuple(dout)
+        if len(douts) > 3:
+            raise ValueError(f"LSTMN.backward: got {len(douts)} upstream gradients, "
+                             f"expected at most 3 (d_h, d_c, d_s)")
+        d_h, d_c, d_s = douts + (None,) * (3 - len(douts))
+        x, h, c, s, u = cache.x, cache.h, cache.c, cache.s, cache.u
+        i, f, g, o, tanh_c = cache.i, cache.f, cache.g, cache.o, cache.tanh_c
+        B, T, D = x.shape
+        H, A = self.hidden_size, self.attention_size
+        for name, d, shape in (("d_h", d_h, h.shape), ("d_c", d_c, c.shape), ("d_s", d_s, s.shape)):
+            if d is not None and d.shape != shape:
+                raise ValueError(f"LSTMN.backward: {name} has shape {d.shape}, expected {shape}")
+        dtype = x.dtype
+        # copies: later reads add into dh and dc, and dout must not change
+        dh = np.zeros((B, T, H), dtype) if d_h is None else d_h.astype(dtype, copy=True)
+        dc = np.zeros((B, T, H), dtype) if d_c is None else d_c.astype(dtype, copy=True)
+        dk = np.zeros((B, T, A), dtype)
+        dq = np.zeros((B, T, A), dtype)
+        dz = np.empty((B, T, 4 * H), dtype)
+        v, W_h, W_hh, W_ht = self.v.data, self.W_h.data, self.W_hh.data, self.W_ht.data
+        dv = np.zeros(A, dtype)
+        for t in reversed(range(T)):
+            dh_t = dh[:, t] + dk[:, t] @ W_h.T
+            i_t, f_t, g_t, o_t, tc_t = i[:, t], f[:, t], g[:, t], o[:, t], tanh_c[:, t]
+            do = dh_t * tc_t
+            dc_t = dc[:, t] + dh_t * o_t * (1 - tc_t * tc_t)
+            di = dc_t * g_t
+            df = dc_t * cache.c_tilde[:, t]
+            dg = dc_t * i_t
+            dc_tilde = dc_t * f_t
+            dz[:, t] = np.concatenate([di * i_t * (1 - i_t), df * f_t * (1 - f_t),
+                                       dg * (1 - g_t * g_t), do * o_t * (1 - o_t)], axis=1)
+            dh_tilde = dz[:, t] @ W_hh.T
+            if t + 1 < T:
+                dh_tilde += dq[:, t + 1] @ W_ht.T
+            if t > 0:
+                lo = self._first_slot(t)
+                s_t = s[:, t, lo:t]
+                ds = (np.einsum("bh,bih->bi", dh_tilde, h[:, lo:t])
+                      + np.einsum("bh,bih->bi", dc_tilde, c[:, lo:t]))
+                if d_s is not None:
+                    ds = ds + d_s[:, t, lo:t]
+                dh[:, lo:t] += s_t[:, :, None] * dh_tilde[:, None, :]
+                dc[:, lo:t] += s_t[:, :, None] * dc_tilde[:, None, :]
+                da = s_t * (ds - np.sum(ds * s_t, axis=-1, keepdims=True))
+                dv += np.einsum("bi,bia->a", da, u[t])
+                dp = da[:, :, None] * v * (1 - u[t] * u[t])
+                dk[:, lo:t] += dp
+                dq[:, t] = dp.sum(axis=1)
+
+        h_tilde_prev = np.zeros_like(cache.h_tilde)
+        h_tilde_prev[:, 1:] = cache.h_tilde[:, :-1]
+        N = B * T
+        x2, dq2, dz2 = x.reshape(N, D), dq.reshape(N, A), dz.reshape(N, 4 * H)
+        self.v.grad += dv
+        self.W_h.grad += h.reshape(N, H).T @ dk.reshape(N, A)
+        self.W_ht.grad += h_tilde_prev.reshape(N, H).T @ dq2
+        self.W_x.grad += x2.T @ dq2
+        self.W_ih.grad += x2.T @ dz2
+        self.b.grad += dz2.sum(axis=0)
+        self.W_hh.grad += cache.h_tilde.reshape(N, H).T @ dz2
+        dx = dq2 @ self.W_x.data.T + dz2 @ self.W_ih.data.T
+        return dx.reshape(B, T, D)
+
+    def extra_repr(self) -> str:
+        window = "" if self.window is None else f", window={self.window}"
+        return (f"input_size={self.input_size}, hidden_size={self.hidden_size}, "
+                f"attention_size={self.attention_size}{window}")
