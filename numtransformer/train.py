@@ -1,0 +1,431 @@
+"""Training: one loop for every sequence-to-sequence model, with evaluation,
+checkpoints that resume bit for bit, and a progress display.
+
+    cfg = TrainConfig(task="dates", steps=3000)
+    run = Trainer(cfg, out_dir="runs/dates")     # builds data, model, optimizer
+    metrics = run.fit()                          # trains, evaluates, saves
+
+A step is: forward, cross-entropy (ignoring padding), backward, global-norm
+clipping, learning rate from the schedule, optimizer step.  Everything random
+is seeded from ``cfg.seed``: the data order (a function of seed and epoch),
+dropout masks (each Dropout's generator), and parameter init.  A checkpoint
+holds the parameters, the optimizer moments and step count, every generator's
+state and the data position, so ``Trainer.resume(out_dir)`` continues exactly
+where the run stopped: N steps + resume + N steps gives the same parameters
+(``np.array_equal``) as 2N steps straight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .checkpoint import CheckpointError, load_checkpoint, rng_states, save_checkpoint, \
+    set_rng_states
+from .data import BatchIterator, encode_pairs, make_batch, make_task
+from .data.tokenizers import PAD_ID
+from .decoding import beam_search, greedy_decode
+from .losses import CrossEntropyLoss
+from .models import Transformer
+from .optim import AdamW, ConstantSchedule, NoamSchedule, WarmupCosineSchedule, clip_grad_norm
+
+__all__ = ["TrainConfig", "Trainer", "TrainingError", "build_model", "MODEL_KINDS"]
+
+CHECKPOINT = "checkpoint.npz"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (non-finite loss, a busy output directory, ...)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; stored in every checkpoint."""
+
+    # task
+    task: str = "dates"
+    n_train: int | None = None
+    n_valid: int = 500
+    n_test: int = 1000
+    # model
+    model: str = "transformer"
+    d_model: int = 64
+    nhead: int = 4
+    layers: int = 2  # encoder layers = decoder layers
+    dim_feedforward: int = 256
+    dropout: float = 0.1
+    norm_first: bool = False
+    activation: str = "relu"
+    tie_output: bool = True
+    # model: RNN seq2seq (used by --model seq2seq / lstmn)
+    cell: str = "lstm"
+    score: str = "dot"
+    decoder: str = "luong"
+    hidden_size: int = 128
+    # optimisation
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 2e-3
+    schedule: str = "warmup_cosine"  # constant | warmup_cosine | noam
+    warmup: int = 200
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    label_smoothing: float = 0.0
+    # bookkeeping
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    eval_examples: int = 500
+    time_budget: float | None = None
+    seed: int = 0
+    dtype: str = "float32"
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(obj) - names)
+        if unknown:
+            raise CheckpointError(f"unknown training settings {unknown}")
+        return cls(**obj)
+
+
+MODEL_KINDS = ("transformer",)
+
+
+def build_model(cfg: TrainConfig, src_vocab: int, tgt_vocab: int, rng):
+    """The model a config names, for the given vocabulary sizes."""
+    dtype = np.dtype(cfg.dtype)
+    if cfg.model == "transformer":
+        return Transformer(src_vocab, tgt_vocab, d_model=cfg.d_model, nhead=cfg.nhead,
+                           num_encoder_layers=cfg.layers, num_decoder_layers=cfg.layers,
+                           dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout,
+                           activation=cfg.activation, norm_first=cfg.norm_first,
+                           tie_output=cfg.tie_output, max_len=256, dtype=dtype, rng=rng)
+    raise ValueError(f"unknown model {cfg.model!r}; expected one of {list(MODEL_KINDS)}")
+
+
+def _schedule(cfg: TrainConfig):
+    if cfg.schedule == "constant":
+        return ConstantSchedule(cfg.lr)
+    if cfg.schedule == "warmup_cosine":
+        return WarmupCosineSchedule(cfg.lr, min(cfg.warmup, cfg.steps - 1), cfg.steps,
+                                    min_lr=cfg.lr * 0.02)
+    if cfg.schedule == "noam":
+        return NoamSchedule(cfg.d_model, cfg.warmup, factor=cfg.lr)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; expected constant, warmup_cosine "
+                     f"or noam")
+
+
+class _Lock:
+    """An exclusive lock file in the output directory: a second run pointed at
+    the same directory refuses to start instead of corrupting the first.  A lock
+    left by a dead process (its pid no longer exists) is taken over."""
+
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, ".lock")
+        self.fd = None
+
+    def acquire(self):
+        for _ in range(2):
+            try:
+                self.fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(self.fd, str(os.getpid()).encode())
+                return self
+            except FileExistsError:
+                try:
+                    pid = int(open(self.path).read().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _alive(pid):
+                    raise TrainingError(f"output directory {os.path.dirname(self.path)!r} is "
+                                        f"in use by another run (pid {pid})") from None
+                os.unlink(self.path)  # stale: its process is gone
+        raise TrainingError(f"could not lock {self.path!r}")
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Progress:
+    """One status line: step, loss, tokens/s, learning rate, ETA.  Redrawn in
+    place on a terminal, printed every ``every`` steps otherwise."""
+
+    def __init__(self, total: int, stream=None, every: int = 100):
+        self.total, self.stream = total, stream or sys.stdout
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.every = every
+        self.start = time.perf_counter()
+        self.tokens = 0
+        self.loss_avg = None
+
+    def update(self, step, loss, lr, tokens, steps_done):
+        self.tokens += tokens
+        self.loss_avg = loss if self.loss_avg is None else 0.98 * self.loss_avg + 0.02 * loss
+        if not self.tty and step % self.every and step != self.total:
+            return
+        elapsed = time.perf_counter() - self.start
+        rate = self.tokens / max(elapsed, 1e-9)
+        eta = elapsed / max(steps_done, 1) * (self.total - step)
+        width = 24
+        filled = int(width * step / max(self.total, 1))
+        bar = "#" * filled + "." * (width - filled)
+        line = (f"[{bar}] step {step}/{self.total}  loss {self.loss_avg:.4f}  "
+                f"{rate:,.0f} tok/s  lr {lr:.2e}  eta {_fmt_time(eta)}")
+        if self.tty:
+            self.stream.write("\r" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def message(self, text):
+        if self.tty:
+            self.stream.write("\r" + " " * 100 + "\r")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+@dataclass
+class Metrics:
+    loss: float
+    token_accuracy: float
+    exact_match: float
+    perplexity: float
+    examples: list = field(default_factory=list)  # (source, prediction, reference)
+
+    def to_json(self) -> dict:
+        return {"loss": self.loss, "token_accuracy": self.token_accuracy,
+                "exact_match": self.exact_match, "perplexity": self.perplexity}
+
+
+class Trainer:
+    """Builds the data, model and optimizer a ``TrainConfig`` describes and trains."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | None = None, log=print,
+                 stream=None, _restoring: bool = False):
+        self.cfg, self.out_dir, self.log = cfg, out_dir, log
+        self.stream = stream
+        self.task = make_task(cfg.task, cfg.n_train, cfg.n_valid, cfg.n_test, seed=cfg.seed)
+        self.src_tok, self.tgt_tok = self.task.src_tokenizer, self.task.tgt_tokenizer
+        self.train_examples = encode_pairs(self.task.train, self.src_tok, self.tgt_tok)
+        self.batches = BatchIterator(self.train_examples, cfg.batch_size, seed=cfg.seed)
+        self.model = build_model(cfg, len(self.src_tok), len(self.tgt_tok),
+                                 np.random.default_rng([cfg.seed, 1]))
+        self.loss_fn = CrossEntropyLoss(ignore_index=PAD_ID, label_smoothing=cfg.label_smoothing)
+        self.optimizer = AdamW(self.model, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-9,
+                               weight_decay=cfg.weight_decay)
+        self.schedule = _schedule(cfg)
+        self.step = 0
+        self.seconds = 0.0  # training time accumulated over all sessions of the run
+        self.history: list[dict] = []
+        self._lock = None
+        if out_dir is not None and not _restoring:
+            self._claim(out_dir, fresh=True)
+
+    # -- output directory ---------------------------------------------------------------
+    def _claim(self, out_dir, fresh):
+        os.makedirs(out_dir, exist_ok=True)
+        self._lock = _Lock(out_dir).acquire()
+        if fresh and os.path.exists(os.path.join(out_dir, CHECKPOINT)):
+            self._lock.release()
+            raise TrainingError(f"{out_dir!r} already holds a checkpoint; pass --resume to "
+                                f"continue it or choose another --out")
+
+    def close(self):
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # -- one step -------------------------------------------------------------------------
+    def train_step(self, batch) -> float:
+        model, cfg = self.model, self.cfg
+        logits, cache = model.forward(batch.src, batch.tgt_in, batch.src_pad_mask,
+                                      batch.tgt_pad_mask)
+        loss, loss_cache = self.loss_fn.forward(logits, batch.tgt_out)
+        loss = float(loss)
+        if not math.isfinite(loss):
+            raise TrainingError(f"the loss became {loss} at step {self.step + 1}; stopping "
+                                f"(the last checkpoint is intact)")
+        model.zero_grad()
+        model.backward(self.loss_fn.backward(1.0, loss_cache), cache)
+        norm = clip_grad_norm(self.optimizer.params, cfg.clip) if cfg.clip else 0.0
+        if not math.isfinite(norm):
+            raise TrainingError(f"the gradient norm became {norm} at step {self.step + 1}; "
+                                f"stopping (the last checkpoint is intact)")
+        self.optimizer.lr = self.schedule(self.step + 1)
+        self.optimizer.step()
+        self.step += 1
+        return loss
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self, until: int | None = None) -> dict:
+        """Train to step ``until`` (default: cfg.steps), save, evaluate on the test split."""
+        cfg = self.cfg
+        until = cfg.steps if until is None else min(until, cfg.steps)
+        progress = Progress(cfg.steps, self.stream, every=max(cfg.steps // 30, 1))
+        session_start = time.perf_counter()
+        start_step, seconds_before = self.step, self.seconds
+        stopped = "steps"
+        try:
+            self.model.train()
+            while self.step < until:
+                batch = next(self.batches)
+                loss = self.train_step(batch)
+                self.seconds = seconds_before + time.perf_counter() - session_start
+                progress.update(self.step, loss, self.optimizer.lr, batch.n_tgt_tokens,
+                                self.step - start_step)
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < until:
+                    m = self.evaluate("valid", cfg.eval_examples)
+                    progress.message(self._metrics_line("valid", m))
+                    self.history.append({"step": self.step, **m.to_json()})
+                    self.model.train()
+                if (self.out_dir and cfg.checkpoint_every
+                        and self.step % cfg.checkpoint_every == 0):
+                    self.save()
+                if cfg.time_budget is not None and self.seconds >= cfg.time_budget:
+                    stopped = "time budget"
+                    break
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+            progress.message("interrupted: saving and evaluating")
+        if self.out_dir:
+            self.save()
+        test = self.evaluate("test", None, n_examples_shown=5)
+        progress.message(self._metrics_line("test", test))
+        for src, pred, ref in test.examples:
+            mark = "ok " if pred == ref else "ERR"
+            progress.message(f"  {mark} {src!r:34} -> {pred!r}   (reference {ref!r})")
+        return {"task": cfg.task, "model": cfg.model, "steps": self.step,
+                "seconds": round(self.seconds, 2), "stopped_by": stopped, **test.to_json()}
+
+    def _metrics_line(self, split, m: Metrics) -> str:
+        return (f"step {self.step}: {split} loss {m.loss:.4f}  ppl {m.perplexity:.3f}  "
+                f"token acc {100 * m.token_accuracy:.2f}%  exact match {100 * m.exact_match:.2f}%")
+
+    # -- evaluation ------------------------------------------------------------------------
+    def evaluate(self, split: str = "valid", limit: int | None = None, batch_size: int = 250,
+                 n_examples_shown: int = 0, beam: int = 1) -> Metrics:
+        """Teacher-forced loss / perplexity / token accuracy, and greedy (or beam)
+        exact match of whole sequences, on a split (its first ``limit`` pairs)."""
+        pairs = getattr(self.task, split)
+        if limit is not None:
+            pairs = pairs[:limit]
+        self.model.eval()
+        total_loss, n_tokens, n_correct, n_exact = 0.0, 0, 0, 0
+        shown = []
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            batch = make_batch(encode_pairs(chunk, self.src_tok, self.tgt_tok))
+            logits = self.model(batch.src, batch.tgt_in, batch.src_pad_mask, batch.tgt_pad_mask)
+            loss_sum = CrossEntropyLoss(ignore_index=PAD_ID, reduction="sum")(logits,
+                                                                               batch.tgt_out)
+            real = ~batch.tgt_pad_mask
+            total_loss += float(loss_sum)
+            n_tokens += int(real.sum())
+            n_correct += int(((logits.argmax(-1) == batch.tgt_out) & real).sum())
+            max_len = batch.tgt_out.shape[1] + 5
+            if beam > 1:
+                outs = beam_search(self.model, batch.src, batch.src_pad_mask, beam_size=beam,
+                                   max_len=max_len)
+            else:
+                outs = greedy_decode(self.model, batch.src, batch.src_pad_mask, max_len=max_len)
+            for (src, ref), out in zip(chunk, outs):
+                pred = self.tgt_tok.decode(out)
+                n_exact += pred == ref
+                if len(shown) < n_examples_shown:
+                    shown.append((src, pred, ref))
+        loss = total_loss / max(n_tokens, 1)
+        return Metrics(loss=loss, token_accuracy=n_correct / max(n_tokens, 1),
+                       exact_match=n_exact / max(len(pairs), 1), perplexity=math.exp(min(loss, 50)),
+                       examples=shown)
+
+    def translate(self, sources: list[str], beam: int = 1, max_len: int = 64) -> list[str]:
+        self.model.eval()
+        ids = [self.src_tok.encode(s) for s in sources]
+        batch = make_batch([(s, []) for s in ids])
+        if beam > 1:
+            outs = beam_search(self.model, batch.src, batch.src_pad_mask, beam_size=beam,
+                               max_len=max_len)
+        else:
+            outs = greedy_decode(self.model, batch.src, batch.src_pad_mask, max_len=max_len)
+        return [self.tgt_tok.decode(o) for o in outs]
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _rng_extra(self):
+        return {}
+
+    def save(self, path: str | None = None) -> str:
+        path = path or os.path.join(self.out_dir, CHECKPOINT)
+        config = {"kind": "seq2seq-training-run", "train": self.cfg.to_json(),
+                  "model_class": type(self.model).__name__,
+                  "model_config": self.model.config,
+                  "src_vocab": self.src_tok.to_json(), "tgt_vocab": self.tgt_tok.to_json()}
+        meta = {"step": self.step, "seconds": self.seconds,
+                "rng": rng_states(self.model, self._rng_extra()),
+                "data": self.batches.state_dict(), "history": self.history}
+        save_checkpoint(path, self.model, config, meta, self.optimizer)
+        return path
+
+    @classmethod
+    def resume(cls, out_dir: str, log=print, stream=None, **overrides) -> "Trainer":
+        """Continue the run saved in ``out_dir`` (``overrides``: e.g. more steps)."""
+        path = os.path.join(out_dir, CHECKPOINT)
+        trainer = cls.from_checkpoint(path, log=log, stream=stream, **overrides)
+        trainer.out_dir = out_dir
+        trainer._claim(out_dir, fresh=False)
+        return trainer
+
+    @classmethod
+    def from_checkpoint(cls, path: str, log=print, stream=None, **overrides) -> "Trainer":
+        ck = load_checkpoint(path)
+        if ck.config.get("kind") != "seq2seq-training-run":
+            raise CheckpointError(f"checkpoint {path!r} is not a numtransformer training run")
+        train = dict(ck.config["train"])
+        for key, value in overrides.items():
+            if value is not None:
+                train[key] = value
+        cfg = TrainConfig.from_json(train)
+        trainer = cls(cfg, out_dir=None, log=log, stream=stream, _restoring=True)
+        if (trainer.src_tok.to_json() != ck.config["src_vocab"]
+                or trainer.tgt_tok.to_json() != ck.config["tgt_vocab"]):
+            raise CheckpointError(f"checkpoint {path!r}: its vocabulary does not match the "
+                                  f"task's (was the data generator changed?)")
+        try:
+            trainer.model.load_state_dict(ck.params)
+            trainer.optimizer.load_state_dict(ck.optim)
+            set_rng_states(trainer.model, ck.meta["rng"], trainer._rng_extra())
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint {path!r} does not fit this model: {exc}") from exc
+        trainer.batches.load_state_dict(ck.meta["data"])
+        trainer.step = int(ck.meta["step"])
+        trainer.seconds = float(ck.meta.get("seconds", 0.0))
+        trainer.history = list(ck.meta.get("history", []))
+        return trainer

@@ -1,0 +1,162 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from numtransformer import cli
+from numtransformer.checkpoint import CheckpointError
+from numtransformer.train import TrainConfig, Trainer, TrainingError
+
+TINY = dict(task="copy", n_train=400, n_valid=20, n_test=20, d_model=16, nhead=2, layers=1,
+            dim_feedforward=32, dropout=0.1, batch_size=16, eval_every=0, checkpoint_every=0,
+            eval_examples=20, warmup=5)
+
+
+def _params(trainer):
+    return {n: p.data.copy() for n, p in trainer.model.named_parameters()}
+
+
+def _quiet():
+    return open(os.devnull, "w")
+
+
+def test_resume_is_bit_exact(tmp_path):
+    straight = Trainer(TrainConfig(steps=16, **TINY), stream=_quiet())
+    straight.fit()
+    first = Trainer(TrainConfig(steps=16, **TINY), out_dir=str(tmp_path / "run"),
+                    stream=_quiet())
+    first.fit(until=8)
+    first.close()
+    resumed = Trainer.resume(str(tmp_path / "run"), stream=_quiet())
+    assert resumed.step == 8
+    resumed.fit()
+    resumed.close()
+    a, b = _params(straight), _params(resumed)
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert resumed.optimizer.step_count == straight.optimizer.step_count == 16
+
+
+def test_resume_after_a_kill_between_checkpoints(tmp_path):
+    """A run killed (SIGKILL) after its checkpoint at step 10 resumes from it and
+    reaches the parameters of an uninterrupted run."""
+    out = str(tmp_path / "run")
+    cfg = dict(TINY, steps=2000, checkpoint_every=10)
+    code = (
+        "import sys, os\n"
+        "from numtransformer.train import TrainConfig, Trainer\n"
+        f"t = Trainer(TrainConfig(**{cfg!r}), out_dir={out!r}, stream=open(os.devnull, 'w'))\n"
+        "t.fit()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    ckpt = os.path.join(out, "checkpoint.npz")
+    deadline = time.time() + 60
+    while not os.path.exists(ckpt) and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = Trainer.resume(out, stream=_quiet())
+    start = resumed.step
+    assert 10 <= start < 40 and start % 10 == 0
+    resumed.fit(until=40)
+    resumed.close()
+    straight = Trainer(TrainConfig(**cfg), stream=_quiet())
+    straight.fit(until=40)
+    a, b = _params(straight), _params(resumed)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_run_on_the_same_directory_refuses(tmp_path):
+    out = str(tmp_path / "run")
+    first = Trainer(TrainConfig(steps=2, **TINY), out_dir=out, stream=_quiet())
+    with pytest.raises(TrainingError, match="in use by another run"):
+        Trainer(TrainConfig(steps=2, **TINY), out_dir=out, stream=_quiet())
+    first.fit()
+    first.close()
+    with pytest.raises(TrainingError, match="already holds a checkpoint"):
+        Trainer(TrainConfig(steps=2, **TINY), out_dir=out, stream=_quiet())
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    out = str(tmp_path / "run")
+    t = Trainer(TrainConfig(steps=10, **dict(TINY, checkpoint_every=2)), out_dir=out,
+                stream=_quiet())
+    real_forward = t.loss_fn.forward
+
+    def poisoned(logits, targets):
+        loss, cache = real_forward(logits, targets)
+        return (np.float32(np.nan) if t.step == 4 else loss), cache
+
+    monkeypatch.setattr(t.loss_fn, "forward", poisoned)
+    with pytest.raises(TrainingError, match="at step 5"):
+        t.fit()
+    t.close()
+    again = Trainer.resume(out, stream=_quiet())
+    assert again.step == 4
+    again.close()
+
+
+def test_a_tiny_transformer_masters_copy():
+    cfg = TrainConfig(task="copy", n_train=5000, n_valid=100, n_test=500, d_model=32, nhead=4,
+                      layers=1, dim_feedforward=64, dropout=0.0, steps=800, eval_every=0,
+                      checkpoint_every=0, seed=0)
+    metrics = Trainer(cfg, stream=_quiet()).fit()
+    assert metrics["exact_match"] >= 0.95, metrics
+
+
+def test_cli_train_eval_decode_json(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    args = ["train", "--task", "copy", "--steps", "6", "--d-model", "16", "--nhead", "2",
+            "--layers", "1", "--ff", "32", "--n-train", "200", "--eval-every", "3",
+            "--out", out, "--json"]
+    assert cli.main(args) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"task", "model", "steps", "seconds", "loss", "token_accuracy",
+            "exact_match"} <= set(metrics)
+    assert metrics["steps"] == 6 and metrics["task"] == "copy"
+    assert cli.main(["eval", "--checkpoint", out, "--json", "--limit", "10"]) == 0
+    ev = json.loads(capsys.readouterr().out.strip())
+    assert ev["split"] == "test" and 0 <= ev["exact_match"] <= 1
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("123\n4567\n")
+    assert cli.main(["decode", "--checkpoint", out, "--input-file", str(inputs)]) == 0
+    assert capsys.readouterr().out.count("\n") == 2  # one output line per input line
+    assert cli.main(["decode", "--checkpoint", out, "--beam", "3", "42"]) == 0
+    assert capsys.readouterr().out.count("\n") == 1
+    # resume with more steps
+    assert cli.main(["train", "--out", out, "--resume", "--steps", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 8
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys):
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no checkpoint" in err
+    bogus = tmp_path / "bogus.npz"
+    np.savez(bogus, x=np.zeros(2))
+    assert cli.main(["decode", "--checkpoint", str(bogus), "hi"]) == 2
+    assert "missing entry '__format__'" in capsys.readouterr().err
+    assert cli.main(["train", "--resume"]) == 2
+    assert "--resume needs --out" in capsys.readouterr().err
+    assert cli.main(["train", "--d-model", "30", "--nhead", "4", "--steps", "1",
+                     "--out", str(tmp_path / "x")]) == 2
+    assert "not divisible" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--task", "translate"])
+
+
+def test_checkpoint_of_another_kind_is_refused(tmp_path):
+    from numtransformer import Linear
+    from numtransformer.checkpoint import save_checkpoint
+
+    path = str(tmp_path / "other.npz")
+    save_checkpoint(path, Linear(2, 2), {"kind": "something-else"})
+    with pytest.raises(CheckpointError, match="not a numtransformer training run"):
+        Trainer.from_checkpoint(path)
