@@ -157,6 +157,52 @@ def _cmd_decode(args) -> int:
     outputs = trainer.translate(inputs, beam=args.beam, max_len=args.max_len)
     for out in outputs:
         print(out)
+    if args.attention:
+        from .plotting import plot_attention
+
+        src, out, w = trainer.cross_attention(inputs[0], beam=args.beam, max_len=args.max_len)
+        layer = w.shape[0] - 1 if args.layer is None else args.layer
+        if not -w.shape[0] <= layer < w.shape[0]:
+            raise UserError(f"--layer {layer}: the decoder has {w.shape[0]} layers")
+        heads = w[layer]
+        mats = heads if args.heads else heads.mean(axis=0)
+        titles = [f"layer {layer % w.shape[0]}, head {h}" for h in range(len(heads))] \
+            if args.heads else None
+        try:
+            plot_attention(mats, src, out, args.attention, titles=titles,
+                           suptitle=f"cross-attention: {inputs[0]!r} -> {outputs[0]!r}")
+        except ImportError as exc:
+            raise UserError(str(exc)) from None
+        print(f"attention of {inputs[0]!r} written to {args.attention}", file=sys.stderr)
+    return 0
+
+
+def _cmd_trace(args) -> int:
+    import numpy as np
+
+    from .data import make_batch
+    from .trace import trace_lines
+    from .train import TrainConfig, Trainer
+
+    if args.checkpoint:
+        trainer = Trainer.from_checkpoint(_checkpoint_path(args.checkpoint))
+    else:  # a tiny fresh model: the point is the shapes and names, not the values
+        cfg = TrainConfig(task="dates", n_train=50, n_valid=1, n_test=1, d_model=8, nhead=2,
+                          layers=1, dim_feedforward=16, dropout=0.0, seed=args.seed)
+        trainer = Trainer(cfg)
+    source = args.text if args.text is not None else trainer.task.train[0][0]
+    reference = trainer.task.train[0][1] if args.text is None else ""
+    model = trainer.model.eval()
+    batch = make_batch([(trainer.src_tok.encode(source), trainer.tgt_tok.encode(reference))])
+    logits, cache = model.forward(batch.src, batch.tgt_in)
+    print(f"trace of {type(model).__name__}.forward on {source!r}"
+          + (f" (teacher-forced target {reference!r})" if reference else ""))
+    print(f"src_ids {batch.src[0].tolist()}  tgt_in_ids {batch.tgt_in[0].tolist()}")
+    print(f"every cache field, in the order computed ({model.num_parameters():,} parameters, "
+          f"{np.dtype(trainer.cfg.dtype)}):\n")
+    for line in trace_lines(cache, n_values=args.values):
+        print(line)
+    print(f"\nlogits {logits.shape}: next-token argmax {logits[0].argmax(-1).tolist()}")
     return 0
 
 
@@ -217,7 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-file", metavar="F", help="one input per line; one output per line")
     p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
     p.add_argument("--max-len", type=int, default=64)
+    p.add_argument("--attention", metavar="OUT.png",
+                   help="draw the cross-attention of the first input (needs matplotlib)")
+    p.add_argument("--layer", type=int, help="decoder layer to draw (default: the last)")
+    p.add_argument("--heads", action="store_true", help="draw each head, not their mean")
     p.set_defaults(func=_cmd_decode)
+
+    p = sub.add_parser("trace", help="print every named intermediate of one forward pass")
+    p.add_argument("--checkpoint", metavar="DIR_OR_FILE",
+                   help="a saved run (default: a tiny fresh Transformer on a date)")
+    p.add_argument("--text", help="the source to trace (default: a training example)")
+    p.add_argument("--values", type=int, default=4, help="values shown per array")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_trace)
 
     p = sub.add_parser("gradcheck", help="check every layer's backward against finite differences")
     p.add_argument("--seed", type=int, default=0, help="random seed for sizes, inputs and G")

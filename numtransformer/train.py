@@ -29,7 +29,7 @@ import numpy as np
 from .checkpoint import CheckpointError, load_checkpoint, rng_states, save_checkpoint, \
     set_rng_states
 from .data import BatchIterator, encode_pairs, make_batch, make_task
-from .data.tokenizers import PAD_ID
+from .data.tokenizers import BOS_ID, PAD_ID
 from .decoding import beam_search, greedy_decode
 from .losses import CrossEntropyLoss
 from .models import Transformer
@@ -377,6 +377,23 @@ class Trainer:
         else:
             outs = greedy_decode(self.model, batch.src, batch.src_pad_mask, max_len=max_len)
         return [self.tgt_tok.decode(o) for o in outs]
+
+    def cross_attention(self, source: str, beam: int = 1, max_len: int = 64):
+        """Decode ``source``, then return (src_tokens, out_tokens, weights (L, H, Tq, Tk)):
+        the cross-attention of every decoder layer and head while producing the output.
+
+        The weights come from a teacher-forced forward over the decoded tokens:
+        its cache holds every layer's ``alpha`` (the cache is the trace)."""
+        self.model.eval()
+        out = self.translate([source], beam=beam, max_len=max_len)[0]
+        src_ids = np.array([self.src_tok.encode(source)])
+        out_ids = self.tgt_tok.encode(out)
+        tgt_in = np.array([[BOS_ID] + out_ids])
+        _, cache = self.model.forward(src_ids, tgt_in)
+        weights = np.stack([c.cross_attn.alpha[0] for c in cache.decoder.layers])
+        src_tokens = [self.src_tok.itos[i] for i in src_ids[0]]
+        out_tokens = [self.tgt_tok.itos[i] for i in out_ids] + ["<eos>"]
+        return src_tokens, out_tokens, weights
 
     # -- checkpoints -------------------------------------------------------------------------
     def _rng_extra(self):

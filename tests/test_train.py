@@ -160,3 +160,26 @@ def test_checkpoint_of_another_kind_is_refused(tmp_path):
     save_checkpoint(path, Linear(2, 2), {"kind": "something-else"})
     with pytest.raises(CheckpointError, match="not a numtransformer training run"):
         Trainer.from_checkpoint(path)
+
+
+def test_trace_prints_every_named_intermediate(capsys):
+    assert cli.main(["trace", "--values", "2"]) == 0
+    out = capsys.readouterr().out
+    for name in ["encoder.layers[0].self_attn.q_s", "encoder.layers[0].self_attn.alpha",
+                 "decoder.layers[0].cross_attn.alpha", "residual_norm1.x_hat",
+                 "residual_norm1.rstd", "generator.x"]:
+        assert name in out, name
+
+
+def test_decode_draws_the_attention(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = str(tmp_path / "run")
+    assert cli.main(["train", "--task", "copy", "--steps", "3", "--d-model", "16", "--nhead",
+                     "2", "--layers", "2", "--ff", "32", "--n-train", "100", "--eval-every",
+                     "0", "--out", out]) == 0
+    png = str(tmp_path / "att.png")
+    assert cli.main(["decode", "--checkpoint", out, "123", "--attention", png, "--heads",
+                     "--layer", "0"]) == 0
+    assert os.path.getsize(png) > 1000 and open(png, "rb").read(4) == b"\x89PNG"
+    assert cli.main(["decode", "--checkpoint", out, "123", "--attention", png,
+                     "--layer", "5"]) == 2
