@@ -68,7 +68,8 @@ _TRAIN_FLAGS = {  # flag -> TrainConfig field (all default to None: "keep the co
     "weight_decay": "weight_decay", "clip": "clip", "label_smoothing": "label_smoothing",
     "eval_every": "eval_every", "checkpoint_every": "checkpoint_every", "seed": "seed",
     "dtype": "dtype", "time_budget": "time_budget", "n_train": "n_train",
-    "norm_first": "norm_first", "activation": "activation",
+    "norm_first": "norm_first", "activation": "activation", "cell": "cell", "score": "score",
+    "decoder": "decoder", "hidden_size": "hidden_size",
 }
 
 
@@ -219,10 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "Unset options keep the defaults of TrainConfig (or, with --resume, "
                        "the saved run's values).")
     p.add_argument("--task", choices=["dates", "copy", "reverse", "sort", "addition"])
-    p.add_argument("--model", choices=["transformer"])
+    p.add_argument("--model", choices=["transformer", "seq2seq", "lstmn"],
+                   help="transformer (default); seq2seq: RNN encoder-decoder; lstmn: "
+                   "LSTMN encoder, RNN decoder")
+    p.add_argument("--cell", choices=["rnn", "lstm", "gru"], help="seq2seq recurrent cell")
+    p.add_argument("--score", choices=["dot", "scaled_dot", "general", "additive", "cosine",
+                                       "location"], help="seq2seq attention score (Luong)")
+    p.add_argument("--decoder", choices=["luong", "bahdanau", "none"],
+                   help="seq2seq decoder; none: no attention (the fixed-vector bottleneck)")
+    p.add_argument("--hidden-size", type=int, help="seq2seq hidden size")
     p.add_argument("--steps", type=int, help="optimizer steps (default 3000)")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--d-model", type=int)
+    p.add_argument("--d-model", type=int, help="model width (seq2seq: embedding size)")
     p.add_argument("--nhead", type=int)
     p.add_argument("--layers", type=int, help="encoder and decoder layers each")
     p.add_argument("--ff", type=int, help="feed-forward width")
@@ -298,6 +307,10 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.func(args)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (UserError, CheckpointError, TrainingError) as exc:
         print(f"numtransformer {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -68,8 +68,9 @@ def beam_search(model, src_ids, src_pad_mask=None, beam_size: int = 4, max_len: 
 
     Every source keeps ``beam_size`` live hypotheses.  Each step extends every
     live one by every token, and of the best 2k candidates (by summed log
-    probability) those ending in <eos> move to the finished list (ranked by
-    ``log_prob / lp``, the best k kept) while the best k others stay live.  A
+    probability) those ending in <eos> among the best k move to the finished
+    list (ranked by ``log_prob / lp``, the best k kept) while the best k others
+    stay live.  A
     source is done when it has k finished hypotheses and its best live one,
     ended at the next step, would not beat the worst of them; at ``max_len`` the
     live ones count as unfinished candidates.  With beam_size=1 and alpha=0
@@ -104,7 +105,7 @@ def beam_search(model, src_ids, src_pad_mask=None, beam_size: int = 4, max_len: 
         for b in range(B):
             order = top[b][np.argsort(-flat[b, top[b]], kind="stable")]
             live = 0
-            for idx in order:
+            for rank, idx in enumerate(order):
                 beam, tok = divmod(int(idx), V)
                 value = float(flat[b, idx])
                 if not np.isfinite(value):
@@ -112,6 +113,8 @@ def beam_search(model, src_ids, src_pad_mask=None, beam_size: int = 4, max_len: 
                 if not active[b]:
                     break
                 if tok == eos_id:
+                    if rank >= k:  # as fairseq does: only a top-k candidate may finish
+                        continue
                     seq = seqs[b][beam]
                     finished[b].append(Hypothesis(
                         list(seq), value, value / length_penalty(len(seq) + 1, alpha), True))

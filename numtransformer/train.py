@@ -32,7 +32,7 @@ from .data import BatchIterator, encode_pairs, make_batch, make_task
 from .data.tokenizers import BOS_ID, PAD_ID
 from .decoding import beam_search, greedy_decode
 from .losses import CrossEntropyLoss
-from .models import Transformer
+from .models import Seq2Seq, Transformer
 from .optim import AdamW, ConstantSchedule, NoamSchedule, WarmupCosineSchedule, clip_grad_norm
 
 __all__ = ["TrainConfig", "Trainer", "TrainingError", "build_model", "MODEL_KINDS"]
@@ -64,9 +64,9 @@ class TrainConfig:
     activation: str = "relu"
     tie_output: bool = True
     # model: RNN seq2seq (used by --model seq2seq / lstmn)
-    cell: str = "lstm"
-    score: str = "dot"
-    decoder: str = "luong"
+    cell: str = "lstm"  # rnn | lstm | gru
+    score: str = "general"  # dot | scaled_dot | general | additive | cosine | location
+    decoder: str = "luong"  # luong | bahdanau | none (no attention: the bottleneck)
     hidden_size: int = 128
     # optimisation
     steps: int = 3000
@@ -97,7 +97,7 @@ class TrainConfig:
         return cls(**obj)
 
 
-MODEL_KINDS = ("transformer",)
+MODEL_KINDS = ("transformer", "seq2seq", "lstmn")
 
 
 def build_model(cfg: TrainConfig, src_vocab: int, tgt_vocab: int, rng):
@@ -109,6 +109,13 @@ def build_model(cfg: TrainConfig, src_vocab: int, tgt_vocab: int, rng):
                            dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout,
                            activation=cfg.activation, norm_first=cfg.norm_first,
                            tie_output=cfg.tie_output, max_len=256, dtype=dtype, rng=rng)
+    if cfg.model in ("seq2seq", "lstmn"):
+        lstmn = cfg.model == "lstmn"
+        return Seq2Seq(src_vocab, tgt_vocab, embed_dim=cfg.d_model, hidden_size=cfg.hidden_size,
+                       num_layers=1 if lstmn else cfg.layers, cell=cfg.cell,
+                       encoder_cell="lstmn" if lstmn else None, bidirectional=not lstmn,
+                       attention=cfg.decoder, score=cfg.score, max_src_len=256,
+                       dropout=cfg.dropout, dtype=dtype, rng=rng)
     raise ValueError(f"unknown model {cfg.model!r}; expected one of {list(MODEL_KINDS)}")
 
 
@@ -389,8 +396,14 @@ class Trainer:
         src_ids = np.array([self.src_tok.encode(source)])
         out_ids = self.tgt_tok.encode(out)
         tgt_in = np.array([[BOS_ID] + out_ids])
-        _, cache = self.model.forward(src_ids, tgt_in)
-        weights = np.stack([c.cross_attn.alpha[0] for c in cache.decoder.layers])
+        if isinstance(self.model, Seq2Seq):
+            alpha = self.model.attention_weights(src_ids, tgt_in)
+            if alpha is None:
+                raise ValueError("this model has no attention to draw (decoder 'none')")
+            weights = alpha[0][None, None]  # one "layer", one "head"
+        else:
+            _, cache = self.model.forward(src_ids, tgt_in)
+            weights = np.stack([c.cross_attn.alpha[0] for c in cache.decoder.layers])
         src_tokens = [self.src_tok.itos[i] for i in src_ids[0]]
         out_tokens = [self.tgt_tok.itos[i] for i in out_ids] + ["<eos>"]
         return src_tokens, out_tokens, weights

@@ -1,4 +1,7 @@
-"""Models composed from the layers: the Transformer family (and, later, seq2seq RNNs)."""
+"""Models composed from the layers: the RNN encoder-decoder with attention and the
+Transformer family."""
+
+from .seq2seq import BahdanauDecoder, Encoder, LuongDecoder, Seq2Seq, Seq2SeqState
 
 from .transformer import (
     DecoderState,
@@ -12,4 +15,5 @@ from .transformer import (
 )
 
 __all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
-           "TransformerDecoder", "Transformer", "TransformerLM", "DecoderState", "LMState"]
+           "TransformerDecoder", "Transformer", "TransformerLM", "DecoderState", "LMState",
+           "Seq2Seq", "Encoder", "LuongDecoder", "BahdanauDecoder", "Seq2SeqState"]
