@@ -1,0 +1,73 @@
+"""Learning targets: train each model fresh from the CLI and report exact match.
+
+    python benchmarks/learning.py [--only NAME] [--threads 1] [--out runs/bench]
+
+Each run is the CLI itself (``numtransformer train ... --json``) in a
+subprocess, so the numbers are what a user gets.  Prints a Markdown table:
+run, task, model, steps, wall seconds, test exact match, token accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+RUNS = {
+    # name: CLI arguments
+    "transformer-dates": ["--task", "dates"],
+    "transformer-copy": ["--task", "copy", "--steps", "1500", "--eval-every", "0"],
+    "transformer-reverse": ["--task", "reverse", "--steps", "4000", "--dropout", "0.0",
+                            "--lr", "1e-3", "--eval-every", "1000"],
+    "lstm-luong-dates": ["--task", "dates", "--model", "seq2seq", "--cell", "lstm",
+                         "--score", "general", "--d-model", "32", "--hidden-size", "64",
+                         "--lr", "3e-3", "--warmup", "100", "--dropout", "0.0"],
+    "lstm-none-dates": ["--task", "dates", "--model", "seq2seq", "--cell", "lstm",
+                        "--decoder", "none", "--d-model", "32", "--hidden-size", "64",
+                        "--lr", "3e-3", "--warmup", "100", "--dropout", "0.0"],
+    "lstmn-reverse": ["--task", "reverse", "--model", "lstmn", "--d-model", "32",
+                      "--hidden-size", "64", "--lr", "3e-3", "--warmup", "100",
+                      "--dropout", "0.0"],
+}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", help="run only the runs whose name contains this")
+    p.add_argument("--threads", type=int, default=None, help="BLAS threads for each run")
+    p.add_argument("--out", default=os.path.join("runs", "bench-" + time.strftime("%Y%m%d-%H%M%S")))
+    args = p.parse_args()
+    env = dict(os.environ)
+    if args.threads:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(args.threads)
+    rows = []
+    for name, cli_args in RUNS.items():
+        if args.only and args.only not in name:
+            continue
+        out = os.path.join(args.out, name)
+        cmd = [sys.executable, "-m", "numtransformer", "train", *cli_args, "--out", out, "--json"]
+        print("$ numtransformer train " + " ".join(cli_args), file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            print(proc.stderr[-2000:], file=sys.stderr)
+            rows.append((name, "-", "-", "-", f"{wall:.0f}", "FAILED", "-"))
+            continue
+        m = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows.append((name, m["task"], m["model"], str(m["steps"]), f"{m['seconds']:.0f}",
+                     f"{100 * m['exact_match']:.2f}%", f"{100 * m['token_accuracy']:.2f}%"))
+        print(json.dumps({"run": name, **m}), file=sys.stderr, flush=True)
+    header = ("run", "task", "model", "steps", "train s", "test exact match", "token acc")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()
