@@ -4,6 +4,8 @@
                              default run, a small Transformer on date normalisation)
     numtransformer eval      evaluate a saved run
     numtransformer decode    translate inputs with a saved run (greedy or beam)
+    numtransformer trace     print every named intermediate of one forward pass
+    numtransformer embed     sentence embeddings with a pretrained encoder (MiniLM)
     numtransformer gradcheck check every layer's backward against finite differences
 
 User mistakes (an unknown task, a missing file, a checkpoint of another kind,
@@ -277,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int, help="decoder layer to draw (default: the last)")
     p.add_argument("--heads", action="store_true", help="draw each head, not their mean")
     p.set_defaults(func=_cmd_decode)
+
+    from .pretrained.embed import add_embed_arguments, run_embed
+
+    p = sub.add_parser("embed", help="sentence embeddings and cosine similarities "
+                       "(all-MiniLM-L6-v2 in NumPy)")
+    add_embed_arguments(p)
+    p.set_defaults(func=run_embed)
 
     p = sub.add_parser("trace", help="print every named intermediate of one forward pass")
     p.add_argument("--checkpoint", metavar="DIR_OR_FILE",
