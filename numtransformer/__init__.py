@@ -36,6 +36,7 @@ from .layers import (
 )
 from .losses import CrossEntropyLoss
 from .recurrent import LSTMN, RNN, GRUCell, LSTMCell, RNNCell
+from .models import MemN2N, Seq2Seq, Transformer, TransformerLM
 from .module import Module, Parameter
 
 __version__ = "0.1.0"
@@ -48,4 +49,5 @@ __all__ = [
     "DotScore", "ScaledDotScore", "GeneralScore", "AdditiveScore", "ConcatScore",
     "CosineScore", "LocationScore", "Attention", "MultiHeadAttention", "causal_mask",
     "RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTMN",
+    "Transformer", "TransformerLM", "Seq2Seq", "MemN2N",
 ]

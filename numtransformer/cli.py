@@ -33,6 +33,12 @@ def _cmd_gradcheck(args) -> int:
     results = run_all(seed=args.seed, threshold=args.threshold, only=args.only)
     if not results:
         raise UserError(f"no layer matches {args.only!r}")
+    if args.markdown:
+        print("| layer | tensors | worst max rel. error |\n|---|---|---|")
+        for name, report in results:
+            mark = "" if report.passed else " FAIL"
+            print(f"| {name} | {len(report.tensors)} | {report.max_error:.1e}{mark} |")
+        return 0 if all(r.passed for _, r in results) else 1
     rows = [("layer", "tensor", "max rel error", "pass")]
     failed = []
     for name, report in results:
@@ -90,8 +96,57 @@ def _checkpoint_path(path: str) -> str:
     return path
 
 
+_SEQ2SEQ_TASKS = ("dates", "copy", "reverse", "sort", "addition")
+
+
+def _task_name(value: str) -> str:
+    """--task: a built-in seq2seq task, or babi:N for a bAbI-style task (memnn)."""
+    if value in _SEQ2SEQ_TASKS:
+        return value
+    from .data.babi import BABI_TASKS
+
+    number = value.split(":", 1)[1] if value.startswith("babi:") else ""
+    if number.isdigit() and int(number) in BABI_TASKS:
+        return value
+    raise argparse.ArgumentTypeError(
+        f"unknown task {value!r}; expected {', '.join(_SEQ2SEQ_TASKS)} or babi:N with N in "
+        f"{', '.join(map(str, sorted(BABI_TASKS)))}")
+
+
+def _cmd_train_memnn(args) -> int:
+    from .checkpoint import save_checkpoint
+    from .memnn_train import train_memnn
+
+    task = args.task or "babi:1"
+    if not task.startswith("babi:") or args.model not in (None, "memnn"):
+        raise UserError("bAbI tasks (--task babi:N) are trained by --model memnn, and "
+                        "--model memnn trains only on them")
+    if args.resume:
+        raise UserError("--resume is not supported for --model memnn")
+    given = {"epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size,
+             "lr": args.lr, "seed": args.seed, "n_train": args.n_train, "d": args.d_model,
+             "hops": args.hops, "tying": args.tying, "dtype": args.dtype,
+             "max_grad_norm": args.clip}
+    options = {k: v for k, v in given.items() if v is not None}
+    stream = sys.stderr if args.json else sys.stdout
+    result = train_memnn(int(task.split(":", 1)[1]),
+                         log=lambda line: print(line, file=stream, flush=True), **options)
+    metrics = {k: v for k, v in result.items() if k not in ("model", "data")}
+    if args.out:
+        save_checkpoint(os.path.join(args.out, "checkpoint.npz"), result["model"],
+                        config={"model": "memnn", "task": task,
+                                **{k: v for k, v in options.items() if k != "dtype"}})
+        metrics["out"] = args.out
+    if args.json:
+        print(json.dumps(metrics))
+    return 0
+
+
 def _cmd_train(args) -> int:
     from .train import TrainConfig, Trainer
+
+    if args.model == "memnn" or (args.task or "").startswith("babi:"):
+        return _cmd_train_memnn(args)
 
     overrides = _train_overrides(args)
     if args.resume:
@@ -221,10 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a sequence-to-sequence model on a built-in task. "
                        "Unset options keep the defaults of TrainConfig (or, with --resume, "
                        "the saved run's values).")
-    p.add_argument("--task", choices=["dates", "copy", "reverse", "sort", "addition"])
-    p.add_argument("--model", choices=["transformer", "seq2seq", "lstmn"],
+    p.add_argument("--task", type=_task_name, metavar="TASK",
+                   help="dates (default), copy, reverse, sort, addition; babi:N (N in 1 2 3 5 "
+                   "6 7) with --model memnn")
+    p.add_argument("--model", choices=["transformer", "seq2seq", "lstmn", "memnn"],
                    help="transformer (default); seq2seq: RNN encoder-decoder; lstmn: "
-                   "LSTMN encoder, RNN decoder")
+                   "LSTMN encoder, RNN decoder; memnn: end-to-end memory network (bAbI)")
+    p.add_argument("--epochs", type=int, help="memnn: training epochs")
+    p.add_argument("--hops", type=int, help="memnn: memory hops")
+    p.add_argument("--tying", choices=["adjacent", "layerwise"], help="memnn: weight tying")
     p.add_argument("--cell", choices=["rnn", "lstm", "gru"], help="seq2seq recurrent cell")
     p.add_argument("--score", choices=["dot", "scaled_dot", "general", "additive", "cosine",
                                        "location"], help="seq2seq attention score (Luong)")
@@ -301,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max relative error allowed (default 1e-7)")
     p.add_argument("--only", metavar="NAME", default=None,
                    help="check only layers whose name contains NAME")
+    p.add_argument("--markdown", action="store_true",
+                   help="print one Markdown row per layer (its worst tensor) instead")
     p.set_defaults(func=_cmd_gradcheck)
     return parser
 

@@ -123,10 +123,17 @@ def _pretrained_cases() -> list[Case]:
     return gradcheck_cases()
 
 
+def _memnn_cases() -> list[Case]:
+    from .models.memnn_cases import gradcheck_cases
+
+    return gradcheck_cases()
+
+
 # Functions returning a list of Case, one per package above the core layers.
 _CASE_PROVIDERS: list[Callable[[], list[Case]]] = [_attention_cases, _recurrent_cases,
                                                    _model_cases, _seq2seq_cases,
-                                                   _interop_cases, _pretrained_cases]
+                                                   _memnn_cases, _interop_cases,
+                                                   _pretrained_cases]
 
 
 def run_all(seed: int = 0, threshold: float = 1e-7,

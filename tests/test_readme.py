@@ -1,4 +1,8 @@
-"""The README's Python examples run as written (so they cannot rot)."""
+"""The README's Python examples run as written (so they cannot rot).
+
+Blocks fenced ```python run here, in order, in one namespace; a block fenced
+```py is an illustration that needs something the tests do not have.
+"""
 
 import pathlib
 import re

@@ -1,5 +1,6 @@
 """Data: tokenizers, built-in tasks, batching."""
 
+from .babi import BABI_TASKS, BabiExample, babi_vocabulary, encode_babi, make_babi
 from .batching import Batch, BatchIterator, encode_pairs, make_batch, pad_sequences
 from .tasks import DATE_FORMATS, TASKS, TaskData, make_task
 from .tokenizers import (
@@ -19,4 +20,5 @@ __all__ = [
     "TASKS", "DATE_FORMATS", "TaskData", "make_task",
     "Tokenizer", "CharTokenizer", "WordTokenizer", "load_tokenizer",
     "PAD_ID", "BOS_ID", "EOS_ID", "UNK_ID", "SPECIALS",
+    "BABI_TASKS", "BabiExample", "babi_vocabulary", "encode_babi", "make_babi",
 ]

@@ -1,6 +1,7 @@
 """Models composed from the layers: the RNN encoder-decoder with attention and the
 Transformer family."""
 
+from .memnn import MemN2N
 from .seq2seq import BahdanauDecoder, Encoder, LuongDecoder, Seq2Seq, Seq2SeqState
 
 from .transformer import (
@@ -16,4 +17,4 @@ from .transformer import (
 
 __all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
            "TransformerDecoder", "Transformer", "TransformerLM", "DecoderState", "LMState",
-           "Seq2Seq", "Encoder", "LuongDecoder", "BahdanauDecoder", "Seq2SeqState"]
+           "Seq2Seq", "Encoder", "LuongDecoder", "BahdanauDecoder", "Seq2SeqState", "MemN2N"]
