@@ -78,7 +78,7 @@ class TrainConfig:
     warmup: int = 200
     weight_decay: float = 0.01
     clip: float = 1.0
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     # bookkeeping
     eval_every: int = 500
     checkpoint_every: int = 500
