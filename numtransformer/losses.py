@@ -7,14 +7,13 @@ from typing import NamedTuple
 import numpy as np
 
 from ._validate import check_float, check_probability
-from .layers.activations import log_softmax
 from .module import Module
 
 __all__ = ["CrossEntropyLoss"]
 
 
 class CrossEntropyCache(NamedTuple):
-    log_probs: np.ndarray  # (N, V) log-softmax of the logits
+    probs: np.ndarray  # (N, V) p = softmax of the logits
     targets: np.ndarray  # (N,) target ids, ignored positions replaced by 0
     valid: np.ndarray  # (N,) bool: the target is not ignore_index
     n_valid: int  # number of targets that count
@@ -28,18 +27,23 @@ class CrossEntropyLoss(Module):
     ``ignore_index``.  Rows are flattened to N = prod(...).
 
     Forward (eps = label_smoothing, valid_i = [y_i != ignore_index]):
-        log p_i  = z_i - max(z_i) - log sum_c exp(z_ic - max(z_i))    (log-sum-exp)
+        u_i      = z_i - max(z_i) ;  s_i = sum_c exp(u_ic)            (log-sum-exp)
+        p_i      = exp(u_i) / s_i                                     softmax, kept for backward
+        log p_i  = u_i - log s_i                                      read at y_i only
         q_i      = (1 - eps) onehot(y_i) + eps / V                    (smoothed target)
         loss_i   = -sum_c q_ic log p_ic
                  = (1 - eps) (-log p_{i,y_i}) + eps * mean_c(-log p_ic)
+                 = (1 - eps) (log s_i - u_{i,y_i}) - eps (mean_c(u_ic) - log s_i)
         mean:      L = sum_i valid_i loss_i / n_valid,  n_valid = sum_i valid_i
         sum:       L = sum_i valid_i loss_i
         none:      L_i = valid_i loss_i
 
     Backward (dL is the upstream gradient: a scalar, or (...) for "none"):
-        dz_i = (softmax(z_i) - q_i) * valid_i * w_i
-    with w_i = dL / n_valid (mean), dL (sum), dL_i (none).  softmax(z_i) is
-    exp(log p_i), so no second exp-normalise is needed.
+        dz_i = (p_i - q_i) * valid_i * w_i
+    with w_i = dL / n_valid (mean), dL (sum), dL_i (none).  The forward keeps
+    p itself and never forms the (N, V) log p: one exp pass and one
+    normalising pass over the logits, and backward is one scaling pass (two
+    with label smoothing).
 
     Matches ``torch.nn.CrossEntropyLoss(ignore_index, label_smoothing,
     reduction)`` with one deliberate difference: a batch whose targets are all
@@ -76,10 +80,17 @@ class CrossEntropyLoss(Module):
         y = np.where(valid, y, 0)
         n_valid = int(valid.sum())
 
-        log_p = log_softmax(logits.reshape(-1, V), axis=-1)
+        z = logits.reshape(-1, V)
+        u = z - z.max(axis=1, keepdims=True)  # a fresh array: exp below reuses it
+        u_y = np.take_along_axis(u, y[:, None], axis=1)[:, 0]
         eps = self.label_smoothing
-        nll = -np.take_along_axis(log_p, y[:, None], axis=1)[:, 0]
-        loss_i = nll if eps == 0.0 else (1.0 - eps) * nll - eps * log_p.mean(axis=1)
+        mean_u = u.mean(axis=1) if eps else None
+        p = np.exp(u, out=u)
+        s = p.sum(axis=1, keepdims=True)
+        p /= s
+        log_s = np.log(s[:, 0])
+        nll = log_s - u_y  # -log p_{i,y_i}
+        loss_i = nll if eps == 0.0 else (1.0 - eps) * nll - eps * (mean_u - log_s)
         loss_i = np.where(valid, loss_i, 0)
         if self.reduction == "none":
             loss = loss_i.reshape(targets.shape)
@@ -87,31 +98,34 @@ class CrossEntropyLoss(Module):
             total = loss_i.sum(dtype=loss_i.dtype)
             loss = total / max(n_valid, 1) if self.reduction == "mean" else total
             loss = np.asarray(loss, dtype=logits.dtype)
-        cache = CrossEntropyCache(log_probs=log_p, targets=y, valid=valid, n_valid=n_valid,
+        cache = CrossEntropyCache(probs=p, targets=y, valid=valid, n_valid=n_valid,
                                   shape=logits.shape)
         return loss, cache
 
     def backward(self, dout=1.0, cache: CrossEntropyCache = None):
-        log_p, y, valid = cache.log_probs, cache.targets, cache.valid
-        N, V = log_p.shape
+        p, y, valid = cache.probs, cache.targets, cache.valid
+        N, V = p.shape
         eps = self.label_smoothing
-        dz = np.exp(log_p)  # softmax
-        if eps:
-            dz -= eps / V
-        dz[np.arange(N), y] -= 1.0 - eps
         dout = np.asarray(dout)
         if self.reduction == "none":
             if dout.shape != cache.shape[:-1]:
                 raise ValueError(f"CrossEntropyLoss.backward: dout has shape {dout.shape}, "
                                  f"expected {cache.shape[:-1]} (reduction='none')")
-            w = dout.astype(dz.dtype, copy=False).reshape(-1) * valid
+            w = dout.astype(p.dtype, copy=False).reshape(-1) * valid
         else:
             if dout.size != 1:
                 raise ValueError(f"CrossEntropyLoss.backward: dout must be a scalar for "
                                  f"reduction={self.reduction!r}, got shape {dout.shape}")
             scale = dout.item() / (max(cache.n_valid, 1) if self.reduction == "mean" else 1)
-            w = valid * np.asarray(scale, dtype=dz.dtype)
-        dz *= w[:, None]
+            w = valid * np.asarray(scale, dtype=p.dtype)
+        rows = np.arange(N)
+        if eps:
+            dz = p - eps / V  # p - q, then scaled by w
+            dz[rows, y] -= 1.0 - eps
+            dz *= w[:, None]
+        else:  # one pass: p w, then the one-hot part at the targets
+            dz = p * w[:, None]
+            dz[rows, y] -= w
         return dz.reshape(cache.shape)
 
     def extra_repr(self) -> str:

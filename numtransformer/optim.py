@@ -168,6 +168,19 @@ class Adam(Optimizer):
         v     = beta2 v + (1 - beta2) g^2
         m_hat = m / (1 - beta1^t),   v_hat = v / (1 - beta2^t)   (t = step count)
         p     = p - lr m_hat / (sqrt(v_hat) + eps)
+
+    One update for all parameters at once: at the first step the optimizer
+    packs every parameter's data and grad, and its m and v, into four flat
+    buffers and rebinds ``p.data``, ``p.grad``, ``state["m"][name]`` and
+    ``state["v"][name]`` to views of them (same shapes, same values), so a
+    step is a dozen vectorised operations per chunk of 2^18 entries (small
+    enough for one scratch chunk to stay in cache) instead of a dozen per
+    parameter.
+    Backward passes still add into ``p.grad`` in place and land in the flat
+    buffer.  Whenever anything rebinds one of those arrays (``load_state_dict``
+    of the model or the optimizer, ``astype``, ``p.data = ...``), the next step
+    notices and packs again from the current values, so results are the same
+    bit for bit.  Parameters of mixed dtypes are updated one by one.
     """
 
     state_kinds = ("m", "v")
@@ -182,6 +195,9 @@ class Adam(Optimizer):
         _check_nonneg(type(self).__name__, eps=eps, weight_decay=weight_decay)
         self.beta1, self.beta2 = float(b1), float(b2)
         self.eps, self.weight_decay = float(eps), float(weight_decay)
+        self._flat_views = None  # per parameter (data, grad, m, v) views of the flat buffers
+        self._flat_buffers = None  # (data, grad, m, v, scratch), 1-D
+        self._chunk = 1 << 18  # elements updated per pass over the flat buffers
 
     def step(self) -> None:
         self.step_count += 1
@@ -189,27 +205,79 @@ class Adam(Optimizer):
         # Python floats: folding these into a float32 update never promotes it.
         self._bias1 = 1.0 - self.beta1 ** t
         self._bias2 = 1.0 - self.beta2 ** t
-        for name, p in self.named_params:
-            self._update(name, p)
+        flat = self._flat()
+        if flat is None:
+            for name, p in self.named_params:
+                self._update(name, p)
+            return
+        data, grad, m, v, scratch = flat
+        for lo in range(0, data.size, self._chunk):  # chunks: the scratch stays in cache
+            part = slice(lo, lo + self._chunk)
+            self._apply(data[part], grad[part], m[part], v[part], scratch[:data[part].size])
 
     def _update(self, name, p):
-        g = p.grad
-        if self.weight_decay:
-            if self.decoupled:
-                p.data *= 1.0 - self.lr * self.weight_decay
-            else:
-                g = g + self.weight_decay * p.data
         m = self._buf("m", name, p)
         v = self._buf("v", name, p)
-        m += (1.0 - self.beta1) * (g - m)  # = beta1 m + (1 - beta1) g
+        self._apply(p.data, p.grad, m, v, np.empty_like(p.data))
+
+    def _apply(self, p, g, m, v, tmp):
+        """The update of the class docstring, in place on p, m and v (any shape;
+        tmp: scratch of the same shape)."""
+        if self.weight_decay:
+            if self.decoupled:
+                p *= 1.0 - self.lr * self.weight_decay
+            else:
+                g = g + self.weight_decay * p
+        np.subtract(g, m, out=tmp)
+        tmp *= 1.0 - self.beta1
+        m += tmp  # m + (1 - beta1) (g - m) = beta1 m + (1 - beta1) g
         v *= self.beta2
-        v += (1.0 - self.beta2) * (g * g)
+        np.multiply(g, g, out=tmp)
+        tmp *= 1.0 - self.beta2
+        v += tmp
         # p -= lr * m_hat / (sqrt(v_hat) + eps), with the bias corrections folded
         # into two scalars as PyTorch does (same numbers, fewer array passes).
-        denom = np.sqrt(v)
+        denom = np.sqrt(v, out=tmp)
         denom /= math.sqrt(self._bias2)
         denom += self.eps
-        p.data -= (self.lr / self._bias1) * (m / denom)
+        np.divide(m, denom, out=tmp)
+        tmp *= self.lr / self._bias1
+        p -= tmp
+
+    def _flat(self):
+        """The flat buffers (data, grad, m, v, scratch), packed again when any
+        parameter or state array is no longer its view; None for mixed dtypes."""
+        m_state, v_state = self.state["m"], self.state["v"]
+        views = self._flat_views
+        if views is not None and all(
+                p.data is d and p.grad is g and m_state.get(name) is m and v_state.get(name) is v
+                for (name, p), (d, g, m, v) in zip(self.named_params, views)):
+            return self._flat_buffers
+        dtype = self.named_params[0][1].dtype
+        if any(p.data.dtype != dtype or p.grad.dtype != dtype for _, p in self.named_params):
+            self._flat_views = self._flat_buffers = None
+            return None
+        total = sum(p.size for _, p in self.named_params)
+        buffers = tuple(np.empty(total, dtype) for _ in range(4)) + (
+            np.empty(min(total, self._chunk), dtype),)
+        views, start = [], 0
+        for name, p in self.named_params:
+            d, g, m, v = (b[start:start + p.size].reshape(p.shape) for b in buffers[:4])
+            d[...], g[...] = p.data, p.grad
+            m[...] = m_state.get(name, 0.0)  # state is created (zero) at the first step
+            v[...] = v_state.get(name, 0.0)
+            p.data, p.grad, m_state[name], v_state[name] = d, g, m, v
+            views.append((d, g, m, v))
+            start += p.size
+        self._flat_views, self._flat_buffers = views, buffers
+        return buffers
+
+    def zero_grad(self) -> None:
+        flat = self._flat() if self._flat_views is not None else None
+        if flat is None:
+            super().zero_grad()
+        else:
+            flat[1].fill(0)
 
 
 class AdamW(Adam):

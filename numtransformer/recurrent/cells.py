@@ -14,6 +14,8 @@ the previous state, and leaves the parameter gradients to the caller, who turns
 ``backward`` for one step; ``RNN.backward`` once for all T steps).  For the
 tanh RNN and the LSTM the two pre-activations are summed, so da_x = da_h; the
 GRU's candidate gate multiplies its hidden half by r, so they differ there.
+Its optional ``W_hh_T`` is a contiguous copy of W_hh^T that an unrolled caller
+makes once for all T steps.
 
 Weights are stored so the math reads as written, x W: ``W_ih`` (D, G*H),
 ``W_hh`` (H, G*H), biases (G*H,), with the G gates side by side in PyTorch's
@@ -31,9 +33,9 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from scipy.special import expit
 
 from .._validate import as_rng, check_float, check_float_dtype, check_positive_int
+from ..layers.activations import sigmoid
 from ..module import Module, Parameter
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell"]
@@ -108,6 +110,11 @@ class _Cell(Module):
         grads = (dx,) + tuple(d for d, g in zip(dstates, cache.given) if g)
         return grads[0] if len(grads) == 1 else grads
 
+    def _transposed_W_hh(self, W_hh_T):
+        """W_hh^T for dh_prev = da W_hh^T: the caller's contiguous copy, made once for
+        all T steps (a transposed operand makes this small GEMM ~30% slower), or a view."""
+        return self.W_hh.data.T if W_hh_T is None else W_hh_T
+
     def extra_repr(self) -> str:
         return f"input_size={self.input_size}, hidden_size={self.hidden_size}"
 
@@ -153,10 +160,10 @@ class RNNCell(_Cell):
         h = np.tanh(xw + h_prev @ self.W_hh.data + self.b_hh.data)
         return (h,), RNNStep(h_prev=h_prev, h=h)
 
-    def step_backward(self, dh, cache: RNNStep):
+    def step_backward(self, dh, cache: RNNStep, *, W_hh_T=None):
         """-> (da_x, da_h, (dh_prev,)); parameter gradients are left to the caller."""
         da = dh * (1 - cache.h * cache.h)
-        dh_prev = da @ self.W_hh.data.T
+        dh_prev = da @ self._transposed_W_hh(W_hh_T)
         return da, da, (dh_prev,)
 
 
@@ -216,17 +223,21 @@ class LSTMCell(_Cell):
     def step(self, xw, h_prev, c_prev):
         """xw = x W_ih + b_ih (B, 4H) -> ((h, c), LSTMStep)."""
         H = self.hidden_size
-        a = xw + h_prev @ self.W_hh.data + self.b_hh.data
-        i = expit(a[:, :H])
-        f = expit(a[:, H:2 * H])
-        g = np.tanh(a[:, 2 * H:3 * H])
-        o = expit(a[:, 3 * H:])
-        c = f * c_prev + i * g
+        a = h_prev @ self.W_hh.data
+        a += xw
+        a += self.b_hh.data  # a = xw + h_prev W_hh + b_hh
+        # the gates in place on a's column blocks: i, f, g, o are views of a
+        sigmoid(a[:, :2 * H], out=a[:, :2 * H])
+        np.tanh(a[:, 2 * H:3 * H], out=a[:, 2 * H:3 * H])
+        sigmoid(a[:, 3 * H:], out=a[:, 3 * H:])
+        i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+        c = f * c_prev
+        c += i * g
         tanh_c = np.tanh(c)
         h = o * tanh_c
         return (h, c), LSTMStep(h_prev=h_prev, c_prev=c_prev, i=i, f=f, g=g, o=o, tanh_c=tanh_c)
 
-    def step_backward(self, dh, dc, cache: LSTMStep):
+    def step_backward(self, dh, dc, cache: LSTMStep, *, W_hh_T=None):
         """-> (da_x, da_h, (dh_prev, dc_prev)); parameter gradients are left to the caller."""
         i, f, g, o, tanh_c = cache.i, cache.f, cache.g, cache.o, cache.tanh_c
         do = dh * tanh_c
@@ -237,7 +248,7 @@ class LSTMCell(_Cell):
         dc_prev = dc * f
         da = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g),
                              do * o * (1 - o)], axis=1)
-        dh_prev = da @ self.W_hh.data.T
+        dh_prev = da @ self._transposed_W_hh(W_hh_T)
         return da, da, (dh_prev, dc_prev)
 
 
@@ -296,14 +307,14 @@ class GRUCell(_Cell):
         """xw = x W_ih + b_ih (B, 3H) -> ((h,), GRUStep)."""
         H = self.hidden_size
         hw = h_prev @ self.W_hh.data + self.b_hh.data
-        r = expit(xw[:, :H] + hw[:, :H])
-        z = expit(xw[:, H:2 * H] + hw[:, H:2 * H])
+        r = sigmoid(xw[:, :H] + hw[:, :H])
+        z = sigmoid(xw[:, H:2 * H] + hw[:, H:2 * H])
         hn = hw[:, 2 * H:]
         n = np.tanh(xw[:, 2 * H:] + r * hn)
         h = (1 - z) * n + z * h_prev
         return (h,), GRUStep(h_prev=h_prev, r=r, z=z, n=n, hn=hn)
 
-    def step_backward(self, dh, cache: GRUStep):
+    def step_backward(self, dh, cache: GRUStep, *, W_hh_T=None):
         """-> (da_x, da_h, (dh_prev,)); parameter gradients are left to the caller."""
         h_prev, r, z, n, hn = cache.h_prev, cache.r, cache.z, cache.n, cache.hn
         dn = dh * (1 - z)
@@ -314,5 +325,5 @@ class GRUCell(_Cell):
         da_z = dz * z * (1 - z)
         da_x = np.concatenate([da_r, da_z, da_n], axis=1)
         da_h = np.concatenate([da_r, da_z, da_n * r], axis=1)
-        dh_prev = dh * z + da_h @ self.W_hh.data.T
+        dh_prev = dh * z + da_h @ self._transposed_W_hh(W_hh_T)
         return da_x, da_h, (dh_prev,)

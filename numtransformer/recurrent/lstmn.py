@@ -6,10 +6,9 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from scipy.special import expit
 
 from .._validate import as_rng, check_float, check_float_dtype, check_positive_int
-from ..layers.activations import softmax
+from ..layers.activations import sigmoid, softmax
 from ..module import Module, Parameter
 
 __all__ = ["LSTMN"]
@@ -151,10 +150,10 @@ class LSTMN(Module):
                 h_tilde[:, t] = np.einsum("bi,bih->bh", s[:, t, lo:t], h[:, lo:t])
                 c_tilde[:, t] = np.einsum("bi,bih->bh", s[:, t, lo:t], c[:, lo:t])
             z = xz[:, t] + h_tilde[:, t] @ self.W_hh.data
-            i[:, t] = expit(z[:, :H])
-            f[:, t] = expit(z[:, H:2 * H])
+            i[:, t] = sigmoid(z[:, :H])
+            f[:, t] = sigmoid(z[:, H:2 * H])
             g[:, t] = np.tanh(z[:, 2 * H:3 * H])
-            o[:, t] = expit(z[:, 3 * H:])
+            o[:, t] = sigmoid(z[:, 3 * H:])
             c[:, t] = f[:, t] * c_tilde[:, t] + i[:, t] * g[:, t]
             tanh_c[:, t] = np.tanh(c[:, t])
             h[:, t] = o[:, t] * tanh_c[:, t]

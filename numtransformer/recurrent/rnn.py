@@ -197,7 +197,8 @@ class RNN(Module):
         if rev is not None:
             x = _gather_time(x, rev)
         B, T, D = x.shape
-        xw = (x.reshape(B * T, D) @ cell.W_ih.data + cell.b_ih.data).reshape(B, T, -1)
+        GH = cell.W_ih.shape[1]  # explicit, not -1: an empty batch (B = 0) has no size to infer
+        xw = (x.reshape(B * T, D) @ cell.W_ih.data + cell.b_ih.data).reshape(B, T, GH)
         y = np.empty((B, T, self.hidden_size), x.dtype)
         steps = []
         for t in range(T):
@@ -264,25 +265,31 @@ class RNN(Module):
         B, T, D = x.shape
         GH = cell.W_hh.shape[1]
         da_x = np.empty((B, T, GH), x.dtype)
-        da_h = np.empty((B, T, GH), x.dtype)
+        da_h = None  # stays None while the cell returns da_h = da_x (tanh RNN, LSTM): one copy
+        W_hh_T = np.ascontiguousarray(cell.W_hh.data.T)  # once, not a transposed view per step
         for t in reversed(range(T)):
             dnew = (dstate[0] + dy[:, t],) + dstate[1:]
             if pad is not None:
                 p = pad[:, t, None]
                 dnew = tuple(np.where(p, 0, dn) for dn in dnew)
-            dax_t, dah_t, dprev = cell.step_backward(*dnew, steps[t])
+            dax_t, dah_t, dprev = cell.step_backward(*dnew, steps[t], W_hh_T=W_hh_T)
             if pad is not None:
                 dprev = tuple(np.where(p, ds, dp) for ds, dp in zip(dstate, dprev))
             dstate = dprev
             da_x[:, t] = dax_t
-            da_h[:, t] = dah_t
+            if dah_t is not dax_t:  # the GRU
+                if da_h is None:
+                    da_h = np.empty((B, T, GH), x.dtype)
+                da_h[:, t] = dah_t
         h_prev = np.stack([s.h_prev for s in steps], axis=1)
-        x2, h_prev2 = x.reshape(B * T, D), h_prev.reshape(B * T, -1)
-        da_x2, da_h2 = da_x.reshape(B * T, GH), da_h.reshape(B * T, GH)
+        x2, h_prev2 = x.reshape(B * T, D), h_prev.reshape(B * T, self.hidden_size)
+        da_x2 = da_x.reshape(B * T, GH)
+        da_h2 = da_x2 if da_h is None else da_h.reshape(B * T, GH)
+        db_x = da_x2.sum(axis=0)
         cell.W_ih.grad += x2.T @ da_x2
-        cell.b_ih.grad += da_x2.sum(axis=0)
+        cell.b_ih.grad += db_x
         cell.W_hh.grad += h_prev2.T @ da_h2
-        cell.b_hh.grad += da_h2.sum(axis=0)
+        cell.b_hh.grad += db_x if da_h is None else da_h2.sum(axis=0)
         dx = (da_x2 @ cell.W_ih.data.T).reshape(B, T, D)
         if rev is not None:
             dx = _gather_time(dx, rev)
