@@ -14,11 +14,17 @@ then renamed over the target (``os.replace`` is atomic on POSIX), so a process
 killed at any moment leaves either the old checkpoint or the new one, never a
 torn file.  Reading uses ``np.load(allow_pickle=False)``: loading a file never
 runs code, and a pickle-bearing or malformed file is a clear ``ValueError``.
+Before anything is read, every entry's declared size is checked against the
+file (entries must be stored uncompressed, as ``save_checkpoint`` writes them,
+and each array header must declare exactly the bytes its entry holds), so a
+forged or corrupt file costs at most its own size in memory.  Parameters must
+be finite floating-point arrays, config and meta JSON objects.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -109,6 +115,37 @@ def save_checkpoint(path: str, model: Module, config: dict, meta: dict | None = 
         pass
 
 
+def _check_archive(path: str) -> None:
+    """Refuse, before numpy allocates anything, entries whose declared sizes the
+    file cannot back: a compressed entry (a zip bomb: a small file declaring
+    gigabytes), an entry larger than the file, an array header whose shape and
+    dtype need more (or fewer) bytes than its entry holds, an object array."""
+    file_size = os.path.getsize(path)
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            where = f"checkpoint {path!r}, entry {info.filename!r}"
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise CheckpointError(f"{where} is compressed; checkpoints are stored "
+                                      f"uncompressed (not written by save_checkpoint?)")
+            if info.file_size > file_size:
+                raise CheckpointError(f"{where} declares {info.file_size} bytes, more than "
+                                      f"the {file_size}-byte file")
+            with z.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(f)
+                header_size = f.tell()
+            if dtype.hasobject:
+                raise CheckpointError(f"{where} is an object array (a pickle); refused "
+                                      f"without running it")
+            declared = math.prod(shape) * dtype.itemsize
+            if declared != info.file_size - header_size:
+                raise CheckpointError(f"{where} declares shape {shape} of {dtype} "
+                                      f"({declared} bytes) but holds "
+                                      f"{info.file_size - header_size}")
+
+
 def _text(archive, key: str, path: str) -> str:
     if key not in archive.files:
         raise CheckpointError(f"checkpoint {path!r}: missing entry {key!r}")
@@ -123,6 +160,7 @@ def load_checkpoint(path: str) -> Checkpoint:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     try:
+        _check_archive(path)
         with np.load(path, allow_pickle=False) as archive:
             fmt = _text(archive, "__format__", path)
             if fmt != FORMAT:
@@ -130,8 +168,11 @@ def load_checkpoint(path: str) -> Checkpoint:
             try:
                 config = json.loads(_text(archive, "config", path))
                 meta = json.loads(_text(archive, "meta", path))
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, RecursionError) as exc:
                 raise CheckpointError(f"checkpoint {path!r}: config/meta is not JSON: {exc}") from exc
+            if not (isinstance(config, dict) and isinstance(meta, dict)):
+                raise CheckpointError(f"checkpoint {path!r}: config and meta must be JSON "
+                                      f"objects")
             params, optim = {}, {}
             for key in archive.files:
                 if key.startswith("param/"):
@@ -143,11 +184,19 @@ def load_checkpoint(path: str) -> Checkpoint:
     except ValueError as exc:  # includes "Object arrays cannot be loaded when allow_pickle=False"
         raise CheckpointError(f"checkpoint {path!r} is not a valid numtransformer checkpoint: "
                               f"{exc}") from exc
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever corrupt bytes make zipfile/numpy raise
+        # (BadZipFile, EOFError, OSError, NotImplementedError for a flipped compression
+        # method, tokenize.TokenError for a flipped array header ...)
         raise CheckpointError(f"checkpoint {path!r} is unreadable (truncated or corrupt): "
-                              f"{exc}") from exc
-    for name, value in params.items():
-        if value.dtype.kind not in "fiu":
-            raise CheckpointError(f"checkpoint {path!r}: parameter {name!r} has dtype "
-                                  f"{value.dtype}, expected a numeric array")
+                              f"{type(exc).__name__}: {exc}") from exc
+    for kind, arrays in (("parameter", params), ("optimizer entry", optim)):
+        for name, value in arrays.items():
+            if value.dtype.kind not in ("f" if kind == "parameter" else "fiu"):
+                raise CheckpointError(f"checkpoint {path!r}: {kind} {name!r} has dtype "
+                                      f"{value.dtype}, expected a "
+                                      f"{'floating-point' if kind == 'parameter' else 'numeric'}"
+                                      f" array")
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise CheckpointError(f"checkpoint {path!r}: {kind} {name!r} contains "
+                                      f"NaN/inf")
     return Checkpoint(config=config, meta=meta, params=params, optim=optim)

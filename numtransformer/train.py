@@ -26,6 +26,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: _Lock falls back to a pid file
+    fcntl = None
+
 from .checkpoint import CheckpointError, load_checkpoint, rng_states, save_checkpoint, \
     set_rng_states
 from .data import BatchIterator, encode_pairs, make_batch, make_task
@@ -92,10 +97,26 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, obj: dict) -> "TrainConfig":
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"training settings must be a JSON object, got "
+                                  f"{type(obj).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(obj) - names)
         if unknown:
             raise CheckpointError(f"unknown training settings {unknown}")
+        for f in dataclasses.fields(cls):  # each value of its field's declared type
+            if f.name not in obj:
+                continue
+            value, allowed = obj[f.name], f.type.replace(" ", "").split("|")
+            ok = ((value is None and "None" in allowed)
+                  or (isinstance(value, bool) and "bool" in allowed)
+                  or (not isinstance(value, bool) and (
+                      (isinstance(value, int) and ("int" in allowed or "float" in allowed))
+                      or (isinstance(value, float) and "float" in allowed)
+                      or (isinstance(value, str) and "str" in allowed))))
+            if not ok:
+                raise CheckpointError(f"training setting {f.name}={value!r} is not of type "
+                                      f"{f.type}")
         return cls(**obj)
 
 
@@ -135,14 +156,38 @@ def _schedule(cfg: TrainConfig):
 
 class _Lock:
     """An exclusive lock file in the output directory: a second run pointed at
-    the same directory refuses to start instead of corrupting the first.  A lock
-    left by a dead process (its pid no longer exists) is taken over."""
+    the same directory refuses to start instead of corrupting the first.
+
+    Where ``fcntl`` exists (POSIX) the lock is an ``flock`` on ``.lock``, which
+    the kernel drops when its process ends, however it ends (SIGKILL too): a
+    dead run's lock is free at once, and two runs that start together cannot
+    both win.  (Taking over a "stale" pid file is check-then-act: two runs that
+    both find it stale both took it.)  The file is never removed, only
+    unlocked: removed, a run that had just opened it would lock the unlinked
+    file while the next run locks a new one.  Without ``fcntl``: an O_EXCL file
+    holding the pid, taken over when that pid is gone."""
 
     def __init__(self, directory: str):
         self.path = os.path.join(directory, ".lock")
         self.fd = None
 
     def acquire(self):
+        if fcntl is not None:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # BlockingIOError: another run holds it
+                try:
+                    pid = int(os.read(fd, 32).decode().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                os.close(fd)
+                raise TrainingError(f"output directory {os.path.dirname(self.path)!r} is in "
+                                    f"use by another run" + (f" (pid {pid})" if pid else ""))
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            self.fd = fd
+            return self
         for _ in range(2):
             try:
                 self.fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -161,6 +206,11 @@ class _Lock:
 
     def release(self):
         if self.fd is not None:
+            if fcntl is not None:
+                os.ftruncate(self.fd, 0)
+                os.close(self.fd)  # (closing drops the flock)
+                self.fd = None
+                return
             os.close(self.fd)
             self.fd = None
             try:
@@ -177,6 +227,36 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+MAX_EXAMPLES = 10**7  # per split, for a run restored from a checkpoint
+
+
+def _check_sizes(cfg: TrainConfig, ck, path: str) -> None:
+    """Refuse settings whose data or model would dwarf what the checkpoint holds,
+    before anything is built from them (a forged n_train=10**12 would generate
+    examples for ever, a d_model=2**20 allocate terabytes).  The model bound is a
+    lower bound on its parameter count (the square attention / recurrent weights
+    alone), set against the parameters the file stores."""
+    for name in ("n_train", "n_valid", "n_test"):
+        n = getattr(cfg, name)
+        if n is not None and not 0 <= n <= MAX_EXAMPLES:
+            raise CheckpointError(f"checkpoint {path!r}: {name}={n} is outside "
+                                  f"[0, {MAX_EXAMPLES}]")
+    stored = sum(int(a.size) for a in ck.params.values())
+    for name in ("d_model", "dim_feedforward", "hidden_size", "layers", "nhead", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise CheckpointError(f"checkpoint {path!r}: {name}={getattr(cfg, name)} < 1")
+    if cfg.model == "transformer":
+        d, ff = cfg.d_model, cfg.dim_feedforward
+        least = cfg.layers * (12 * d * d + 4 * d * ff)  # enc + dec attention and FFN weights
+    else:
+        least = (cfg.layers if cfg.model == "seq2seq" else 1) * cfg.hidden_size ** 2
+        least += cfg.d_model  # (an embedding row)
+    if least > stored:
+        raise CheckpointError(f"checkpoint {path!r}: its settings describe a model of at least "
+                              f"{least} parameters but it stores {stored} (another model, or "
+                              f"a corrupt config)")
 
 
 class Progress:
@@ -291,6 +371,14 @@ class Trainer:
             self._lock.release()
             raise TrainingError(f"{out_dir!r} already holds a checkpoint; pass --resume to "
                                 f"continue it or choose another --out")
+        # A save cut short (the process killed mid-write) leaves its temp file; with the
+        # lock held no other run can be writing one, so they are all garbage.
+        for name in os.listdir(out_dir):
+            if name.startswith(".ckpt-") and name.endswith(".tmp"):
+                try:
+                    os.unlink(os.path.join(out_dir, name))
+                except OSError:
+                    pass
 
     def close(self):
         if self._lock is not None:
@@ -478,24 +566,52 @@ class Trainer:
         ck = load_checkpoint(path)
         if ck.config.get("kind") != "seq2seq-training-run":
             raise CheckpointError(f"checkpoint {path!r} is not a numtransformer training run")
+        if not isinstance(ck.config.get("train"), dict):
+            raise CheckpointError(f"checkpoint {path!r}: config has no training settings")
         train = dict(ck.config["train"])
         for key, value in overrides.items():
             if value is not None:
                 train[key] = value
-        cfg = TrainConfig.from_json(train)
-        trainer = cls(cfg, out_dir=None, log=log, stream=stream, _restoring=True)
-        if (trainer.src_tok.to_json() != ck.config["src_vocab"]
-                or trainer.tgt_tok.to_json() != ck.config["tgt_vocab"]):
+        try:
+            cfg = TrainConfig.from_json(train)
+        except CheckpointError as exc:
+            raise CheckpointError(f"checkpoint {path!r}: {exc}") from exc
+        _check_sizes(cfg, ck, path)  # before any data or model is built from them
+        try:
+            trainer = cls(cfg, out_dir=None, log=log, stream=stream, _restoring=True)
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint {path!r}: its training settings do not build a "
+                                  f"run: {exc}") from exc
+        if (trainer.src_tok.to_json() != ck.config.get("src_vocab")
+                or trainer.tgt_tok.to_json() != ck.config.get("tgt_vocab")):
             raise CheckpointError(f"checkpoint {path!r}: its vocabulary does not match the "
                                   f"task's (was the data generator changed?)")
         try:
+            own = dict(trainer.model._named_parameters_all())
+            for name, value in ck.params.items():  # a cast would break the bit-exact resume
+                if name in own and value.dtype != own[name].dtype:
+                    raise ValueError(f"parameter {name!r} has dtype {value.dtype}, the run "
+                                     f"computes in {own[name].dtype}")
             trainer.model.load_state_dict(ck.params)
             trainer.optimizer.load_state_dict(ck.optim)
+            opt = trainer.optimizer
+            for kind in opt.state_kinds if opt.step_count else ():
+                missing = [n for n, _ in opt.named_params if n not in opt.state[kind]]
+                if missing:  # a lazily re-created zero moment would break the exact resume
+                    raise ValueError(f"optimizer state {kind!r} is missing for {missing[:3]}")
             set_rng_states(trainer.model, ck.meta["rng"], trainer._rng_extra())
-        except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"checkpoint {path!r} does not fit this model: {exc}") from exc
-        trainer.batches.load_state_dict(ck.meta["data"])
-        trainer.step = int(ck.meta["step"])
-        trainer.seconds = float(ck.meta.get("seconds", 0.0))
-        trainer.history = list(ck.meta.get("history", []))
+            trainer.batches.load_state_dict(ck.meta["data"])
+            step, history = ck.meta["step"], ck.meta.get("history", [])
+            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                raise ValueError(f"meta step={step!r} is not a step count")
+            if opt.step_count != step:  # one optimizer step per training step
+                raise ValueError(f"the optimizer made {opt.step_count} steps, the run {step}")
+            if not isinstance(history, list):
+                raise ValueError("meta history is not a list")
+            trainer.step = step
+            trainer.seconds = float(ck.meta.get("seconds", 0.0))
+            trainer.history = list(history)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint {path!r} does not fit this model: "
+                                  f"{type(exc).__name__}: {exc}") from exc
         return trainer

@@ -119,5 +119,9 @@ class BatchIterator:
         epoch, index = int(state["epoch"]), int(state["index"])
         if epoch < 0 or index < 0:
             raise ValueError(f"BatchIterator: bad position epoch={epoch}, index={index}")
+        order = self._epoch_order(epoch)
+        if index > len(order):
+            raise ValueError(f"BatchIterator: bad position index={index}, the epoch has "
+                             f"{len(order)} batches")
         self.epoch, self.index = epoch, index
-        self._order = self._epoch_order(epoch)
+        self._order = order

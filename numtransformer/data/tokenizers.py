@@ -5,10 +5,16 @@ Every vocabulary starts with the four special tokens, at fixed ids:
     <pad> = 0   <bos> = 1   <eos> = 2   <unk> = 3
 
 so padding masks are ``ids == 0`` for every tokenizer and task.
+
+A saved vocabulary is ``{"kind", "tokens", "sha256"}``: the digest of the
+other two, so a bit flipped inside a token (which would still be valid JSON
+and a valid, silently different vocabulary) is an error on loading.  Files
+without the digest (written before it existed) still load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -94,7 +100,8 @@ class Tokenizer:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".vocab-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_json(), f, ensure_ascii=False)
+                obj = self.to_json()
+                json.dump({**obj, "sha256": _digest(obj)}, f, ensure_ascii=False)
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -137,9 +144,18 @@ class WordTokenizer(Tokenizer):
 _KINDS = {"char": CharTokenizer, "word": WordTokenizer}
 
 
+def _digest(obj: dict) -> str:
+    """sha256 of the canonical JSON of kind and tokens."""
+    canon = json.dumps([obj["kind"], obj["tokens"]], ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode("ascii")).hexdigest()
+
+
 def tokenizer_from_json(obj) -> Tokenizer:
     if not isinstance(obj, dict) or obj.get("kind") not in _KINDS:
         raise ValueError(f"vocabulary: expected an object with kind in {sorted(_KINDS)}")
+    unknown = sorted(set(obj) - {"kind", "tokens", "sha256"})
+    if unknown:
+        raise ValueError(f"vocabulary: unexpected keys {unknown}")
     tokens = obj.get("tokens")
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
         raise ValueError("vocabulary: 'tokens' must be a list of strings")
@@ -149,10 +165,17 @@ def tokenizer_from_json(obj) -> Tokenizer:
 
 
 def load_tokenizer(path: str) -> Tokenizer:
-    """Read a vocabulary written by ``Tokenizer.save``; a malformed file is a ValueError."""
+    """Read a vocabulary written by ``Tokenizer.save``; a malformed or corrupt file
+    is a ValueError naming it."""
     try:
         with open(path, encoding="utf-8") as f:
             obj = json.load(f)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(f"vocabulary {path!r} is not valid JSON: {exc}") from exc
-    return tokenizer_from_json(obj)
+    try:
+        tokenizer = tokenizer_from_json(obj)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (in {path!r})") from exc
+    if "sha256" in obj and obj["sha256"] != _digest(obj):
+        raise ValueError(f"vocabulary {path!r} is corrupt: its tokens do not match its sha256")
+    return tokenizer

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._validate import as_rng, check_float, check_float_dtype, check_positive_int
-from ..models.transformer import TransformerDecoder, TransformerEncoder
+from ..models.transformer import TransformerDecoder, TransformerEncoder, check_sequences
 from ..module import Module
 
 __all__ = ["TransformerStack"]
@@ -99,6 +99,14 @@ class TransformerStack(Module):
         if src.shape[0] != tgt.shape[0]:
             raise ValueError(f"TransformerStack: src has batch size {src.shape[0]}, tgt has "
                              f"{tgt.shape[0]}")
+        check_sequences(self, "src", src, [("src_mask", src_mask, "self_attn"),
+                                           ("src_key_padding_mask", src_key_padding_mask,
+                                            "self_kpm")])
+        check_sequences(self, "tgt", tgt, [("tgt_mask", tgt_mask, "self_attn"),
+                                           ("tgt_key_padding_mask", tgt_key_padding_mask,
+                                            "self_kpm"),
+                                           ("memory_key_padding_mask", memory_key_padding_mask,
+                                            "mem_kpm")], "src", src)
         m, c_enc = self.encoder.forward(src, src_key_padding_mask=src_key_padding_mask,
                                         mask=src_mask)
         y, c_dec = self.decoder.forward(tgt, m, tgt_mask=tgt_mask,

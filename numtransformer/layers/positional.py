@@ -44,7 +44,7 @@ def _check_positions(layer, x, offset, max_len, d_model, dtype):
     T = x.shape[-2]
     if offset + T > max_len:
         raise ValueError(f"{type(layer).__name__}: positions {offset}..{offset + T - 1} "
-                         f"exceed max_len={max_len}")
+                         f"exceed max_len={max_len} (x has {T} positions from offset={offset})")
     return x, int(offset), T
 
 

@@ -469,11 +469,11 @@ class _RNNDecoder(Module):
             return dM, dh0, np.stack([d[1] for d in dstates])
         return dM, dh0
 
-    def _embed_tokens(self, tokens):
+    def _embed_tokens(self, tokens, batch_size: int):
         tokens = check_ids(self, "tokens", np.asarray(tokens), self.vocab_size)
-        if tokens.ndim != 1:
-            raise ValueError(f"{type(self).__name__}: tokens must be (B,), got shape "
-                             f"{tokens.shape}")
+        if tokens.shape != (batch_size,):
+            raise ValueError(f"{type(self).__name__}: tokens must be (B,) with B = {batch_size} "
+                             f"(the state's batch), got shape {tokens.shape}")
         return self.dropout_in(self.embed(tokens))
 
 
@@ -677,7 +677,7 @@ class LuongDecoder(_RNNDecoder):
     def decode_step(self, state: Seq2SeqState, tokens) -> np.ndarray:
         """Feed y_{t-1} (B,), return the logits of y_t (B, V); the state advances
         (and, with attention, records alpha_t in ``state.attention``)."""
-        x = self._embed_tokens(tokens)
+        x = self._embed_tokens(tokens, state.batch_size)
         inp = np.concatenate([x, state.feed], axis=1) if self.input_feeding else x
         s, state.states, _ = _stack_step(self.rnn, inp, state.states)
         if self.attention is None:
@@ -861,7 +861,7 @@ class BahdanauDecoder(_RNNDecoder):
 
     def decode_step(self, state: Seq2SeqState, tokens) -> np.ndarray:
         """Feed y_{t-1} (B,), return the logits of y_t (B, V); records alpha_t."""
-        x = self._embed_tokens(tokens)
+        x = self._embed_tokens(tokens, state.batch_size)
         alpha, c, _ = self._attend(state.states[-1][0], state.keys, state.memory,
                                    state.src_pad_mask)
         s, state.states, _ = _stack_step(self.rnn, np.concatenate([x, c], axis=1), state.states)
@@ -1001,6 +1001,9 @@ class Seq2Seq(Module):
         return src, tgt
 
     def forward(self, src_ids, tgt_in_ids, src_pad_mask=None, tgt_pad_mask=None):
+        if tgt_in_ids is None:
+            raise TypeError("Seq2Seq: tgt_in_ids is required (start_decoding() encodes a "
+                            "source alone)")
         src, tgt = self._check(src_ids, tgt_in_ids, src_pad_mask, tgt_pad_mask)
         (M, h0, c0), c_enc = self.encoder.forward(src, src_pad_mask)
         logits, c_dec = self.decoder.forward(tgt, M, h0, c0, src_pad_mask)

@@ -31,6 +31,7 @@ import numpy as np
 from .._validate import (as_rng, check_float, check_float_dtype, check_ids, check_mask,
                          check_positive_int, check_probability)
 from ..attention import KVCache, MultiHeadAttention, causal_mask
+from ..attention.masks import check_attn_mask, check_key_padding_mask
 from ..layers import (Dropout, Embedding, LayerNorm, LearnedPositionalEmbedding, Linear,
                       PositionwiseFeedForward, SinusoidalPositionalEncoding, TiedLinear)
 from ..module import Module
@@ -54,6 +55,27 @@ def _check_layer_args(owner, d_model, nhead, dim_feedforward, dropout, activatio
         raise ValueError(f"{who}: d_model={d_model} is not divisible by nhead={nhead}")
     if not layer_norm_eps > 0:
         raise ValueError(f"{who}: layer_norm_eps must be > 0, got {layer_norm_eps}")
+
+
+def check_sequences(owner, x_arg: str, x, masks=(), mem_arg: str = "", memory=None) -> None:
+    """Raise, under the caller's name and argument names, what MultiHeadAttention
+    would otherwise report under its own (``key_padding_mask`` could be any of
+    three masks).  ``masks``: (arg, mask, kind) with kind "self_kpm" (B, T),
+    "self_attn" (T, T) or (B, T, T), "mem_kpm" (B, S).  O(1) shape/dtype checks."""
+    who = type(owner).__name__
+    B, T = x.shape[:2]
+    if T == 0:
+        raise ValueError(f"{who}: {x_arg} has no positions (shape {x.shape})")
+    if memory is not None and memory.shape[1] == 0:
+        raise ValueError(f"{who}: {mem_arg} has no positions (shape {memory.shape})")
+    for arg, mask, kind in masks:
+        if mask is None:
+            continue
+        if kind == "self_attn":
+            check_attn_mask(owner, arg, mask, B, T, T)
+        else:
+            check_key_padding_mask(owner, arg, mask, B, T if kind == "self_kpm"
+                                   else memory.shape[1])
 
 
 # ----------------------------------------------------------------------------------------
@@ -113,6 +135,9 @@ class TransformerEncoderLayer(Module):
     def forward(self, src, src_key_padding_mask=None, src_mask=None):
         x = check_float(self, "src", src, dtype=self.dtype, ndim=3, last_dim=self.d_model,
                         last_dim_name="d_model")
+        check_sequences(self, "src", x, [
+            ("src_key_padding_mask", src_key_padding_mask, "self_kpm"),
+            ("src_mask", src_mask, "self_attn")])
         if self.norm_first:
             n1, c_n1 = self.norm1.forward(x)
             a, c_sa = self.self_attn.forward(n1, key_padding_mask=src_key_padding_mask,
@@ -229,6 +254,10 @@ class TransformerDecoderLayer(Module):
         if m.shape[0] != x.shape[0]:
             raise ValueError(f"TransformerDecoderLayer: memory has batch size {m.shape[0]}, "
                              f"tgt has {x.shape[0]}")
+        check_sequences(self, "tgt", x, [
+            ("tgt_mask", tgt_mask, "self_attn"),
+            ("tgt_key_padding_mask", tgt_key_padding_mask, "self_kpm"),
+            ("memory_key_padding_mask", memory_key_padding_mask, "mem_kpm")], "memory", m)
         sa_kw = dict(key_padding_mask=tgt_key_padding_mask, attn_mask=tgt_mask)
         if self.norm_first:
             n1, c_n1 = self.norm1.forward(x)
@@ -336,6 +365,9 @@ class TransformerEncoder(Module):
     def forward(self, src, src_key_padding_mask=None, mask=None):
         x = check_float(self, "src", src, dtype=self.layers[0].dtype, ndim=3,
                         last_dim=self.d_model, last_dim_name="d_model")
+        check_sequences(self, "src", x, [
+            ("src_key_padding_mask", src_key_padding_mask, "self_kpm"),
+            ("mask", mask, "self_attn")])
         caches = []
         for layer in self.layers:
             x, c = layer.forward(x, src_key_padding_mask=src_key_padding_mask, src_mask=mask)
@@ -381,6 +413,13 @@ class TransformerDecoder(Module):
                         last_dim_name="d_model")
         memory = check_float(self, "memory", memory, dtype=dtype, ndim=3,
                              last_dim=self.d_model, last_dim_name="d_model")
+        if memory.shape[0] != x.shape[0]:
+            raise ValueError(f"TransformerDecoder: memory has batch size {memory.shape[0]}, "
+                             f"tgt has {x.shape[0]}")
+        check_sequences(self, "tgt", x, [
+            ("tgt_mask", tgt_mask, "self_attn"),
+            ("tgt_key_padding_mask", tgt_key_padding_mask, "self_kpm"),
+            ("memory_key_padding_mask", memory_key_padding_mask, "mem_kpm")], "memory", memory)
         caches = []
         for layer in self.layers:
             x, c = layer.forward(x, memory, tgt_mask=tgt_mask,
@@ -554,6 +593,9 @@ class Transformer(Module):
         return x, (c_e, c_p, c_d)
 
     def forward(self, src_ids, tgt_in_ids, src_pad_mask=None, tgt_pad_mask=None):
+        if tgt_in_ids is None:
+            raise TypeError("Transformer: tgt_in_ids is required (use encode() to run the "
+                            "encoder alone)")
         src, tgt = self._check(src_ids, tgt_in_ids, src_pad_mask, tgt_pad_mask)
         x, (c_se, c_sp, c_sd) = self._embed_src(src)
         memory, c_enc = self.encoder.forward(x, src_key_padding_mask=src_pad_mask)
@@ -598,6 +640,9 @@ class Transformer(Module):
         """Feed the previous target token of every row (B,), return next-token
         logits (B, V); the state advances by one step."""
         tokens = check_ids(self, "tokens", np.asarray(tokens), self.tgt_vocab)
+        if tokens.shape != (state.batch_size,):
+            raise ValueError(f"Transformer: tokens has shape {tokens.shape}, expected "
+                             f"({state.batch_size},): one token per row of the state")
         if state.step >= self.max_len:
             raise ValueError(f"Transformer: decoding past max_len={self.max_len}")
         e = self.tgt_embed(tokens[:, None])
@@ -707,6 +752,7 @@ class TransformerLM(Module):
         return None
 
     def start_decoding(self, batch_size: int) -> LMState:
+        batch_size = check_positive_int(self, "batch_size", batch_size, minimum=0)
         return LMState([b.self_attn.new_kv_cache(batch_size) for b in self.blocks])
 
     def decode_step(self, state: LMState, tokens) -> np.ndarray:
@@ -715,6 +761,9 @@ class TransformerLM(Module):
         tokens = check_ids(self, "tokens", np.asarray(tokens), self.vocab_size)
         if tokens.ndim == 1:
             tokens = tokens[:, None]
+        if tokens.ndim != 2 or tokens.shape[0] != state.batch_size or tokens.shape[1] == 0:
+            raise ValueError(f"TransformerLM: tokens has shape {np.shape(tokens)}, expected "
+                             f"(B,) or (B, T) with B = {state.batch_size} and T >= 1")
         T = tokens.shape[1]
         if state.step + T > self.max_len:
             raise ValueError(f"TransformerLM: decoding past max_len={self.max_len}")

@@ -408,6 +408,12 @@ def load_hf_bert_weights(model: BertModel, tensors: dict) -> list[str]:
             problems.append(f"{names[0]} gives {ours} shape {value.shape}, expected "
                             f"{params[ours].shape}")
             continue
+        if value.dtype.kind != "f":  # an int or bool tensor here is another file's
+            problems.append(f"{names[0]} has dtype {value.dtype}, expected floating point")
+            continue
+        if not np.isfinite(value).all():
+            problems.append(f"{names[0]} contains NaN/inf")
+            continue
         new[ours] = value
     if problems:
         raise ValueError("load_hf_bert_weights: " + "; ".join(problems))

@@ -75,7 +75,7 @@ def _parse_header(path, f, file_size: int):
     raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # (deep nesting: recursion)
         raise ValueError(f"{who}: the header is not valid UTF-8 JSON ({exc})") from None
     if not isinstance(header, dict):
         raise ValueError(f"{who}: the header must be a JSON object, got "
