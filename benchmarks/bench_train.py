@@ -38,8 +38,11 @@ grad), dropout 0, random token ids (no padding), in train mode.  Measured:
 * page faults per step (minor faults of the measuring subprocess): glibc's
   malloc returns freed heap to the OS and mmaps big arrays, so a step can
   fault in (and the kernel zero) its whole working set again.
-  ``--malloc-tuned`` runs both frameworks with MALLOC_MMAP_THRESHOLD_ and
-  MALLOC_TRIM_THRESHOLD_ raised, which keeps freed pages for reuse.
+  numtransformer's training loop (``Trainer.fit``) sets glibc's malloc to
+  keep freed memory (``numtransformer._malloc.keep_freed_memory``), so our
+  worker does too (``--ours-default-malloc``: not).  PyTorch runs with its
+  default, as a user's script does; ``--malloc-tuned`` gives both frameworks
+  MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ raised.
 
 A scaling table follows (numtransformer, float32, most threads): the
 Transformer's throughput and peak memory as T grows from 64 to 1024 at a fixed
@@ -322,9 +325,12 @@ def worker_ours(spec):
     import numpy as np
 
     sys.path.insert(0, ROOT)
+    from numtransformer._malloc import keep_freed_memory
     from numtransformer.losses import CrossEntropyLoss
     from numtransformer.optim import AdamW
 
+    if not spec.get("ours_default_malloc"):
+        keep_freed_memory()  # as Trainer.fit does
     base = rss_mb()
     method = reset_peak()
     c, dtype = spec["config"], np.dtype(spec["dtype"])
@@ -459,7 +465,8 @@ WORKERS = {"ours": worker_ours, "torch": worker_torch, "gemm": worker_gemm,
 
 # glibc malloc: never give freed memory back to the OS and serve every size from the
 # heap, so steady-state steps reuse pages instead of faulting in fresh ones (--malloc-tuned)
-MALLOC_TUNED = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+MALLOC_TUNED = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20),  # glibc refuses more than 32 MiB
+                "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 
 
 def spawn(kind: str, spec: dict, timeout: float = 1800):
@@ -490,7 +497,8 @@ def log(msg: str) -> None:
 def run_cell(name, c, dtype, threads, args, have_torch, gemm):
     """Interleaved pairs of subprocesses for one (config, dtype, threads) cell."""
     spec = dict(config=c, dtype=dtype, threads=threads, warmup=args.warmup,
-                steps=math.ceil(args.steps / args.pairs), malloc_tuned=args.malloc_tuned)
+                steps=math.ceil(args.steps / args.pairs), malloc_tuned=args.malloc_tuned,
+                ours_default_malloc=args.ours_default_malloc)
     runs = {"ours": [], "torch": []}
     ratios = []
     for _ in range(args.pairs):
@@ -650,6 +658,8 @@ def main(argv=None):
     p.add_argument("--malloc-tuned", action="store_true",
                    help="run both frameworks with glibc's MALLOC_MMAP_THRESHOLD_/"
                         "MALLOC_TRIM_THRESHOLD_ raised (no page faults in steady state)")
+    p.add_argument("--ours-default-malloc", action="store_true",
+                   help="do not let numtransformer keep freed memory (Trainer.fit does)")
     p.add_argument("--json", help="write JSON lines here")
     p.add_argument("--markdown", help="write the Markdown tables here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -727,7 +737,11 @@ def main(argv=None):
           "dtype and threads; peak MB = peak anonymous RSS of the subprocess minus its "
           "anonymous RSS after the imports; flt = minor page faults per step.  Allocator: "
           + ("glibc tuned (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ raised) for both "
-             "frameworks." if args.malloc_tuned else "default glibc malloc for both frameworks."),
+             "frameworks." if args.malloc_tuned else
+             "PyTorch with the default glibc malloc; numtransformer "
+             + ("likewise." if args.ours_default_malloc else
+                "keeping freed memory for reuse, as its Trainer.fit does "
+                "(numtransformer._malloc.keep_freed_memory).")),
           "",
           "NumPy GEMM peak (GFLOP/s): " + "; ".join(
               f"{t} thread(s): fp32 {g['float32']:.0f}, fp64 {g['float64']:.0f}"

@@ -31,13 +31,20 @@ RUNS = {
     "lstm-none-dates": ["--task", "dates", "--model", "seq2seq", "--cell", "lstm",
                         "--decoder", "none", "--d-model", "32", "--hidden-size", "64",
                         "--lr", "3e-3", "--warmup", "100", "--dropout", "0.0"],
+    # the bottleneck: the same LSTM with and without attention on long inputs (1-20 digits)
+    "lstm-luong-reverse": ["--task", "reverse", "--model", "seq2seq", "--cell", "lstm",
+                           "--score", "general", "--d-model", "32", "--hidden-size", "64",
+                           "--lr", "3e-3", "--warmup", "100", "--dropout", "0.0"],
+    "lstm-none-reverse": ["--task", "reverse", "--model", "seq2seq", "--cell", "lstm",
+                          "--decoder", "none", "--d-model", "32", "--hidden-size", "64",
+                          "--lr", "3e-3", "--warmup", "100", "--dropout", "0.0"],
     "lstmn-reverse": ["--task", "reverse", "--model", "lstmn", "--d-model", "32",
                       "--hidden-size", "64", "--lr", "3e-3", "--warmup", "100",
                       "--dropout", "0.0"],
     "lstmn-sort": ["--task", "sort", "--model", "lstmn", "--d-model", "32",
                    "--hidden-size", "64", "--lr", "3e-3", "--warmup", "100", "--dropout", "0.0"],
-    "transformer-g2p": ["--task", "g2p", "--steps", "4000", "--eval-every", "1000"],
-    "lm-hamlet": ["--model", "lm", "--task", "text:hamlet"],
+    "transformer-g2p": ["--task", "g2p", "--steps", "12000", "--eval-every", "3000"],
+    "lm-hamlet": ["--model", "lm", "--task", "text:hamlet"],  # LM_DEFAULTS of the CLI
 }
 
 

@@ -172,3 +172,66 @@ def test_bad_arguments():
         Adam([])
     with pytest.raises(ValueError, match="nesterov"):
         SGD([_param([0], [0])], lr=0.1, nesterov=True)
+
+
+def _adam_by_hand(values, grads, lr, b1, b2, eps, wd):
+    """Reference AdamW in float64, one parameter at a time, as the docstring writes it."""
+    p = np.array(values, dtype=np.float64)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    for t, g in enumerate(grads, 1):
+        p = p * (1 - lr * wd)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+    return p
+
+
+def test_flat_buffers_follow_rebound_arrays():
+    """AdamW packs every parameter into one flat buffer; rebinding p.data or p.grad
+    (load_state_dict, astype, assignment) between steps must not lose an update."""
+    rng = np.random.default_rng(0)
+    shapes = [(4, 3), (3,), (2, 5)]
+    params = [Parameter(rng.standard_normal(s)) for s in shapes]
+    start = [p.data.copy() for p in params]
+    grads = [[rng.standard_normal(s) for _ in range(6)] for s in shapes]
+    opt = AdamW(params, lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+    for step in range(6):
+        if step == 2:
+            params[0].data = params[0].data.copy()  # rebound: no longer a view of the buffer
+        if step == 3:
+            params[2].grad = np.zeros(shapes[2])
+        if step == 4:
+            opt.load_state_dict(opt.state_dict())  # the moments rebound too
+        for p, g in zip(params, grads):
+            p.grad[...] = g[step]
+        opt.step()
+        opt.zero_grad()
+        assert all(not p.grad.any() for p in params)
+    for p, s, g in zip(params, start, grads):
+        expected = _adam_by_hand(s, g, 0.01, 0.9, 0.99, 1e-8, 0.1)
+        np.testing.assert_allclose(p.data, expected, rtol=0, atol=1e-13)
+
+
+def test_mixed_dtypes_are_updated_one_by_one_in_their_own_dtype():
+    rng = np.random.default_rng(1)
+    p32 = Parameter(rng.standard_normal(5).astype(np.float32))
+    p64 = Parameter(rng.standard_normal(3))
+    start32, start64 = p32.data.astype(np.float64), p64.data.copy()
+    g32 = [rng.standard_normal(5).astype(np.float32) for _ in range(4)]
+    g64 = [rng.standard_normal(3) for _ in range(4)]
+    opt = Adam([p32, p64], lr=0.01)
+    for a, b in zip(g32, g64):
+        p32.grad[...], p64.grad[...] = a, b
+        opt.step()
+    assert p32.dtype == np.float32 and p64.dtype == np.float64
+    np.testing.assert_allclose(p64.data, _adam_by_hand(start64, g64, 0.01, 0.9, 0.999, 1e-8, 0),
+                               atol=1e-13)
+    np.testing.assert_allclose(p32.data, _adam_by_hand(start32, [g.astype(np.float64) for g in g32],
+                                                       0.01, 0.9, 0.999, 1e-8, 0), atol=1e-5)
+
+
+def test_keep_freed_memory_is_idempotent():
+    from numtransformer._malloc import keep_freed_memory
+
+    first = keep_freed_memory()
+    assert isinstance(first, bool) and keep_freed_memory() is first

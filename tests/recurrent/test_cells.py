@@ -149,3 +149,18 @@ def test_bad_constructor_args():
         GRUCell(3.0, 2)
     with pytest.raises(TypeError, match="RNNCell: dtype must be float32 or float64"):
         RNNCell(3, 2, dtype=np.int32)
+
+
+def test_float32_lstm_with_one_hidden_unit_matches_float64():
+    """The gates are computed in place on column views of one array; with H = 1 those
+    views are strided single columns (numpy 2.4 once miscomputed an in-place negative
+    on such views, which the sigmoid avoids)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 7, 2))
+    rnn64 = RNN("lstm", 2, 1, dtype=np.float64, rng=0)
+    rnn32 = RNN("lstm", 2, 1, dtype=np.float32, rng=0)
+    rnn32.load_state_dict({k: v.astype(np.float32) for k, v in rnn64.state_dict().items()})
+    y64 = rnn64(x)[0]
+    y32 = rnn32(x.astype(np.float32))[0]
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(y32, y64, atol=1e-6)
