@@ -190,3 +190,29 @@ def test_cli_lm_user_errors(poem, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["decode", "--checkpoint", seq, "--temperature", "0.5", "12"]) == 2
     assert "--temperature and --top-k" in capsys.readouterr().err
+
+
+def test_window_position_and_forged_lm_checkpoints_are_refused(poem, tmp_path):
+    it = WindowIterator(np.arange(40), 2, 8)
+    for bad in ({"index": -1}, {"index": "3"}, {"index": True}):
+        with pytest.raises(ValueError, match="bad position"):
+            it.load_state_dict(bad)
+    with pytest.raises(ValueError, match="at least context"):
+        WindowIterator(np.arange(5), 2, 8)
+
+    from numtransformer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    out = tmp_path / "run"
+    trainer = Trainer(TrainConfig(task=poem, steps=2, **TINY), out_dir=str(out), stream=_quiet())
+    trainer.fit()
+    trainer.close()
+    ck = load_checkpoint(str(out / "checkpoint.npz"))
+    for change, message in ((dict(context=10**6), "at least"), (dict(context=0), "context=0"),
+                            (dict(model="transformer"), "at least|train it with --model lm")):
+        config = dict(ck.config, train=dict(ck.config["train"], **change))
+        model = Trainer(TrainConfig(task=poem, steps=2, **TINY), stream=_quiet()).model
+        model.load_state_dict(ck.params)
+        path = str(tmp_path / "forged.npz")
+        save_checkpoint(path, model, config, ck.meta)
+        with pytest.raises((CheckpointError, ValueError), match=message):
+            Trainer.from_checkpoint(path, stream=_quiet())
