@@ -293,31 +293,28 @@ def _cmd_trace(args) -> int:
         trainer = Trainer(cfg)
     model = trainer.model.eval()
     if trainer.cfg.model == "lm":
-        text = args.text if args.text is not None else trainer.task.train[:32]
-        ids = np.array([trainer.tgt_tok.encode(text)[-trainer.cfg.context:]])
+        source = args.text if args.text is not None else trainer.task.train[:32]
+        ids = np.array([trainer.tgt_tok.encode(source)[-trainer.cfg.context:]])
         if ids.size == 0:
             raise UserError("--text is empty")
         logits, cache = model.forward(ids)
-        print(f"trace of {type(model).__name__}.forward on {text!r}")
-        print(f"ids {ids[0].tolist()}")
-        print(f"every cache field, in the order computed ({model.num_parameters():,} "
-              f"parameters, {np.dtype(trainer.cfg.dtype)}):\n")
-        for line in trace_lines(cache, n_values=args.values):
-            print(line)
-        print(f"\nlogits {logits.shape}: next-character argmax {logits[0].argmax(-1).tolist()}")
-        return 0
-    source = args.text if args.text is not None else trainer.task.train[0][0]
-    reference = trainer.task.train[0][1] if args.text is None else ""
-    batch = make_batch([(trainer.src_tok.encode(source), trainer.tgt_tok.encode(reference))])
-    logits, cache = model.forward(batch.src, batch.tgt_in)
-    print(f"trace of {type(model).__name__}.forward on {source!r}"
-          + (f" (teacher-forced target {reference!r})" if reference else ""))
-    print(f"src_ids {batch.src[0].tolist()}  tgt_in_ids {batch.tgt_in[0].tolist()}")
+        title, header, predicted = repr(source), f"ids {ids[0].tolist()}", "next-character"
+    else:
+        source = args.text if args.text is not None else trainer.task.train[0][0]
+        reference = trainer.task.train[0][1] if args.text is None else ""
+        batch = make_batch([(trainer.src_tok.encode(source),
+                             trainer.tgt_tok.encode(reference))])
+        logits, cache = model.forward(batch.src, batch.tgt_in)
+        title = repr(source) + (f" (teacher-forced target {reference!r})" if reference else "")
+        header = f"src_ids {batch.src[0].tolist()}  tgt_in_ids {batch.tgt_in[0].tolist()}"
+        predicted = "next-token"
+    print(f"trace of {type(model).__name__}.forward on {title}")
+    print(header)
     print(f"every cache field, in the order computed ({model.num_parameters():,} parameters, "
           f"{np.dtype(trainer.cfg.dtype)}):\n")
     for line in trace_lines(cache, n_values=args.values):
         print(line)
-    print(f"\nlogits {logits.shape}: next-token argmax {logits[0].argmax(-1).tolist()}")
+    print(f"\nlogits {logits.shape}: {predicted} argmax {logits[0].argmax(-1).tolist()}")
     return 0
 
 

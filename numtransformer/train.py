@@ -809,8 +809,5 @@ class LMTrainer(Trainer):
         return [self.tgt_tok.itos[i] for i in ids], weights
 
     def cross_attention(self, source: str, beam: int = 1, max_len: int = 64):
-        """For a language model: the causal self-attention over the prompt and its
-        greedy continuation, in the (queries, keys, weights) form of the seq2seq runs."""
-        out = self.translate([source], beam=beam, max_len=max_len)[0]
-        tokens, weights = self.self_attention(source + out)
-        return tokens, tokens, weights
+        raise ValueError("a language model has no cross-attention; self_attention(text) "
+                         "gives its causal self-attention")

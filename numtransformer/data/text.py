@@ -67,15 +67,6 @@ class TextTask:
     test: str
     tokenizer: CharTokenizer
 
-    # The seq2seq tasks' attribute names, so code that reports vocabularies works on both.
-    @property
-    def src_tokenizer(self) -> CharTokenizer:
-        return self.tokenizer
-
-    @property
-    def tgt_tokenizer(self) -> CharTokenizer:
-        return self.tokenizer
-
     def ids(self, split: str) -> np.ndarray:
         return np.asarray(self.tokenizer.encode(getattr(self, split)), dtype=np.int64)
 

@@ -61,13 +61,18 @@ def check_sequences(owner, x_arg: str, x, masks=(), mem_arg: str = "", memory=No
     """Raise, under the caller's name and argument names, what MultiHeadAttention
     would otherwise report under its own (``key_padding_mask`` could be any of
     three masks).  ``masks``: (arg, mask, kind) with kind "self_kpm" (B, T),
-    "self_attn" (T, T) or (B, T, T), "mem_kpm" (B, S).  O(1) shape/dtype checks."""
+    "self_attn" (T, T) or (B, T, T), "mem_kpm" (B, S).  With ``memory``, also
+    that it has x's batch size and positions.  O(1) shape/dtype checks."""
     who = type(owner).__name__
     B, T = x.shape[:2]
     if T == 0:
         raise ValueError(f"{who}: {x_arg} has no positions (shape {x.shape})")
-    if memory is not None and memory.shape[1] == 0:
-        raise ValueError(f"{who}: {mem_arg} has no positions (shape {memory.shape})")
+    if memory is not None:
+        if memory.shape[0] != B:
+            raise ValueError(f"{who}: {mem_arg} has batch size {memory.shape[0]}, {x_arg} "
+                             f"has {B}")
+        if memory.shape[1] == 0:
+            raise ValueError(f"{who}: {mem_arg} has no positions (shape {memory.shape})")
     for arg, mask, kind in masks:
         if mask is None:
             continue
@@ -251,9 +256,6 @@ class TransformerDecoderLayer(Module):
                         last_dim_name="d_model")
         m = check_float(self, "memory", memory, dtype=self.dtype, ndim=3,
                         last_dim=self.d_model, last_dim_name="d_model")
-        if m.shape[0] != x.shape[0]:
-            raise ValueError(f"TransformerDecoderLayer: memory has batch size {m.shape[0]}, "
-                             f"tgt has {x.shape[0]}")
         check_sequences(self, "tgt", x, [
             ("tgt_mask", tgt_mask, "self_attn"),
             ("tgt_key_padding_mask", tgt_key_padding_mask, "self_kpm"),
@@ -413,9 +415,6 @@ class TransformerDecoder(Module):
                         last_dim_name="d_model")
         memory = check_float(self, "memory", memory, dtype=dtype, ndim=3,
                              last_dim=self.d_model, last_dim_name="d_model")
-        if memory.shape[0] != x.shape[0]:
-            raise ValueError(f"TransformerDecoder: memory has batch size {memory.shape[0]}, "
-                             f"tgt has {x.shape[0]}")
         check_sequences(self, "tgt", x, [
             ("tgt_mask", tgt_mask, "self_attn"),
             ("tgt_key_padding_mask", tgt_key_padding_mask, "self_kpm"),
