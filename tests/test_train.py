@@ -43,8 +43,8 @@ def test_resume_is_bit_exact(tmp_path):
 
 
 def test_resume_after_a_kill_between_checkpoints(tmp_path):
-    """A run killed (SIGKILL) after its checkpoint at step 10 resumes from it and
-    reaches the parameters of an uninterrupted run."""
+    """A run killed (SIGKILL) some time after its first checkpoint resumes from the
+    last one and reaches the parameters of an uninterrupted run."""
     out = str(tmp_path / "run")
     cfg = dict(TINY, steps=2000, checkpoint_every=10)
     code = (
@@ -64,11 +64,14 @@ def test_resume_after_a_kill_between_checkpoints(tmp_path):
     proc.wait()
     resumed = Trainer.resume(out, stream=_quiet())
     start = resumed.step
-    assert 10 <= start < 40 and start % 10 == 0
-    resumed.fit(until=40)
+    # Where the kill lands depends on the machine's speed; what must hold is that
+    # the run restarts from a checkpoint step and goes on to match a straight run.
+    assert 10 <= start < cfg["steps"] and start % 10 == 0
+    end = start + 25  # ends between checkpoints, so the resumed steps are all live
+    resumed.fit(until=end)
     resumed.close()
     straight = Trainer(TrainConfig(**cfg), stream=_quiet())
-    straight.fit(until=40)
+    straight.fit(until=end)
     a, b = _params(straight), _params(resumed)
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
