@@ -38,6 +38,7 @@ from .losses import CrossEntropyLoss
 from .recurrent import LSTMN, RNN, GRUCell, LSTMCell, RNNCell
 from .models import MemN2N, Seq2Seq, Transformer, TransformerLM
 from .module import Module, Parameter
+from .optim import SGD, Adam, AdamW, clip_grad_norm
 
 __version__ = "0.1.0"
 
@@ -50,4 +51,5 @@ __all__ = [
     "CosineScore", "LocationScore", "Attention", "MultiHeadAttention", "causal_mask",
     "RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTMN",
     "Transformer", "TransformerLM", "Seq2Seq", "MemN2N",
+    "SGD", "Adam", "AdamW", "clip_grad_norm",
 ]
