@@ -88,6 +88,8 @@ def save_checkpoint(path: str, model: Module, config: dict, meta: dict | None = 
         "meta": np.array(json.dumps(meta or {}, sort_keys=True)),
     }
     for name, value in model.state_dict().items():
+        if not np.isfinite(value).all():  # loading would refuse it: keep the last good file
+            raise CheckpointError(f"not saving {path!r}: parameter {name!r} contains NaN/inf")
         arrays[f"param/{name}"] = value
     if optimizer is not None:
         for key, value in optimizer.state_dict().items():

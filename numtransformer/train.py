@@ -46,7 +46,8 @@ from .data.tokenizers import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from .decoding import beam_search, greedy_decode, sample
 from .losses import CrossEntropyLoss
 from .models import Seq2Seq, Transformer, TransformerLM
-from .optim import AdamW, ConstantSchedule, NoamSchedule, WarmupCosineSchedule, clip_grad_norm
+from .optim import (AdamW, ConstantSchedule, NoamSchedule, WarmupCosineSchedule, clip_grad_norm,
+                    global_grad_norm)
 
 __all__ = ["TrainConfig", "Trainer", "LMTrainer", "TrainingError", "build_model",
            "MODEL_KINDS"]
@@ -434,14 +435,23 @@ class Trainer:
     def train_step(self, batch) -> float:
         model, cfg = self.model, self.cfg
         logits, cache, targets = self._forward(batch)
-        loss, loss_cache = self.loss_fn.forward(logits, targets)
+        try:
+            loss, loss_cache = self.loss_fn.forward(logits, targets)
+        except ValueError:  # the loss refuses NaN/inf logits: name the step instead
+            if np.isfinite(logits).all():
+                raise
+            raise TrainingError(f"the logits became NaN/inf at step {self.step + 1}; "
+                                f"stopping (the last checkpoint is intact)") from None
         loss = float(loss)
         if not math.isfinite(loss):
             raise TrainingError(f"the loss became {loss} at step {self.step + 1}; stopping "
                                 f"(the last checkpoint is intact)")
         model.zero_grad()
         model.backward(self.loss_fn.backward(1.0, loss_cache), cache)
-        norm = clip_grad_norm(self.optimizer.params, cfg.clip) if cfg.clip else 0.0
+        # the norm is taken without clipping too: an inf gradient must stop the run
+        # before the optimizer writes NaN into the parameters
+        norm = (clip_grad_norm(self.optimizer.params, cfg.clip) if cfg.clip
+                else global_grad_norm(self.optimizer.params))
         if not math.isfinite(norm):
             raise TrainingError(f"the gradient norm became {norm} at step {self.step + 1}; "
                                 f"stopping (the last checkpoint is intact)")
@@ -595,6 +605,11 @@ class Trainer:
 
     def save(self, path: str | None = None) -> str:
         path = path or os.path.join(self.out_dir, CHECKPOINT)
+        bad = [n for n, p in self.model.named_parameters() if not np.isfinite(p.data).all()]
+        if bad:  # never overwrite the last good checkpoint with a broken model
+            raise TrainingError(f"the parameters became NaN/inf by step {self.step} "
+                                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                                f"stopping without saving (the last checkpoint is intact)")
         config = {"kind": "seq2seq-training-run", "train": self.cfg.to_json(),
                   "model_class": type(self.model).__name__,
                   "model_config": self.model.config,

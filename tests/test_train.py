@@ -106,6 +106,57 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeyp
     again.close()
 
 
+def _poison_at_step_4(t, monkeypatch, what):
+    """From step 5 on, break the run in a real way (no stubbed loss value)."""
+    real_forward, real_backward = t._forward, t.loss_fn.backward
+
+    def forward(batch):
+        if t.step == 4 and what == "parameter":  # as a diverging optimizer would leave it
+            t.model.decoder.layers[0].ffn.linear2.W.data[...] = np.inf
+        return real_forward(batch)
+
+    def backward(dout, cache):
+        d = real_backward(dout, cache)
+        if t.step == 4 and what == "gradient":
+            d[0, 0, 0] = np.inf
+        return d
+
+    monkeypatch.setattr(t, "_forward", forward)
+    monkeypatch.setattr(t.loss_fn, "backward", backward)
+
+
+@pytest.mark.parametrize("what,clip,message", [
+    ("parameter", 1.0, "the logits became NaN/inf at step 5"),
+    ("gradient", 1.0, "the gradient norm became (inf|nan) at step 5"),
+    ("gradient", 0.0, "the gradient norm became (inf|nan) at step 5"),  # no clipping: still caught
+])
+def test_non_finite_logits_or_gradients_stop_the_run_and_keep_the_checkpoint(
+        tmp_path, monkeypatch, what, clip, message):
+    out = str(tmp_path / "run")
+    t = Trainer(TrainConfig(steps=10, **dict(TINY, checkpoint_every=2, clip=clip)), out_dir=out,
+                stream=_quiet())
+    _poison_at_step_4(t, monkeypatch, what)
+    with pytest.raises(TrainingError, match=message):
+        t.fit()
+    t.close()
+    again = Trainer.resume(out, stream=_quiet())  # the step-4 checkpoint loads
+    assert again.step == 4
+    assert all(np.isfinite(p.data).all() for p in again.model.parameters())
+    again.close()
+
+
+def test_save_refuses_non_finite_parameters(tmp_path):
+    out = str(tmp_path / "run")
+    t = Trainer(TrainConfig(steps=2, **TINY), out_dir=out, stream=_quiet())
+    t.fit()
+    before = open(os.path.join(out, "checkpoint.npz"), "rb").read()
+    t.model.decoder.layers[0].ffn.linear2.W.data[0, 0] = np.nan
+    with pytest.raises(TrainingError, match="NaN/inf by step 2 .*decoder.layers.0.ffn.linear2.W"):
+        t.save()
+    t.close()
+    assert open(os.path.join(out, "checkpoint.npz"), "rb").read() == before
+
+
 def test_a_tiny_transformer_masters_copy():
     cfg = TrainConfig(task="copy", n_train=5000, n_valid=100, n_test=500, d_model=32, nhead=4,
                       layers=1, dim_feedforward=64, dropout=0.0, steps=800, eval_every=0,
