@@ -25,6 +25,39 @@ class UserError(Exception):
     """A mistake in what the user asked for: reported in one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (the usage stays behind --help)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _ranged(kind, lo, *, strict=False, hi=None):
+    """An argparse type: ``kind`` (int or float), >= lo (> lo if strict), < hi if given."""
+    bound = f"{'>' if strict else '>='} {lo}" + (f" and < {hi}" if hi is not None else "")
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}"
+                                             f" {bound}, got {text!r}") from None
+        if (kind is float and value != value) or value < lo or (strict and value == lo) or (
+                hi is not None and value >= hi) or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"expected {bound}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE = _ranged(int, 1)
+NONNEGATIVE = _ranged(int, 0)
+POSITIVE_FLOAT = _ranged(float, 0, strict=True)
+NONNEGATIVE_FLOAT = _ranged(float, 0)
+FRACTION = _ranged(float, 0, hi=1)
+
+
 # -- gradcheck ------------------------------------------------------------------------------
 def _cmd_gradcheck(args) -> int:
     from .selfcheck import run_all
@@ -215,9 +248,13 @@ def _cmd_eval(args) -> int:
             f"{100 * m.token_accuracy:.2f}%")
     if m.exact_match is not None:
         line += f"  exact match {100 * m.exact_match:.2f}%"
+    if m.error_rate is not None:
+        line += f"  error rate {100 * m.error_rate:.2f}%"
     if m.bits_per_char is not None:
         line += f"  bits/char {m.bits_per_char:.3f}"
     print(line)
+    if m.bleu is not None:
+        print(f"  BLEU {m.bleu:.2f}  ({m.bleu_signature})")
     for example in trainer.example_lines(m):
         print(example)
     return 0
@@ -320,7 +357,7 @@ def _cmd_trace(args) -> int:
 
 # -- the parser --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="numtransformer",
         description="Attention models in NumPy with hand-written backward passes.",
     )
@@ -342,41 +379,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transformer (default); seq2seq: RNN encoder-decoder; lstmn: "
                    "LSTMN encoder, RNN decoder; memnn: end-to-end memory network (bAbI); "
                    "lm: decoder-only character language model (text:... tasks)")
-    p.add_argument("--context", type=int,
+    p.add_argument("--context", type=POSITIVE,
                    help="lm: characters per training window (default 128)")
-    p.add_argument("--epochs", type=int, help="memnn: training epochs")
-    p.add_argument("--hops", type=int, help="memnn: memory hops")
+    p.add_argument("--epochs", type=POSITIVE, help="memnn: training epochs")
+    p.add_argument("--hops", type=POSITIVE, help="memnn: memory hops")
     p.add_argument("--tying", choices=["adjacent", "layerwise"], help="memnn: weight tying")
     p.add_argument("--cell", choices=["rnn", "lstm", "gru"], help="seq2seq recurrent cell")
     p.add_argument("--score", choices=["dot", "scaled_dot", "general", "additive", "cosine",
                                        "location"], help="seq2seq attention score (Luong)")
     p.add_argument("--decoder", choices=["luong", "bahdanau", "none"],
                    help="seq2seq decoder; none: no attention (the fixed-vector bottleneck)")
-    p.add_argument("--hidden-size", type=int, help="seq2seq hidden size")
-    p.add_argument("--steps", type=int, help="optimizer steps (default 3000)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--d-model", type=int, help="model width (seq2seq: embedding size)")
-    p.add_argument("--nhead", type=int)
-    p.add_argument("--layers", type=int, help="encoder and decoder layers each")
-    p.add_argument("--ff", type=int, help="feed-forward width")
-    p.add_argument("--dropout", type=float)
+    p.add_argument("--hidden-size", type=POSITIVE, help="seq2seq hidden size")
+    p.add_argument("--steps", type=POSITIVE, help="optimizer steps (default 3000)")
+    p.add_argument("--batch-size", type=POSITIVE)
+    p.add_argument("--d-model", type=POSITIVE, help="model width (seq2seq: embedding size)")
+    p.add_argument("--nhead", type=POSITIVE)
+    p.add_argument("--layers", type=POSITIVE, help="encoder and decoder layers each")
+    p.add_argument("--ff", type=POSITIVE, help="feed-forward width")
+    p.add_argument("--dropout", type=FRACTION)
     p.add_argument("--norm-first", action="store_const", const=True, default=None,
                    help="pre-LN instead of post-LN")
     p.add_argument("--activation", choices=["relu", "gelu", "gelu_tanh"])
-    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--lr", type=POSITIVE_FLOAT,
+                   help="peak learning rate (of every --schedule; noam's factor is set to match)")
     p.add_argument("--schedule", choices=["constant", "warmup_cosine", "noam"])
-    p.add_argument("--warmup", type=int)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--clip", type=float, help="global gradient-norm limit (0: off)")
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--n-train", type=int, help="training pairs (generated, or taken from a corpus)")
-    p.add_argument("--n-valid", type=int, help="validation pairs (default 500)")
-    p.add_argument("--n-test", type=int, help="test pairs (default 1000)")
-    p.add_argument("--eval-every", type=int)
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+    p.add_argument("--warmup", type=NONNEGATIVE)
+    p.add_argument("--weight-decay", type=NONNEGATIVE_FLOAT)
+    p.add_argument("--clip", type=NONNEGATIVE_FLOAT, help="global gradient-norm limit (0: off)")
+    p.add_argument("--label-smoothing", type=FRACTION)
+    p.add_argument("--n-train", type=POSITIVE, help="training pairs (generated, or taken from a corpus)")
+    p.add_argument("--n-valid", type=POSITIVE, help="validation pairs (default 500)")
+    p.add_argument("--n-test", type=POSITIVE, help="test pairs (default 1000)")
+    p.add_argument("--eval-every", type=NONNEGATIVE, help="validate every N steps (0: never)")
+    p.add_argument("--checkpoint-every", type=NONNEGATIVE,
+                   help="save every N steps (0: only at the end)")
+    p.add_argument("--time-budget", type=POSITIVE_FLOAT, metavar="SECONDS",
                    help="stop cleanly (checkpoint, evaluation) after this much training time")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=NONNEGATIVE)
     p.add_argument("--dtype", choices=["float32", "float64"])
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<task>-<model>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
@@ -387,8 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a saved run")
     p.add_argument("--checkpoint", required=True, metavar="DIR_OR_FILE")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    p.add_argument("--limit", type=int, help="evaluate only the first N pairs")
-    p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    p.add_argument("--limit", type=POSITIVE, help="evaluate only the first N pairs")
+    p.add_argument("--beam", type=POSITIVE, default=1, help="beam size (1: greedy)")
     p.add_argument("--json", action="store_true", help="print one line of JSON")
     p.set_defaults(func=_cmd_eval)
 
@@ -396,17 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="*", help="inputs to decode")
     p.add_argument("--checkpoint", required=True, metavar="DIR_OR_FILE")
     p.add_argument("--input-file", metavar="F", help="one input per line; one output per line")
-    p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
-    p.add_argument("--max-len", type=int, default=None,
+    p.add_argument("--beam", type=POSITIVE, default=1, help="beam size (1: greedy)")
+    p.add_argument("--max-len", type=POSITIVE, default=None,
                    help="longest output (default 64); lm: characters to generate (default 300)")
-    p.add_argument("--temperature", type=float, default=None,
+    p.add_argument("--temperature", type=NONNEGATIVE_FLOAT, default=None,
                    help="lm: sampling temperature (default 0.8; 0: greedy)")
-    p.add_argument("--top-k", type=int, default=None, help="lm: sample from the k likeliest")
-    p.add_argument("--seed", type=int, default=0, help="lm: sampling seed")
+    p.add_argument("--top-k", type=POSITIVE, default=None, help="lm: sample from the k likeliest")
+    p.add_argument("--seed", type=NONNEGATIVE, default=0, help="lm: sampling seed")
     p.add_argument("--attention", metavar="OUT.png",
                    help="draw the cross-attention of the first input (lm: the causal "
                    "self-attention over prompt and continuation; needs matplotlib)")
-    p.add_argument("--layer", type=int, help="decoder layer to draw (default: the last)")
+    p.add_argument("--layer", type=NONNEGATIVE, help="decoder layer to draw (default: the last)")
     p.add_argument("--heads", action="store_true", help="draw each head, not their mean")
     p.set_defaults(func=_cmd_decode)
 
@@ -421,13 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="DIR_OR_FILE",
                    help="a saved run (default: a tiny fresh Transformer on a date)")
     p.add_argument("--text", help="the source to trace (default: a training example)")
-    p.add_argument("--values", type=int, default=4, help="values shown per array")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--values", type=NONNEGATIVE, default=4, help="values shown per array")
+    p.add_argument("--seed", type=NONNEGATIVE, default=0)
     p.set_defaults(func=_cmd_trace)
 
     p = sub.add_parser("gradcheck", help="check every layer's backward against finite differences")
-    p.add_argument("--seed", type=int, default=0, help="random seed for sizes, inputs and G")
-    p.add_argument("--threshold", type=float, default=1e-7,
+    p.add_argument("--seed", type=NONNEGATIVE, default=0, help="random seed for the inputs, parameters and G "
+                   "(each case's sizes are fixed)")
+    p.add_argument("--threshold", type=POSITIVE_FLOAT, default=1e-7,
                    help="max relative error allowed (default 1e-7)")
     p.add_argument("--only", metavar="NAME", default=None,
                    help="check only layers whose name contains NAME")

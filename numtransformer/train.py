@@ -89,7 +89,7 @@ class TrainConfig:
     steps: int = 3000
     batch_size: int = 64
     context: int = 128  # lm: characters per training window (and the positions it can see)
-    lr: float = 2e-3
+    lr: float = 2e-3  # the peak rate of every schedule (noam: its factor is set to match)
     schedule: str = "warmup_cosine"  # constant | warmup_cosine | noam
     warmup: int = 200
     weight_decay: float = 0.01
@@ -102,6 +102,36 @@ class TrainConfig:
     time_budget: float | None = None
     seed: int = 0
     dtype: str = "float32"
+
+    def __post_init__(self):
+        """Range checks: a bad value is named here, not deep inside a layer or schedule."""
+        def need(ok, name, what):
+            if not ok:
+                raise ValueError(f"TrainConfig: {name} must be {what}, got "
+                                 f"{getattr(self, name)!r}")
+
+        def number(name):
+            v = getattr(self, name)
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        def integer(name):
+            v = getattr(self, name)
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        for name in ("d_model", "nhead", "layers", "dim_feedforward", "hidden_size", "steps",
+                     "batch_size", "context", "n_valid", "n_test", "eval_examples"):
+            need(integer(name) and getattr(self, name) >= 1, name, "an integer >= 1")
+        for name in ("warmup", "eval_every", "checkpoint_every", "seed"):
+            need(integer(name) and getattr(self, name) >= 0, name, "an integer >= 0")
+        need(self.n_train is None or (integer("n_train") and self.n_train >= 1), "n_train",
+             "None or an integer >= 1")
+        need(number("lr") and self.lr > 0, "lr", "a number > 0")
+        for name in ("weight_decay", "clip"):
+            need(number(name) and getattr(self, name) >= 0, name, "a number >= 0 (0: off)")
+        for name in ("dropout", "label_smoothing"):
+            need(number(name) and 0 <= getattr(self, name) < 1, name, "a number in [0, 1)")
+        need(self.time_budget is None or (number("time_budget") and self.time_budget > 0),
+             "time_budget", "None or a number of seconds > 0")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -128,7 +158,10 @@ class TrainConfig:
             if not ok:
                 raise CheckpointError(f"training setting {f.name}={value!r} is not of type "
                                       f"{f.type}")
-        return cls(**obj)
+        try:
+            return cls(**obj)
+        except ValueError as exc:  # out of range: the file is not a run this version made
+            raise CheckpointError(f"training settings: {exc}") from None
 
 
 MODEL_KINDS = ("transformer", "seq2seq", "lstmn", "lm")
@@ -165,8 +198,9 @@ def _schedule(cfg: TrainConfig):
     if cfg.schedule == "warmup_cosine":
         return WarmupCosineSchedule(cfg.lr, min(cfg.warmup, cfg.steps - 1), cfg.steps,
                                     min_lr=cfg.lr * 0.02)
-    if cfg.schedule == "noam":
-        return NoamSchedule(cfg.d_model, cfg.warmup, factor=cfg.lr)
+    if cfg.schedule == "noam":  # lr is the peak here too: factor * (d_model * warmup)^-0.5
+        return NoamSchedule(cfg.d_model, cfg.warmup,
+                            factor=cfg.lr * math.sqrt(cfg.d_model * max(cfg.warmup, 1)))
     raise ValueError(f"unknown schedule {cfg.schedule!r}; expected constant, warmup_cosine "
                      f"or noam")
 
@@ -431,6 +465,8 @@ class Trainer:
             self._lock.release()
             self._lock = None
 
+    VALID_EXAMPLES_SHOWN = 3  # decoded validation examples printed at each evaluation
+
     # -- one step -------------------------------------------------------------------------
     def train_step(self, batch) -> float:
         model, cfg = self.model, self.cfg
@@ -484,8 +520,11 @@ class Trainer:
                 progress.update(self.step, loss, self.optimizer.lr, batch.n_tgt_tokens,
                                 self.step - start_step)
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < until:
-                    m = self.evaluate("valid", cfg.eval_examples)
+                    m = self.evaluate("valid", cfg.eval_examples,
+                                      n_examples_shown=self.VALID_EXAMPLES_SHOWN)
                     progress.message(self._metrics_line("valid", m))
+                    for line in self.example_lines(m):
+                        progress.message(line)
                     self.history.append({"step": self.step, **m.to_json()})
                     self.model.train()
                 if (self.out_dir and cfg.checkpoint_every
@@ -702,6 +741,7 @@ class LMTrainer(Trainer):
     """
 
     SAMPLE_TEMPERATURE = 0.8  # the samples printed after training
+    VALID_EXAMPLES_SHOWN = 1  # one sample at each evaluation (generating costs time)
 
     def _build_data(self, cfg: TrainConfig) -> None:
         if not is_text_task(cfg.task):

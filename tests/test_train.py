@@ -178,6 +178,9 @@ def test_cli_train_eval_decode_json(tmp_path, capsys):
     assert cli.main(["eval", "--checkpoint", out, "--json", "--limit", "10"]) == 0
     ev = json.loads(capsys.readouterr().out.strip())
     assert ev["split"] == "test" and 0 <= ev["exact_match"] <= 1
+    assert cli.main(["eval", "--checkpoint", out, "--limit", "10"]) == 0
+    text = capsys.readouterr().out
+    assert "exact match" in text and "error rate" in text  # the README's eval metrics
     inputs = tmp_path / "in.txt"
     inputs.write_text("123\n4567\n")
     assert cli.main(["decode", "--checkpoint", out, "--input-file", str(inputs)]) == 0
@@ -202,8 +205,50 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["train", "--d-model", "30", "--nhead", "4", "--steps", "1",
                      "--out", str(tmp_path / "x")]) == 2
     assert "not divisible" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         cli.main(["train", "--task", "translate"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown task 'translate'" in err, err  # one line, no usage
+
+
+@pytest.mark.parametrize("args,named", [
+    (["train", "--clip", "-1"], "--clip: expected >= 0, got -1"),
+    (["train", "--steps", "-3"], "--steps: expected >= 1, got -3"),
+    (["train", "--eval-every", "-1"], "--eval-every: expected >= 0"),
+    (["train", "--time-budget", "0"], "--time-budget: expected > 0"),
+    (["train", "--dropout", "1.5"], "--dropout: expected >= 0 and < 1"),
+    (["train", "--lr", "nan"], "--lr: expected > 0"),
+    (["train", "--d-model", "many"], "--d-model: expected an integer >= 1, got 'many'"),
+    (["train", "--model", "rnn"], "--model: invalid choice: 'rnn'"),
+    (["eval", "--checkpoint", "x", "--limit", "-1"], "--limit: expected >= 1"),
+    (["decode", "--checkpoint", "x", "--beam", "0", "a"], "--beam: expected >= 1"),
+    (["decode", "--checkpoint", "x", "--max-len", "-1", "a"], "--max-len: expected >= 1"),
+    (["eval"], "the following arguments are required: --checkpoint"),
+])
+def test_cli_usage_mistakes_are_one_line_naming_the_option(args, named, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and named in err, err
+
+
+def test_train_config_ranges_are_checked():
+    for bad, message in ((dict(steps=0), "steps must be an integer >= 1, got 0"),
+                         (dict(clip=-1.0), "clip must be a number >= 0"),
+                         (dict(dropout=1.0), r"dropout must be a number in \[0, 1\)"),
+                         (dict(time_budget=-5.0), "time_budget must be None or a number"),
+                         (dict(batch_size=2.5), "batch_size must be an integer >= 1")):
+        with pytest.raises(ValueError, match=f"TrainConfig: {message}"):
+            TrainConfig(**bad)
+
+
+def test_noam_peaks_at_the_given_lr():
+    t = Trainer(TrainConfig(**dict(TINY, steps=50, schedule="noam", warmup=10, lr=1e-3)),
+                stream=_quiet())
+    rates = [t.schedule(s) for s in range(1, 51)]
+    assert max(rates) == pytest.approx(1e-3) and int(np.argmax(rates)) == 9
 
 
 def test_checkpoint_of_another_kind_is_refused(tmp_path):
