@@ -159,15 +159,17 @@ def _task_name(value: str) -> str:
 
 
 def _cmd_train_memnn(args) -> int:
-    from .checkpoint import save_checkpoint
-    from .memnn_train import train_memnn
+    from .memnn_train import save_memnn, train_memnn
 
     task = args.task or "babi:1"
     if not task.startswith("babi:") or args.model not in (None, "memnn"):
         raise UserError("bAbI tasks (--task babi:N) are trained by --model memnn, and "
                         "--model memnn trains only on them")
     if args.resume:
-        raise UserError("--resume is not supported for --model memnn")
+        raise UserError("--resume is not supported for --model memnn (a run takes about a "
+                        "minute: train it again)")
+    if args.out and os.path.exists(os.path.join(args.out, "checkpoint.npz")):
+        raise UserError(f"{args.out!r} already holds a checkpoint; choose another --out")
     given = {"epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size,
              "lr": args.lr, "seed": args.seed, "n_train": args.n_train, "d": args.d_model,
              "hops": args.hops, "tying": args.tying, "dtype": args.dtype,
@@ -176,11 +178,14 @@ def _cmd_train_memnn(args) -> int:
     stream = sys.stderr if args.json else sys.stdout
     result = train_memnn(int(task.split(":", 1)[1]),
                          log=lambda line: print(line, file=stream, flush=True), **options)
-    metrics = {k: v for k, v in result.items() if k not in ("model", "data")}
+    metrics = {k: v for k, v in result.items() if k not in ("model", "data", "config")}
+    # the keys every train --json line has; the answer is one word, so token accuracy and
+    # exact match are both the fraction of questions answered right
+    metrics.update(task=task, model="memnn", loss=result["test_loss"],
+                   token_accuracy=1 - result["test_error"],
+                   exact_match=1 - result["test_error"])
     if args.out:
-        save_checkpoint(os.path.join(args.out, "checkpoint.npz"), result["model"],
-                        config={"model": "memnn", "task": task,
-                                **{k: v for k, v in options.items() if k != "dtype"}})
+        save_memnn(os.path.join(args.out, "checkpoint.npz"), result)
         metrics["out"] = args.out
     if args.json:
         print(json.dumps(metrics))
@@ -229,10 +234,44 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _run_kind(path: str) -> str | None:
+    from .checkpoint import load_checkpoint
+
+    return load_checkpoint(path).config.get("kind")
+
+
+def _cmd_eval_memnn(args, path) -> int:
+    from .data.babi import encode_babi
+    from .memnn_train import evaluate_memnn, load_memnn
+
+    if args.beam != 1:
+        raise UserError("--beam applies to sequence outputs; a memory network answers one word")
+    model, data, cfg = load_memnn(path)
+    examples = getattr(data, args.split)[:args.limit]
+    start = time.perf_counter()
+    loss, error = evaluate_memnn(model, encode_babi(examples, data.tokenizer, cfg["memory_size"]),
+                                 linear_start=cfg["linear_start"])
+    result = {"task": f"babi:{cfg['task']}", "model": "memnn", "split": args.split,
+              "seconds": round(time.perf_counter() - start, 2), "loss": loss,
+              "token_accuracy": 1 - error, "exact_match": 1 - error, "error_rate": error,
+              "n": len(examples)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"babi:{cfg['task']} / memnn, {args.split} split ({len(examples)} questions):\n"
+              f"  loss {loss:.4f}  answer accuracy {100 * (1 - error):.2f}%  error "
+              f"{100 * error:.2f}%")
+    return 0
+
+
 def _cmd_eval(args) -> int:
+    from .memnn_train import MEMNN_RUN
     from .train import Trainer
 
-    trainer = Trainer.from_checkpoint(_checkpoint_path(args.checkpoint))
+    path = _checkpoint_path(args.checkpoint)
+    if _run_kind(path) == MEMNN_RUN:
+        return _cmd_eval_memnn(args, path)
+    trainer = Trainer.from_checkpoint(path)
     start = time.perf_counter()
     m = trainer.evaluate(args.split, args.limit, n_examples_shown=0 if args.json else 5,
                          beam=args.beam)

@@ -39,13 +39,22 @@ import time
 
 import numpy as np
 
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data.babi import BABI_TASKS, BabiBatch, BabiData, encode_babi, make_babi
 from .data.tokenizers import PAD_ID
 from .losses import CrossEntropyLoss
 from .models.memnn import MemN2N
 from .optim import SGD, Adam, clip_grad_norm
 
-__all__ = ["train_memnn", "evaluate_memnn", "add_random_noise"]
+__all__ = ["train_memnn", "evaluate_memnn", "add_random_noise", "save_memnn", "load_memnn",
+           "MEMNN_RUN"]
+
+MEMNN_RUN = "memnn-training-run"  # the checkpoint kind
+# what a checkpoint must hold to rebuild the model and regenerate its stories, with bounds
+# that keep a forged file from asking for absurd work (the recipe's own sizes are far below)
+_MEMNN_FIELDS = {"task": (1, 20), "hops": (1, 64), "d": (1, 4096), "memory_size": (1, 10_000),
+                 "n_train": (1, 200_000), "n_valid": (1, 200_000), "n_test": (1, 200_000),
+                 "seed": (0, 2**63 - 1)}
 
 
 def evaluate_memnn(model: MemN2N, batch: BabiBatch, batch_size: int = 256,
@@ -128,7 +137,8 @@ def train_memnn(task: int, *, hops: int = 3, tying: str = "adjacent", d: int = 2
         raise ValueError(f"train_memnn: random_noise must be in [0, 1), got {random_noise}")
     say = log if log is not None else (lambda *_: None)
     start_time = time.perf_counter()
-    if data is None:
+    own_data = data is None
+    if own_data:
         data = make_babi(task, n_train, n_valid, n_test, seed=seed)
     if not (data.train and data.valid and data.test):
         raise ValueError(f"train_memnn: every split needs at least one story, got "
@@ -201,7 +211,60 @@ def train_memnn(task: int, *, hops: int = 3, tying: str = "adjacent", d: int = 2
     seconds = time.perf_counter() - start_time
     say(f"task {task} ({BABI_TASKS[task]}): best epoch {best[2]}, train error {train_err:.3f}, "
         f"valid error {v_err:.3f}, test error {t_err:.3f}  ({seconds:.1f} s)")
+    config = {"task": task, "hops": hops, "tying": tying, "d": d, "memory_size": memory_size,
+              "position_encoding": bool(position_encoding), "temporal": bool(temporal),
+              "n_train": n_train, "n_valid": n_valid, "n_test": n_test, "seed": seed,
+              "generated": own_data, "linear_start": linear}  # still linear: no softmax
     return {"task": task, "hops": hops, "tying": tying, "epochs": epochs, "steps": step_count,
             "seconds": seconds, "best_epoch": best[2], "train_error": train_err,
             "valid_error": v_err, "test_error": t_err, "test_loss": t_loss,
-            "n_train": len(data.train), "n_test": len(data.test), "model": model, "data": data}
+            "n_train": len(data.train), "n_test": len(data.test), "model": model, "data": data,
+            "config": config}
+
+
+def save_memnn(path: str, result: dict) -> None:
+    """Write the model of ``train_memnn``'s result with what rebuilds it: its sizes,
+    the data generator's settings (the stories are regenerated, not stored) and the
+    vocabulary (checked on load).  Atomic, like every checkpoint."""
+    config = {"kind": MEMNN_RUN, **result["config"], "vocab": result["data"].tokenizer.to_json()}
+    metrics = {k: result[k] for k in ("epochs", "steps", "seconds", "best_epoch",
+                                      "train_error", "valid_error", "test_error", "test_loss")}
+    save_checkpoint(path, result["model"], config, {"metrics": metrics})
+
+
+def load_memnn(path: str) -> tuple[MemN2N, BabiData, dict]:
+    """(model, data, config) of a checkpoint written by ``save_memnn``."""
+    ck = load_checkpoint(path)
+    cfg = ck.config
+    if cfg.get("kind") != MEMNN_RUN:
+        raise CheckpointError(f"checkpoint {path!r} is not a memory-network run")
+    for name, (lo, hi) in _MEMNN_FIELDS.items():
+        v = cfg.get(name)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise CheckpointError(f"checkpoint {path!r}: {name}={v!r}, expected an int in "
+                                  f"[{lo}, {hi}]")
+    if cfg["task"] not in BABI_TASKS:
+        raise CheckpointError(f"checkpoint {path!r}: unknown bAbI task {cfg['task']}")
+    if cfg.get("tying") not in ("adjacent", "layerwise"):
+        raise CheckpointError(f"checkpoint {path!r}: tying={cfg.get('tying')!r}")
+    for name in ("position_encoding", "temporal", "generated", "linear_start"):
+        if not isinstance(cfg.get(name), bool):
+            raise CheckpointError(f"checkpoint {path!r}: {name} must be true or false")
+    if not cfg["generated"]:
+        raise CheckpointError(f"checkpoint {path!r} was trained on stories passed in by its "
+                              f"caller; only runs on generated stories can be rebuilt")
+    if not ck.params:
+        raise CheckpointError(f"checkpoint {path!r} holds no parameters")
+    dtype = next(iter(ck.params.values())).dtype
+    data = make_babi(cfg["task"], cfg["n_train"], cfg["n_valid"], cfg["n_test"], seed=cfg["seed"])
+    if data.tokenizer.to_json() != cfg.get("vocab"):
+        raise CheckpointError(f"checkpoint {path!r}: its vocabulary does not match the "
+                              f"generator's (was the generator changed?)")
+    try:
+        model = MemN2N(len(data.tokenizer), cfg["d"], cfg["hops"], cfg["memory_size"],
+                       tying=cfg["tying"], position_encoding=cfg["position_encoding"],
+                       temporal=cfg["temporal"], pad_id=PAD_ID, dtype=dtype)
+        model.load_state_dict(ck.params)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path!r}: {exc}") from None
+    return model, data, cfg

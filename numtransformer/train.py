@@ -671,6 +671,10 @@ class Trainer:
     @classmethod
     def from_checkpoint(cls, path: str, log=print, stream=None, **overrides) -> "Trainer":
         ck = load_checkpoint(path)
+        if ck.config.get("kind") == "memnn-training-run":
+            raise CheckpointError(f"checkpoint {path!r} is a memory-network run: "
+                                  f"`numtransformer eval` evaluates it; decode, trace and "
+                                  f"--resume take sequence-to-sequence and language-model runs")
         if ck.config.get("kind") != "seq2seq-training-run":
             raise CheckpointError(f"checkpoint {path!r} is not a numtransformer training run")
         if not isinstance(ck.config.get("train"), dict):

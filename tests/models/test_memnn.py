@@ -385,3 +385,41 @@ def test_train_memnn_counts_steps_and_returns_metrics():
     result = train_memnn(1, data=data, steps=9, batch_size=16, linear_start_epochs=0,
                          log=lines.append, log_every=1)
     assert result["steps"] == 9 and result["epochs"] == 2 and len(lines) == 3
+
+
+def test_cli_trains_a_memnn_whose_checkpoint_eval_reads_back(tmp_path, capsys):
+    """`train --model memnn --task babi:1 --out D --json`, then `eval --checkpoint D`
+    gives the same test error (the stories are regenerated from the saved settings)."""
+    import json
+
+    from numtransformer import cli
+    from numtransformer.checkpoint import load_checkpoint, save_checkpoint
+    from numtransformer.memnn_train import load_memnn
+
+    out = str(tmp_path / "run")
+    args = ["train", "--model", "memnn", "--task", "babi:1", "--epochs", "3", "--n-train",
+            "200", "--out", out, "--json"]
+    assert cli.main(args) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert trained["task"] == "babi:1" and trained["model"] == "memnn"
+    assert {"steps", "seconds", "loss", "token_accuracy", "exact_match"} <= set(trained)
+    assert cli.main(["eval", "--checkpoint", out, "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out.strip())
+    assert ev["error_rate"] == pytest.approx(trained["test_error"], abs=1e-12)
+    assert ev["loss"] == pytest.approx(trained["test_loss"], rel=1e-6)
+    # the other commands say what a memnn checkpoint is for, in one line
+    assert cli.main(["decode", "--checkpoint", out, "where is mary?"]) == 2
+    assert "memory-network run" in capsys.readouterr().err
+    assert cli.main(args) == 2  # an existing checkpoint is never overwritten
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    # forged settings are refused before any story is generated
+    ck = load_checkpoint(out + "/checkpoint.npz")
+    for change, message in ((dict(n_train=10**9), "n_train=1000000000"),
+                            (dict(task=4), "unknown bAbI task"),
+                            (dict(hops=True), "hops=True"),
+                            (dict(vocab={"kind": "word", "tokens": []}), "vocabulary")):
+        forged = str(tmp_path / "forged.npz")
+        model, _, _ = load_memnn(out + "/checkpoint.npz")
+        save_checkpoint(forged, model, dict(ck.config, **change))
+        with pytest.raises(ValueError, match=message):
+            load_memnn(forged)
