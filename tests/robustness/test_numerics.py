@@ -321,8 +321,15 @@ def test_recurrences_over_500_steps_pass_a_directional_gradient_check(kind):
     assert max(errors.values()) < 1e-6, errors
 
 
-def test_gru_over_500_steps_passes_gradcheck():
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm", "lstmn"])
+def test_recurrences_over_500_steps_pass_gradcheck(kind):
+    """The library's own gradcheck (threshold 1e-7) over 500 steps: random entries of
+    every tensor plus a directional derivative (max_entries=2 keeps it to seconds)."""
     rng = np.random.default_rng(9)
-    model = nt.RNN("gru", 2, 3, dtype=np.float64, rng=rng)
+    model = {"rnn": lambda: nt.RNN("rnn", 2, 3, dtype=np.float64, rng=rng),
+             "gru": lambda: nt.RNN("gru", 2, 3, dtype=np.float64, rng=rng),
+             "lstm": lambda: nt.RNN("lstm", 2, 3, bidirectional=True, dtype=np.float64,
+                                    rng=rng),
+             "lstmn": lambda: nt.LSTMN(2, 3, dtype=np.float64, rng=rng)}[kind]()
     x = rng.standard_normal((1, 500, 2))
-    _passes("RNN(gru), 500 steps", gradcheck(model, x, max_entries=2))
+    _passes(f"{type(model).__name__}({kind}), 500 steps", gradcheck(model, x, max_entries=2))
