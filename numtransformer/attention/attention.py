@@ -16,7 +16,7 @@ from .scores import Score
 class AttentionCache(NamedTuple):
     e: np.ndarray  # (B, Tq, Tk) scores
     alpha: np.ndarray  # (B, Tq, Tk) weights; 0 where blocked
-    context: np.ndarray  # (B, Tq, Dv) the output c
+    c: np.ndarray  # (B, Tq, Dv) the context, the output
     values: np.ndarray  # (B, Tk, Dv) the values v
     score: tuple  # the score function's cache
 
@@ -42,7 +42,7 @@ class Attention(Module):
 
     A query row whose keys are all blocked has alpha = 0: its context is 0 and
     every gradient through it is 0 (never NaN).  The cache holds e, alpha and
-    the context c (as ``context``) for inspection.
+    the context c under those names, for inspection.
     """
 
     def __init__(self, score: Score):
@@ -65,7 +65,7 @@ class Attention(Module):
         e, score_cache = self.score.forward(query, keys)
         alpha = softmax(e, axis=-1, mask=mask)
         context = alpha @ values
-        return context, AttentionCache(e=e, alpha=alpha, context=context, values=values,
+        return context, AttentionCache(e=e, alpha=alpha, c=context, values=values,
                                        score=score_cache)
 
     def backward(self, dcontext, cache: AttentionCache):

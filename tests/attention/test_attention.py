@@ -67,7 +67,7 @@ def test_weights_are_a_distribution_over_unblocked_keys(kind, mask_kind, Tq, Tk,
     np.testing.assert_allclose(context, np.einsum("bij,bjd->bid", alpha, values), rtol=1e-12)
     # the cache is the trace of the equations
     np.testing.assert_array_equal(cache.e, attention.score(query, keys))
-    assert cache.context is context
+    assert cache.c is context
 
 
 # not "location": its scores are tied to positions, not to key contents

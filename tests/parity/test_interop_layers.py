@@ -43,6 +43,7 @@ def test_embedding(V, D, shape, pad, seed):
     ids = rng.integers(0, V, size=shape)
     tids = torch.from_numpy(ids)
     check_pair("Embedding", t, {}, lambda m: m.forward(ids), lambda m: m(tids), seed)
+    check_forward32("Embedding", t, {}, lambda m: m.forward(ids), lambda m: m(tids))
 
 
 @given(lead=st.lists(st.integers(1, 3), min_size=1, max_size=2),
