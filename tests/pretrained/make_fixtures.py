@@ -20,9 +20,8 @@ It writes
                          pooling + normalisation); the last hidden states of
                          the real (unpadded) tokens of every sentence but the
                          long one, in full (hidden_full, rows concatenated in
-                         sentence order); for the long sentence (256 tokens) its
-                         first 24 dims (hidden_long_head) and every token's sum
-                         over all 384 dims (hidden_long_rowsum)
+                         sentence order); and those of the long sentence (256
+                         tokens, all 384 dims: hidden_long)
 """
 
 from __future__ import annotations
@@ -122,8 +121,7 @@ def main() -> None:
     np.savez_compressed(HERE / "minilm_reference.npz",
                         embeddings=embeddings.astype(np.float32),
                         hidden_full=hidden_full.astype(np.float32),
-                        hidden_long_head=long_h[:, :24].astype(np.float32),
-                        hidden_long_rowsum=long_h.sum(axis=1).astype(np.float32))
+                        hidden_long=long_h.astype(np.float32))
     for p in sorted(HERE.iterdir()):
         print(f"{p.name}: {p.stat().st_size} bytes")
 
