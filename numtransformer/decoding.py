@@ -56,8 +56,9 @@ def length_penalty(length: int, alpha: float) -> float:
 @dataclass
 class Hypothesis:
     tokens: list[int]  # without <bos> / <eos>
-    log_prob: float  # sum of the token log-probabilities (the <eos> included)
-    score: float  # log_prob / length_penalty(len(tokens) + 1, alpha)
+    log_prob: float  # sum of the token log-probabilities (the <eos> included, if finished)
+    score: float  # log_prob / length_penalty(n, alpha), n = len(tokens) + 1 with the <eos>
+    #               when finished, len(tokens) when cut at max_len
     finished: bool  # ended with <eos> (False: cut at max_len)
 
 

@@ -58,7 +58,7 @@ import numpy as np
 
 from .module import Module
 
-__all__ = ["gradcheck", "GradcheckReport", "TensorCheck", "numerical_gradient"]
+__all__ = ["gradcheck", "GradcheckReport", "TensorCheck", "numerical_gradient", "relu_margin"]
 
 _STEP = 2.0**-13  # ~1.2e-4; a power of two (see _step)
 _NOISE_SAMPLES = 5  # entries per tensor whose stencil is also taken at 2h
@@ -144,6 +144,39 @@ def _generators(module: Module) -> list[np.random.Generator]:
             if isinstance(value, np.random.Generator):
                 gens.append(value)
     return gens
+
+
+def relu_margin(module: Module, *inputs, **forward_kwargs) -> float:
+    """The smallest |x| that any ReLU in ``module`` sees in one forward pass on
+    these inputs (inf without a ReLU); the module's random generators (dropout)
+    are put back afterwards, so a gradcheck that follows draws the same masks.
+
+    Central differences across the kink of max(x, 0) are off by O(1), whatever
+    the backward: a check is only meaningful when every ReLU input stays
+    farther from 0 than the stencil reaches.  ``gradcheck`` perturbs by up to
+    2h = 2^-12 ~ 2.4e-4 per entry (its directional check moves every entry at
+    once), so callers reject draws with a margin below ~2e-3.
+    """
+    from .layers.activations import ReLU
+
+    generators = _generators(module)
+    states = [g.bit_generator.state for g in generators]
+    seen = [math.inf]
+    original = ReLU.forward
+
+    def forward(layer, x):
+        if np.size(x):
+            seen[0] = min(seen[0], float(np.abs(x).min()))
+        return original(layer, x)
+
+    ReLU.forward = forward  # the class, for the duration of this one forward pass
+    try:
+        module.forward(*inputs, **forward_kwargs)
+    finally:
+        ReLU.forward = original
+        for g, state in zip(generators, states):
+            g.bit_generator.state = state
+    return seen[0]
 
 
 def _float_outputs(out) -> list:

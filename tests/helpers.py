@@ -30,3 +30,4 @@ def check_dtype_preserved(module, *inputs, **kwargs):
             assert g.dtype == np.float32, f"{type(module).__name__}: grad dtype {g.dtype}"
     for name, p in module.named_parameters():
         assert p.grad.dtype == np.float32, f"{name}: grad dtype {p.grad.dtype}"
+

@@ -263,3 +263,18 @@ def test_zero_gradient_tensors_are_marked_in_the_table():
     report = gradcheck(BiasSoftmax(), _x(3, 5))
     assert report.passed and report.tensors[1].floored and not report.tensors[0].floored
     assert "noise floor" in report.table()
+
+
+def test_relu_margin_sees_every_relu_and_restores_the_dropout_streams():
+    import numtransformer as nt
+    from numtransformer.gradcheck import relu_margin
+
+    ffn = nt.PositionwiseFeedForward(3, 5, activation="relu", dropout=0.5, dtype=np.float64,
+                                     rng=0)
+    x = np.random.default_rng(1).standard_normal((2, 4, 3))
+    h = x @ ffn.linear1.W.data + ffn.linear1.b.data
+    before = ffn.dropout.rng.bit_generator.state
+    assert relu_margin(ffn, x) == np.abs(h).min()
+    assert ffn.dropout.rng.bit_generator.state == before  # gradcheck then sees the same masks
+    assert relu_margin(nt.Tanh(), x) == np.inf
+    assert nt.ReLU.forward is not None and "relu_margin" not in repr(nt.ReLU.forward)

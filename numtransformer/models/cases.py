@@ -9,8 +9,8 @@ from ..attention import causal_mask
 
 def gradcheck_cases():
     from ..selfcheck import Case
-    from .transformer import (Transformer, TransformerDecoderLayer, TransformerEncoderLayer,
-                              TransformerLM)
+    from .transformer import (Transformer, TransformerDecoder, TransformerDecoderLayer,
+                              TransformerEncoder, TransformerEncoderLayer, TransformerLM)
 
     F64 = np.float64
 
@@ -31,6 +31,17 @@ def gradcheck_cases():
                 "tgt_mask": causal_mask(3), "memory_key_padding_mask": mpad}
         return build
 
+    def encoder(r):
+        stack = TransformerEncoder(2, 8, 2, 12, 0.1, "gelu", norm_first=True, dtype=F64, rng=r)
+        pad = np.array([[False, False, True], [False, False, False]])
+        return stack, (r.standard_normal((2, 3, 8)),), {"src_key_padding_mask": pad}
+
+    def decoder(r):
+        stack = TransformerDecoder(2, 8, 2, 12, 0.1, "relu", dtype=F64, rng=r)
+        mpad = np.array([[False, False, True, True], [False] * 4])
+        return stack, (r.standard_normal((2, 3, 8)), r.standard_normal((2, 4, 8))), {
+            "tgt_mask": causal_mask(3), "memory_key_padding_mask": mpad, "max_entries": 16}
+
     def transformer(r):
         model = Transformer(7, 9, d_model=8, nhead=2, num_encoder_layers=1,
                             num_decoder_layers=2, dim_feedforward=12, dropout=0.1,
@@ -50,6 +61,8 @@ def gradcheck_cases():
             tag = f"{'pre' if nf else 'post'}-LN, {act}"
             cases.append(Case(f"TransformerEncoderLayer({tag})", enc(nf, act)))
             cases.append(Case(f"TransformerDecoderLayer({tag})", dec(nf, act)))
+    cases.append(Case("TransformerEncoder(2 layers, pre-LN, gelu)", encoder))
+    cases.append(Case("TransformerDecoder(2 layers, post-LN, relu)", decoder))
     cases.append(Case("Transformer(tied output)", transformer))
     cases.append(Case("TransformerLM", lm))
     return cases

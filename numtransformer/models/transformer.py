@@ -683,14 +683,33 @@ class TransformerLM(Module):
     """Decoder-only causal language model (GPT-style, pre-LN).
 
     Shapes: ids (B, T); pad_mask (B, T) True = padding; logits (B, T, V).
+    E (V, D) the embedding table (embed.W); P (max_len, D) the learned
+    positions (pos.P; or the fixed sinusoid table); N = num_layers.  No
+    sqrt(D) scale on the embeddings (as GPT-2; unlike ``Transformer``).
 
-    Forward:
-        x_0 = dropout(E[ids] + P[0..T-1])          (learned positions; or sinusoid table)
-        x_l = Block_l(x_{l-1}, causal_mask(T))     (pre-LN encoder layers: self-attention
-                                                    that sees positions <= t only)
-        z   = LayerNorm(x_N) E^T                   (tied output; or a Linear)
-    Backward: the same chain in reverse; the tied E collects the gradient of
-    both the lookup and the output projection.
+    Forward (the cache field of each line in brackets):
+        e        = E[ids]                           (B, T, D)  [embed]
+        p        = e + P[0..T-1]                    (B, T, D)  [pos]
+        x_0      = dropout(p)                       (B, T, D)  [dropout]
+        x_l      = Block_l(x_{l-1}, pad_mask, causal_mask(T)),  l = 1..N   [blocks]
+                   (pre-LN TransformerEncoderLayer: self-attention that sees
+                   positions <= t only, then the FFN, each in a residual block)
+        h        = norm(x_N)                        (B, T, D)  [norm] final LayerNorm
+        logits   = h E^T                            (B, T, V)  [generator] tied output
+                   (tie_output=False: logits = h W + b, a Linear)
+    Backward (dlogits (B, T, V)), in the order the code computes it:
+        dh       = dlogits E;  dE += dlogits^T h    (B, T, D)  generator.backward
+                   (untied: dh = dlogits W^T;  dW += h^T dlogits;  db += sum dlogits)
+        dx_N     = norm.backward(dh)                (B, T, D)  dgamma, dbeta added
+        dx_{l-1} = Block_l.backward(dx_l),  l = N..1           (B, T, D)  pre-LN
+                   residual backward, see TransformerEncoderLayer
+        dp       = pos.backward(dropout.backward(dx_0))        (B, T, D)  = dx_0 * mask;
+                   learned: dP[t] += sum_b dp[b, t]; e + P passes dp on to e unchanged
+        dE      += embed.backward(dp)               (V, D)     dE[v] += sum of dp[b, t]
+                   over the positions with ids[b, t] == v (a scatter-add)
+    With tie_output E is one Parameter used twice: its ``.grad`` receives the
+    output projection's term first and the lookup's second, so its gradient
+    is the sum over both uses.  backward returns None (ids get no gradient).
     """
 
     def __init__(self, vocab_size: int, d_model: int = 128, nhead: int = 4,

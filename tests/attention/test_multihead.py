@@ -130,9 +130,10 @@ def test_causal_mask_hides_the_future(H, T, t, padded, seed):
     assert not np.allclose(y2[:, t + 1:], y[:, t + 1:])
 
 
-def test_one_head_identity_projections_is_scaled_dot_attention():
-    rng = np.random.default_rng(1)
-    E, B, Tq, Tk = 5, 2, 3, 4
+@given(E=st.integers(1, 6), B=st.integers(1, 3), Tq=st.integers(1, 4), Tk=st.integers(1, 5),
+       seed=seeds)
+def test_one_head_identity_projections_is_scaled_dot_attention(E, B, Tq, Tk, seed):
+    rng = np.random.default_rng(seed)
     mha = MultiHeadAttention(E, 1, dtype=np.float64, rng=rng)
     mha.in_proj.W.data = np.concatenate([np.eye(E)] * 3, axis=1)
     mha.out_proj.W.data = np.eye(E)
@@ -140,7 +141,7 @@ def test_one_head_identity_projections_is_scaled_dot_attention():
     attention = Attention(ScaledDotScore())
     q, k, v = (rng.standard_normal((B, T, E)) for T in (Tq, Tk, Tk))
     mask = rng.random((B, Tq, Tk)) < 0.4
-    mask[0, 0] = True  # a fully blocked row too
+    mask[rng.integers(B), rng.integers(Tq)] = True  # a fully blocked row too
     y, cache = mha.forward(q, k, v, attn_mask=mask)
     c, att_cache = attention.forward(q, k, v, mask=mask)
     np.testing.assert_allclose(y, c, rtol=1e-13, atol=1e-15)

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from numtransformer import Linear, gradcheck
+from numtransformer import Embedding, Linear, TiedLinear, gradcheck
 from tests.helpers import check_dtype_preserved, seeds
 
 dims = st.integers(1, 6)
@@ -88,3 +88,31 @@ def test_state_dict_round_trip():
     b.load_state_dict(a.state_dict())
     x = np.ones((1, 3), np.float32)
     assert np.array_equal(a(x), b(x))
+
+
+@given(lead=st.lists(st.integers(1, 3), min_size=0, max_size=2), V=dims, D=dims,
+       bias=st.booleans(), seed=seeds)
+def test_tied_linear_gradcheck(lead, V, D, bias, seed):
+    rng = np.random.default_rng(seed)
+    tied = TiedLinear(Embedding(V, D, dtype=np.float64, rng=rng).W, bias=bias)
+    if bias:
+        tied.b.data[...] = rng.standard_normal(V)
+    gradcheck(tied, rng.standard_normal((*lead, D)), seed=seed).assert_passed()
+
+
+def test_tied_linear_shares_the_table_and_sums_both_gradients():
+    rng = np.random.default_rng(3)
+    emb = Embedding(5, 3, dtype=np.float64, rng=rng)
+    tied = TiedLinear(emb.W)
+    assert tied.E is emb.W
+    ids = np.array([[1, 4, 4]])
+    h, c_emb = emb.forward(ids)
+    y, c_out = tied.forward(h)
+    dy = rng.standard_normal(y.shape)
+    emb.backward(tied.backward(dy, c_out), c_emb)
+    dy2 = dy.reshape(-1, 5)
+    expected = dy2.T @ h.reshape(-1, 3)  # from the output projection
+    np.add.at(expected, ids.reshape(-1), (dy2 @ emb.W.data))  # plus from the lookup
+    np.testing.assert_allclose(emb.W.grad, expected, rtol=1e-13)
+    check_dtype_preserved(TiedLinear(Embedding(5, 3, rng=0).W, bias=True),
+                          np.ones((2, 3), np.float32))

@@ -82,3 +82,13 @@ def test_bad_input():
     lp = LearnedPositionalEmbedding(5, 4, rng=0)
     with pytest.raises(TypeError, match="LearnedPositionalEmbedding: x has dtype float64"):
         lp(np.zeros((1, 2, 4)))
+
+
+def test_learned_state_dict_round_trip():
+    a, b = LearnedPositionalEmbedding(8, 4, rng=0), LearnedPositionalEmbedding(8, 4, rng=1)
+    assert not np.array_equal(a.P.data, b.P.data)
+    b.load_state_dict(a.state_dict())
+    x = np.ones((2, 3, 4), np.float32)
+    np.testing.assert_array_equal(a(x, offset=2), b(x, offset=2))
+    with pytest.raises(ValueError, match="P"):
+        LearnedPositionalEmbedding(9, 4).load_state_dict(a.state_dict())
