@@ -118,13 +118,23 @@ def _tiny(rng, **kw):
     return Seq2Seq(7, 9, embed_dim=4, hidden_size=4, dropout=0.1, dtype=F64, rng=rng, **kw)
 
 
+def _batch(rng, B, S, T):
+    """Right-padded source (ids 1..6) and target input (<bos> then ids 3..8) of drawn sizes."""
+    src_pad, tgt_pad = _right_pad_mask(rng, B, S), _right_pad_mask(rng, B, T)
+    src, tgt = rng.integers(1, 7, (B, S)), rng.integers(3, 9, (B, T))
+    tgt[:, 0] = 1
+    src[src_pad], tgt[tgt_pad] = 0, 0
+    return src, tgt, src_pad, tgt_pad
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_gradcheck_full_models(name):
-    rng = np.random.default_rng(sorted(MODELS).index(name))
+@given(B=st.integers(1, 3), S=st.integers(1, 5), T=st.integers(1, 4), seed=seeds)
+@settings(max_examples=3)
+def test_gradcheck_full_models(name, B, S, T, seed):
+    rng = np.random.default_rng(seed)
     model = _randomized(_tiny(rng, **MODELS[name]), rng)
-    src = np.array([[3, 4, 5, 0], [2, 6, 1, 6]])
-    tgt = np.array([[1, 3, 4], [1, 5, 0]])
-    report = gradcheck(model, src, tgt, src == 0, tgt == 0, max_entries=6)
+    src, tgt, src_pad, tgt_pad = _batch(rng, B, S, T)
+    report = gradcheck(model, src, tgt, src_pad, tgt_pad, seed=seed, max_entries=6)
     report.assert_passed()
     names = set(report.errors)
     assert {"encoder.embed.W", "encoder.bridge_h.W", "decoder.embed.W", "decoder.W_s.W"} <= names
@@ -143,31 +153,37 @@ def _loss_and_grads(model, src, tgt_in, tgt_out):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_padding_leaves_loss_and_gradients_unchanged(name):
-    rng = np.random.default_rng(20)
+@given(B=st.integers(1, 3), S=st.integers(1, 5), T=st.integers(1, 4), extra_src=st.integers(1, 3),
+       extra_tgt=st.integers(1, 3), seed=seeds)
+@settings(max_examples=4)
+def test_padding_leaves_loss_and_gradients_unchanged(name, B, S, T, extra_src, extra_tgt, seed):
+    rng = np.random.default_rng(seed)
     model = _tiny(rng, **MODELS[name]).eval()
-    src = np.array([[3, 4, 5, 0], [2, 6, 1, 6], [4, 0, 0, 0]])
-    tgt_in = np.array([[1, 3, 4], [1, 5, 0], [1, 7, 8]])
-    tgt_out = np.array([[3, 4, 2], [5, 2, 0], [7, 8, 2]])
+    src, tgt_in, _, tgt_pad = _batch(rng, B, S, T)
+    tgt_out = np.concatenate([tgt_in[:, 1:], np.zeros((B, 1), tgt_in.dtype)], axis=1)
+    tgt_out[np.arange(B), (~tgt_pad).sum(axis=1) - 1] = 2  # <eos> after the last real token
     loss, logits, grads = _loss_and_grads(model, src, tgt_in, tgt_out)
 
     def pad(a, n):
         return np.concatenate([a, np.zeros((a.shape[0], n), a.dtype)], axis=1)
 
-    loss2, logits2, grads2 = _loss_and_grads(model, pad(src, 3), pad(tgt_in, 2), pad(tgt_out, 2))
+    loss2, logits2, grads2 = _loss_and_grads(model, pad(src, extra_src), pad(tgt_in, extra_tgt),
+                                             pad(tgt_out, extra_tgt))
     assert abs(loss - loss2) < 1e-12
     real = tgt_out != 0
-    np.testing.assert_allclose(logits2[:, :3][real], logits[real], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(logits2[:, :T][real], logits[real], rtol=1e-12, atol=1e-12)
     for n in grads:
         np.testing.assert_allclose(grads2[n], grads[n], rtol=1e-10, atol=1e-12, err_msg=n)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_incremental_decoding_equals_teacher_forcing(name):
-    rng = np.random.default_rng(21)
+@given(B=st.integers(1, 3), S=st.integers(1, 5), T=st.integers(1, 6), seed=seeds)
+@settings(max_examples=4)
+def test_incremental_decoding_equals_teacher_forcing(name, B, S, T, seed):
+    rng = np.random.default_rng(seed)
     model = _tiny(rng, **MODELS[name]).eval()
-    src = np.array([[3, 4, 5, 0, 0], [2, 6, 1, 6, 5], [4, 4, 0, 0, 0]])
-    tgt = rng.integers(3, 9, (3, 6))
+    src, _, _, _ = _batch(rng, B, S, 1)
+    tgt = rng.integers(3, 9, (B, T))
     full = model(src, tgt, src == 0)
     state = model.start_decoding(src, src == 0)
     for t in range(tgt.shape[1]):
@@ -177,7 +193,7 @@ def test_incremental_decoding_equals_teacher_forcing(name):
     if MODELS[name].get("attention") == "none":
         assert alpha is None and state.attention == []
         return
-    assert alpha.shape == (3, 6, 5) and len(state.attention) == 6
+    assert alpha.shape == (B, T, S) and len(state.attention) == T
     np.testing.assert_allclose(np.stack(state.attention, axis=1), alpha, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(alpha.sum(-1), 1.0)
     assert (alpha[np.broadcast_to((src == 0)[:, None, :], alpha.shape)] == 0).all()
