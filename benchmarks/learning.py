@@ -21,28 +21,28 @@ import time
 
 RUNS = {
     # name: CLI arguments
-    "transformer-dates": ["--task", "dates"],
+    "transformer-dates": ["--task", "dates"],  # the default run: 4000 steps
     "transformer-copy": ["--task", "copy", "--steps", "1500", "--eval-every", "0"],
     "transformer-reverse": ["--task", "reverse", "--steps", "4000", "--dropout", "0.0",
                             "--lr", "1e-3", "--eval-every", "1000"],
     "lstm-luong-dates": ["--task", "dates", "--model", "seq2seq", "--cell", "lstm",
                          "--score", "general", "--d-model", "32", "--hidden-size", "64",
-                         "--lr", "3e-3", "--warmup", "100", "--dropout", "0.0"],
+                         "--lr", "3e-3", "--warmup", "100", "--dropout", "0.0", "--steps", "3000"],
     "lstm-none-dates": ["--task", "dates", "--model", "seq2seq", "--cell", "lstm",
                         "--decoder", "none", "--d-model", "32", "--hidden-size", "64",
-                        "--lr", "3e-3", "--warmup", "100", "--dropout", "0.0"],
+                        "--lr", "3e-3", "--warmup", "100", "--dropout", "0.0", "--steps", "3000"],
     # the bottleneck: the same LSTM with and without attention on long inputs (1-20 digits)
     "lstm-luong-reverse": ["--task", "reverse", "--model", "seq2seq", "--cell", "lstm",
                            "--score", "general", "--d-model", "32", "--hidden-size", "64",
-                           "--lr", "3e-3", "--warmup", "100", "--dropout", "0.0"],
+                           "--lr", "3e-3", "--warmup", "100", "--dropout", "0.0", "--steps", "3000"],
     "lstm-none-reverse": ["--task", "reverse", "--model", "seq2seq", "--cell", "lstm",
                           "--decoder", "none", "--d-model", "32", "--hidden-size", "64",
-                          "--lr", "3e-3", "--warmup", "100", "--dropout", "0.0"],
+                          "--lr", "3e-3", "--warmup", "100", "--dropout", "0.0", "--steps", "3000"],
     "lstmn-reverse": ["--task", "reverse", "--model", "lstmn", "--d-model", "32",
                       "--hidden-size", "64", "--lr", "3e-3", "--warmup", "100",
-                      "--dropout", "0.0"],
+                      "--dropout", "0.0", "--steps", "3000"],
     "lstmn-sort": ["--task", "sort", "--model", "lstmn", "--d-model", "32",
-                   "--hidden-size", "64", "--lr", "3e-3", "--warmup", "100", "--dropout", "0.0"],
+                   "--hidden-size", "64", "--lr", "3e-3", "--warmup", "100", "--dropout", "0.0", "--steps", "3000"],
     "transformer-g2p": ["--task", "g2p", "--steps", "12000", "--eval-every", "3000"],
     "lm-hamlet": ["--model", "lm", "--task", "text:hamlet"],  # LM_DEFAULTS of the CLI
 }

