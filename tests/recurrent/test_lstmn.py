@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from numtransformer.gradcheck import gradcheck, numerical_gradient
@@ -51,12 +51,14 @@ def test_every_past_state_gets_gradient_from_later_reads():
                                atol=1e-9 * np.abs(numeric).max())
 
 
-def test_window_one_reduces_to_lstm():
+@given(B=st.integers(1, 3), T=st.integers(1, 7), D=st.integers(1, 4), H=st.integers(1, 5),
+       seed=seeds)
+@settings(max_examples=8)
+def test_window_one_reduces_to_lstm(B, T, D, H, seed):
     """Attention forced onto the last state (window=1: s_t = 1 on slot t-1) is an
     LSTM: h~_t = h_{t-1}, c~_t = c_{t-1}.  Same outputs and gradients; the
     attention parameters get exactly zero gradient."""
-    rng = np.random.default_rng(21)
-    B, T, D, H = 3, 6, 4, 5
+    rng = np.random.default_rng(seed)
     lstm = RNN("lstm", D, H, dtype=F64, rng=rng)
     lstmn = LSTMN(D, H, window=1, dtype=F64, rng=rng)
     cell = lstm.cells[0]

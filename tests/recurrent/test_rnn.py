@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from numtransformer.gradcheck import gradcheck, numerical_gradient
@@ -89,12 +89,16 @@ def test_gradient_reaches_first_step(cell_type):
 
 @pytest.mark.parametrize("cell_type", CELL_TYPES)
 @pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, True)])
-def test_padding_leaves_real_steps_unchanged(cell_type, num_layers, bidirectional):
+@given(B=st.integers(1, 3), T=st.integers(1, 5), D=st.integers(1, 3), H=st.integers(1, 3),
+       extra=st.integers(0, 3), seed=seeds)
+@settings(max_examples=4)
+def test_padding_leaves_real_steps_unchanged(cell_type, num_layers, bidirectional, B, T, D, H,
+                                             extra, seed):
     """Each sequence of a padded batch gives the outputs, final states and
     gradients it gives alone, whatever is in (or flows into) the padding."""
-    rng = np.random.default_rng(11)
-    B, T, D, H, extra = 3, 4, 3, 2, 2
-    lengths = np.array([4, 1, 3])
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T  # the longest sequence fills the T real columns; `extra` pads them all
     rnn = RNN(cell_type, D, H, num_layers=num_layers, bidirectional=bidirectional,
               dtype=F64, rng=rng)
     S, dirs = rnn.num_layers * rnn.num_directions, rnn.num_directions
