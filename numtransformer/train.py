@@ -563,14 +563,16 @@ class Trainer:
     def evaluate(self, split: str = "valid", limit: int | None = None, batch_size: int = 250,
                  n_examples_shown: int = 0, beam: int = 1) -> Metrics:
         """Teacher-forced loss / perplexity / token accuracy, and greedy (or beam)
-        exact match of whole sequences, on a split (its first ``limit`` pairs)."""
+        exact match of whole sequences, on a split (its first ``limit`` pairs).
+        ``n_examples_shown`` decoded examples come back in ``examples``, the wrong
+        ones first."""
         pairs = getattr(self.task, split)
         if limit is not None:
             pairs = pairs[:limit]
         self.model.eval()
         total_loss, n_tokens, n_correct, n_exact = 0.0, 0, 0, 0
         n_edits, n_ref_tokens = 0, 0
-        shown, hypotheses, references = [], [], []
+        wrong, right, hypotheses, references = [], [], [], []
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
             batch = make_batch(encode_pairs(chunk, self.src_tok, self.tgt_tok))
@@ -595,8 +597,10 @@ class Trainer:
                 n_ref_tokens += len(ref_tokens)
                 hypotheses.append(pred)
                 references.append(ref)
-                if len(shown) < n_examples_shown:
-                    shown.append((src, pred, ref))
+                kept = wrong if pred != ref else right
+                if len(kept) < n_examples_shown:
+                    kept.append((src, pred, ref))
+        shown = (wrong + right)[:n_examples_shown]  # the mistakes first: they say the most
         loss = total_loss / max(n_tokens, 1)
         bleu = signature = None
         if self.cfg.task.startswith("tsv:"):

@@ -162,8 +162,13 @@ def test_a_tiny_transformer_masters_copy():
     cfg = TrainConfig(task="copy", n_train=5000, n_valid=100, n_test=500, d_model=32, nhead=4,
                       layers=1, dim_feedforward=64, dropout=0.0, steps=800, eval_every=0,
                       checkpoint_every=0, seed=0)
-    metrics = Trainer(cfg, stream=_quiet()).fit()
+    trainer = Trainer(cfg, stream=_quiet())
+    metrics = trainer.fit()
     assert metrics["exact_match"] >= 0.95, metrics
+    m = trainer.evaluate("test", n_examples_shown=4)  # shown examples: the mistakes first
+    n_wrong = round((1 - m.exact_match) * len(trainer.task.test))
+    flags = [pred != ref for _, pred, ref in m.examples]
+    assert len(flags) == 4 and flags == [True] * min(4, n_wrong) + [False] * (4 - min(4, n_wrong))
 
 
 def test_cli_train_eval_decode_json(tmp_path, capsys):
