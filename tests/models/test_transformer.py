@@ -65,7 +65,7 @@ def test_gradcheck_decoder_layer(B, T, S, norm_first, activation, seed):
 @given(B=st.integers(1, 2), T=st.integers(1, 4), S=st.integers(1, 5),
        layers=st.integers(1, 2), heads=st.sampled_from([1, 2]), norm_first=st.booleans(),
        activation=st.sampled_from(["relu", "gelu"]), seed=seeds)
-@settings(max_examples=6)
+@settings(max_examples=4)
 def test_gradcheck_stacks(B, T, S, layers, heads, norm_first, activation, seed):
     rng = np.random.default_rng(seed)
     kw = dict(norm_first=norm_first, dtype=F64, rng=rng)
@@ -107,7 +107,7 @@ OPTIONS = st.sampled_from([
 
 @given(B=st.integers(1, 2), S=st.integers(1, 4), T=st.integers(1, 4), kw=OPTIONS,
        heads=st.sampled_from([1, 2]), dropout=st.sampled_from([0.0, 0.1]), seed=seeds)
-@settings(max_examples=5)
+@settings(max_examples=4)
 def test_gradcheck_whole_transformer(B, S, T, kw, heads, dropout, seed):
     rng = np.random.default_rng(seed)
     model = _tiny(rng, nhead=heads, dropout=dropout, **kw)
