@@ -35,13 +35,18 @@ import numpy as np
 from .module import Module
 
 __all__ = ["save_checkpoint", "load_checkpoint", "Checkpoint", "rng_states", "set_rng_states",
-           "CheckpointError"]
+           "CheckpointError", "NonFiniteParameters"]
 
 FORMAT = "numtransformer-checkpoint-1"
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used (missing, corrupt, another model ...)."""
+
+
+class NonFiniteParameters(CheckpointError):
+    """save_checkpoint refused a model with NaN/inf parameters (loading would refuse
+    it too), so the file already on disk stays as it was."""
 
 
 @dataclass
@@ -89,7 +94,7 @@ def save_checkpoint(path: str, model: Module, config: dict, meta: dict | None = 
     }
     for name, value in model.state_dict().items():
         if not np.isfinite(value).all():  # loading would refuse it: keep the last good file
-            raise CheckpointError(f"not saving {path!r}: parameter {name!r} contains NaN/inf")
+            raise NonFiniteParameters(f"parameter {name!r} contains NaN/inf; not saving {path!r}")
         arrays[f"param/{name}"] = value
     if optimizer is not None:
         for key, value in optimizer.state_dict().items():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -42,8 +43,8 @@ def _ranged(kind, lo, *, strict=False, hi=None):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}"
                                              f" {bound}, got {text!r}") from None
-        if (kind is float and value != value) or value < lo or (strict and value == lo) or (
-                hi is not None and value >= hi) or value in (float("inf"), float("-inf")):
+        if (not math.isfinite(value) or value < lo or (strict and value == lo)
+                or (hi is not None and value >= hi)):
             raise argparse.ArgumentTypeError(f"expected {bound}, got {text}")
         return value
 

@@ -9,6 +9,7 @@ building a float64 module and its inputs; later layers add their cases to
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -161,4 +162,5 @@ def run_all(seed: int = 0, threshold: float = 1e-7,
 # A case whose ReLU inputs come within RELU_MARGIN of 0 is drawn again (see relu_margin).
 RELU_MARGIN = 2e-3
 _MAX_DRAWS = 50
-_GRADCHECK_OPTIONS = ("max_entries", "threshold", "seed")
+_GRADCHECK_OPTIONS = tuple(name for name, p in inspect.signature(gradcheck).parameters.items()
+                           if p.kind is inspect.Parameter.KEYWORD_ONLY or p.default is not p.empty)

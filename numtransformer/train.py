@@ -37,8 +37,8 @@ except ImportError:  # pragma: no cover - Windows: _Lock falls back to a pid fil
     fcntl = None
 
 from ._malloc import keep_freed_memory
-from .checkpoint import CheckpointError, load_checkpoint, rng_states, save_checkpoint, \
-    set_rng_states
+from .checkpoint import (CheckpointError, NonFiniteParameters, load_checkpoint, rng_states,
+                         save_checkpoint, set_rng_states)
 from .data import BatchIterator, encode_pairs, make_batch, make_task
 from .data.corpora import edit_distance, is_corpus_task, make_corpus_task
 from .data.text import WindowIterator, eval_windows, is_text_task, make_text_task
@@ -650,11 +650,6 @@ class Trainer:
 
     def save(self, path: str | None = None) -> str:
         path = path or os.path.join(self.out_dir, CHECKPOINT)
-        bad = [n for n, p in self.model.named_parameters() if not np.isfinite(p.data).all()]
-        if bad:  # never overwrite the last good checkpoint with a broken model
-            raise TrainingError(f"the parameters became NaN/inf by step {self.step} "
-                                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
-                                f"stopping without saving (the last checkpoint is intact)")
         config = {"kind": "seq2seq-training-run", "train": self.cfg.to_json(),
                   "model_class": type(self.model).__name__,
                   "model_config": self.model.config,
@@ -662,7 +657,11 @@ class Trainer:
         meta = {"step": self.step, "seconds": self.seconds,
                 "rng": rng_states(self.model, self._rng_extra()),
                 "data": self.batches.state_dict(), "history": self.history}
-        save_checkpoint(path, self.model, config, meta, self.optimizer)
+        try:
+            save_checkpoint(path, self.model, config, meta, self.optimizer)
+        except NonFiniteParameters as exc:  # the last good checkpoint is left as it was
+            raise TrainingError(f"the parameters became NaN/inf by step {self.step} ({exc}); "
+                                f"stopping (the last checkpoint is intact)") from None
         return path
 
     @classmethod
