@@ -474,6 +474,8 @@ def spawn(kind: str, spec: dict, timeout: float = 1800):
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(spec["threads"])
+    if kind != "torch":  # what importing numtransformer before numpy sets (its __init__)
+        env.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
     if spec.get("malloc_tuned"):
         env.update(MALLOC_TUNED)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")

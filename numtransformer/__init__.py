@@ -6,6 +6,16 @@ The layer contract (see ``numtransformer.module``)::
     dx = layer.backward(dout, cache)   # parameter grads are added to p.grad
 """
 
+import os as _os
+
+# OpenBLAS keeps its idle threads spinning for 2^28 cycles (~0.1 s) after each
+# GEMM, on the very cores that our large elementwise passes then want
+# (numtransformer._parallel): with two cores, the spinning thread halves the
+# second block's speed.  2^16 cycles (~25 us) still bridges back-to-back
+# GEMMs.  OpenBLAS reads this when it loads, so it only takes effect when
+# numtransformer is imported before numpy; the user's own setting wins.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
+
 from .attention import (
     AdditiveScore,
     Attention,

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._parallel import parallel_rows
 from ._validate import check_float, check_probability
 from .module import Module
 
@@ -43,7 +44,8 @@ class CrossEntropyLoss(Module):
     with w_i = dL / n_valid (mean), dL (sum), dL_i (none).  The forward keeps
     p itself and never forms the (N, V) log p: one exp pass and one
     normalising pass over the logits, and backward is one scaling pass (two
-    with label smoothing).
+    with label smoothing).  Rows are independent, so both run in blocks of
+    rows on the configured threads.
 
     Matches ``torch.nn.CrossEntropyLoss(ignore_index, label_smoothing,
     reduction)`` with one deliberate difference: a batch whose targets are all
@@ -81,17 +83,23 @@ class CrossEntropyLoss(Module):
         n_valid = int(valid.sum())
 
         z = logits.reshape(-1, V)
-        u = z - z.max(axis=1, keepdims=True)  # a fresh array: exp below reuses it
-        u_y = np.take_along_axis(u, y[:, None], axis=1)[:, 0]
         eps = self.label_smoothing
-        mean_u = u.mean(axis=1) if eps else None
-        p = np.exp(u, out=u)
-        s = p.sum(axis=1, keepdims=True)
-        p /= s
-        log_s = np.log(s[:, 0])
-        nll = log_s - u_y  # -log p_{i,y_i}
-        loss_i = nll if eps == 0.0 else (1.0 - eps) * nll - eps * (mean_u - log_s)
-        loss_i = np.where(valid, loss_i, 0)
+        p = np.empty_like(z)
+        loss_i = np.empty(z.shape[0], z.dtype)
+
+        def rows(r):  # the forward above on a block of rows
+            u = np.subtract(z[r], z[r].max(axis=1, keepdims=True), out=p[r])  # exp'd in place
+            u_y = np.take_along_axis(u, y[r, None], axis=1)[:, 0]
+            mean_u = u.mean(axis=1) if eps else None
+            e = np.exp(u, out=u)
+            s = e.sum(axis=1, keepdims=True)
+            e /= s
+            log_s = np.log(s[:, 0])
+            nll = log_s - u_y  # -log p_{i,y_i}
+            loss_r = nll if eps == 0.0 else (1.0 - eps) * nll - eps * (mean_u - log_s)
+            loss_i[r] = np.where(valid[r], loss_r, 0)
+
+        parallel_rows(rows, z.shape[0], V)  # rows are independent: one block per thread
         if self.reduction == "none":
             loss = loss_i.reshape(targets.shape)
         else:
@@ -118,14 +126,19 @@ class CrossEntropyLoss(Module):
                                  f"reduction={self.reduction!r}, got shape {dout.shape}")
             scale = dout.item() / (max(cache.n_valid, 1) if self.reduction == "mean" else 1)
             w = valid * np.asarray(scale, dtype=p.dtype)
-        rows = np.arange(N)
-        if eps:
-            dz = p - eps / V  # p - q, then scaled by w
-            dz[rows, y] -= 1.0 - eps
-            dz *= w[:, None]
-        else:  # one pass: p w, then the one-hot part at the targets
-            dz = p * w[:, None]
-            dz[rows, y] -= w
+        dz = np.empty_like(p)
+
+        def rows(r):
+            d, at = dz[r], (np.arange(r.stop - r.start), y[r])  # (row, target) in the block
+            if eps:
+                np.subtract(p[r], eps / V, out=d)  # p - q, then scaled by w
+                d[at] -= 1.0 - eps
+                d *= w[r, None]
+            else:  # one pass: p w, then the one-hot part at the targets
+                np.multiply(p[r], w[r, None], out=d)
+                d[at] -= w[r]
+
+        parallel_rows(rows, N, V)
         return dz.reshape(cache.shape)
 
     def extra_repr(self) -> str:

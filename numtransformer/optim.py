@@ -23,6 +23,7 @@ from typing import Iterable
 
 import numpy as np
 
+from ._parallel import parallel_rows
 from .module import Module, Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm", "global_grad_norm",
@@ -175,7 +176,9 @@ class Adam(Optimizer):
     ``state["v"][name]`` to views of them (same shapes, same values), so a
     step is a dozen vectorised operations per chunk of 2^18 entries (small
     enough for one scratch chunk to stay in cache) instead of a dozen per
-    parameter.
+    parameter; the chunks are shared out in contiguous blocks over the
+    configured threads (the update is elementwise: the same bits whatever
+    the split).
     Backward passes still add into ``p.grad`` in place and land in the flat
     buffer.  Whenever anything rebinds one of those arrays (``load_state_dict``
     of the model or the optimizer, ``astype``, ``p.data = ...``), the next step
@@ -198,6 +201,7 @@ class Adam(Optimizer):
         self._flat_views = None  # per parameter (data, grad, m, v) views of the flat buffers
         self._flat_buffers = None  # (data, grad, m, v, scratch), 1-D
         self._chunk = 1 << 18  # elements updated per pass over the flat buffers
+        self._scratch = {}  # scratch chunks of the other threads' blocks, by first chunk
 
     def step(self) -> None:
         self.step_count += 1
@@ -211,9 +215,17 @@ class Adam(Optimizer):
                 self._update(name, p)
             return
         data, grad, m, v, scratch = flat
-        for lo in range(0, data.size, self._chunk):  # chunks: the scratch stays in cache
-            part = slice(lo, lo + self._chunk)
-            self._apply(data[part], grad[part], m[part], v[part], scratch[:data[part].size])
+        size, chunk = data.size, self._chunk
+
+        def chunks(r):  # chunks r.start .. r.stop - 1, one block per thread
+            # each block its own scratch, kept across steps: it stays in cache
+            tmp = scratch if r.start == 0 else self._scratch.setdefault(
+                r.start, np.empty(min(size, chunk), data.dtype))
+            for k in range(r.start, r.stop):
+                part = slice(k * chunk, (k + 1) * chunk)
+                self._apply(data[part], grad[part], m[part], v[part], tmp[:data[part].size])
+
+        parallel_rows(chunks, -(-size // chunk), chunk)
 
     def _update(self, name, p):
         m = self._buf("m", name, p)
@@ -270,6 +282,7 @@ class Adam(Optimizer):
             views.append((d, g, m, v))
             start += p.size
         self._flat_views, self._flat_buffers = views, buffers
+        self._scratch = {}
         return buffers
 
     def zero_grad(self) -> None:
@@ -277,7 +290,8 @@ class Adam(Optimizer):
         if flat is None:
             super().zero_grad()
         else:
-            flat[1].fill(0)
+            grad = flat[1]
+            parallel_rows(lambda r: grad[r].fill(0), grad.size, 1)
 
 
 class AdamW(Adam):

@@ -9,7 +9,7 @@ import numpy as np
 
 from .._validate import (as_rng, check_float, check_float_dtype, check_positive_int,
                          check_probability)
-from ..layers.activations import softmax
+from ..layers.activations import softmax, softmax_backward
 from ..layers.dropout import Dropout
 from ..layers.linear import Linear
 from ..module import Module
@@ -369,10 +369,9 @@ class MultiHeadAttention(Module):
         if dweights is not None:
             dalpha = dalpha + (dweights[:, None] * (1.0 / H) if cache.weights == "mean"
                                else dweights)
-        row = np.einsum("...j,...j->...", dalpha, alpha)[..., None]  # sum_j dalpha alpha
-        de = dalpha  # a temporary of this call (the matmul's, dropout's or the sum's)
-        de -= row
-        de *= alpha
+        # de = alpha (dalpha - sum_j dalpha alpha), in place: dalpha is a temporary of
+        # this call (the matmul's, dropout's or the sum's)
+        de = softmax_backward(dalpha, alpha, out=dalpha)
         np.matmul(de.swapaxes(-1, -2), q_s, out=dk)
         np.matmul(de, k, out=dq)
         dq *= 1.0 / math.sqrt(d_k)

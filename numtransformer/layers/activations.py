@@ -15,10 +15,12 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import erf
 
+from .._parallel import parallel_rows, row_blocks
 from .._validate import check_float, check_mask
 from ..module import Module
 
-__all__ = ["ReLU", "GELU", "Tanh", "Sigmoid", "Softmax", "softmax", "log_softmax", "sigmoid",
+__all__ = ["ReLU", "GELU", "Tanh", "Sigmoid", "Softmax", "softmax", "softmax_backward",
+           "log_softmax", "sigmoid",
            "get_activation"]
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -36,7 +38,31 @@ def softmax(x: np.ndarray, axis: int = -1, mask: np.ndarray | None = None,
     ``out``: write the result there (an array of x's shape and dtype; it may be
     ``x`` itself, for scores that are a temporary of the caller), so no new
     array is allocated.  Without it x is left untouched.
+    Rows are independent: a large x is split along its first axis and the
+    blocks run on the configured threads (``numtransformer._parallel``).
     """
+    ax = axis % x.ndim if x.ndim else 0
+    if (x.ndim >= 2 and ax != 0 and x.shape[ax] > 0
+            and (mask is None or np.ndim(mask) <= x.ndim)):
+        blocks = row_blocks(x.shape[0], x.size // max(x.shape[0], 1))
+        if len(blocks) > 1:
+            if out is None:
+                out = np.empty_like(x)
+            # a mask with x's first axis is cut with it; one without broadcasts whole
+            cut = mask is not None and np.ndim(mask) == x.ndim and np.shape(mask)[0] != 1
+            in_place = out is x
+
+            def block(r):
+                o = out[r]
+                _softmax(o if in_place else x[r], ax, mask[r] if cut else mask, o)
+
+            parallel_rows(block, x.shape[0], x.size // x.shape[0])
+            return out
+    return _softmax(x, axis, mask, out)
+
+
+def _softmax(x, axis, mask, out):
+    """softmax above, on one thread."""
     if mask is not None:
         if out is None:
             out = np.where(mask, -np.inf, x)  # fresh: the steps below may work in place
@@ -57,6 +83,31 @@ def softmax(x: np.ndarray, axis: int = -1, mask: np.ndarray | None = None,
         s = e.sum(axis=axis, keepdims=True)
     e /= np.where(s > 0, s, 1)
     return e
+
+
+def softmax_backward(dy: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The gradient through y = softmax(x) over the last axis:
+
+        dx_i = sum_j dy_j dy_j/dx_i = y_i (dy_i - sum_j dy_j y_j)
+
+    (dy_j/dx_i = y_j ([i = j] - y_i)).  Blocked entries have y = 0, so they
+    get dx = 0.  ``out`` may be ``dy`` itself.  Rows are independent: a large
+    dy is split along its first axis over the configured threads.
+    """
+    if out is None:
+        out = np.empty_like(dy)
+
+    def block(r):
+        d, p, o = dy[r], y[r], out[r]
+        row = np.einsum("...j,...j->...", d, p)[..., None]  # sum_j dy_j y_j
+        np.subtract(d, row, out=o)
+        o *= p
+
+    if dy.ndim < 2:
+        block(slice(None))
+    else:
+        parallel_rows(block, dy.shape[0], dy.size // max(dy.shape[0], 1))
+    return out
 
 
 def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -84,6 +135,19 @@ def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
+def _blockwise(f, *xs):
+    """out = f(*xs, out=out) for an elementwise f, on arrays of one shape: over
+    the configured threads in blocks of the flattened arrays when they are
+    contiguous (any split gives the same bits), else in one call."""
+    out = np.empty_like(xs[0])
+    if all(a.shape == out.shape and a.flags.c_contiguous for a in xs):
+        flat, out1 = [a.reshape(-1) for a in xs], out.reshape(-1)
+        parallel_rows(lambda r: f(*(a[r] for a in flat), out=out1[r]), out1.size, 1)
+    else:
+        f(*xs, out=out)
+    return out
+
+
 class ActivationCache(NamedTuple):
     x: np.ndarray | None  # the input, kept when the derivative needs it
     y: np.ndarray | None  # the output, kept when the derivative needs it
@@ -103,11 +167,11 @@ class ReLU(_Elementwise):
 
     def forward(self, x):
         x = self._check(x)
-        y = np.maximum(x, 0)
+        y = _blockwise(lambda x, out: np.maximum(x, 0, out=out), x)
         return y, ActivationCache(x=None, y=y)
 
     def backward(self, dy, cache):
-        return dy * (cache.y > 0)
+        return _blockwise(lambda dy, y, out: np.multiply(dy, y > 0, out=out), dy, cache.y)
 
 
 class GELUCache(NamedTuple):
@@ -214,6 +278,8 @@ class Softmax(Module):
 
     def backward(self, dy, cache: SoftmaxCache):
         y = cache.y
+        if self.axis in (-1, y.ndim - 1):
+            return softmax_backward(dy, y)
         return y * (dy - np.sum(dy * y, axis=self.axis, keepdims=True))
 
     def extra_repr(self) -> str:

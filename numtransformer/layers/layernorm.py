@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._parallel import parallel_rows
 from .._validate import check_float, check_float_dtype
 from ..module import Module, Parameter
 
@@ -37,9 +38,11 @@ class LayerNorm(Module):
     (the last line is d/dx of x_hat, using d(mu)/dx = 1/n and
     d(rstd)/dx = -rstd^3 (x - mu) / n, collected into means.)
     The code takes mean(dx_hat) = (dy . gamma) / n and mean(dx_hat * x_hat) =
-    ((dy * x_hat) . gamma) / n as matrix-vector products, reusing dy * x_hat
-    from dgamma, and works in place on its own temporaries: x - mu becomes
-    x_hat, dx_hat becomes dx.
+    ((dy * x_hat) . gamma) / n as row dot products, reusing dy * x_hat for
+    dgamma, and works in place on its own arrays: x - mu becomes x_hat,
+    dx_hat becomes dx.  Rows are independent, so both passes run in blocks of
+    rows on the configured threads; the sums over rows (dgamma, dbeta) run
+    after, on one thread.
 
     ``elementwise_affine=False`` drops gamma and beta (y = x_hat).
     Init as PyTorch: gamma = 1, beta = 0.
@@ -77,40 +80,56 @@ class LayerNorm(Module):
         n = math.prod(self.normalized_shape)
         stats_shape = x.shape[:x.ndim - len(self.normalized_shape)] + (1,) * len(self._axes)
         x2 = x.reshape(-1, n)  # one row per normalised group
-        # row sums with einsum: 2-3x faster than .mean/.sum over short rows, no temporary
-        mu = np.einsum("ij->i", x2)[:, None] * (1.0 / n)
-        x_hat2 = x2 - mu  # x - mu for now: normalised in place below
-        var = np.einsum("ij,ij->i", x_hat2, x_hat2)[:, None] * (1.0 / n)
-        rstd2 = 1.0 / np.sqrt(var + self.eps)
-        x_hat2 *= rstd2
+        x_hat2 = np.empty_like(x2)
+        rstd2 = np.empty((x2.shape[0], 1), x2.dtype)
+        y2 = x_hat2 if self.gamma is None else np.empty_like(x2)
+
+        def rows(r):  # the equations above on a block of rows
+            # row sums with einsum: 2-3x faster than .mean/.sum over short rows, no temporary
+            mu = np.einsum("ij->i", x2[r])[:, None] * (1.0 / n)
+            xc = np.subtract(x2[r], mu, out=x_hat2[r])  # x - mu, normalised in place below
+            var = np.einsum("ij,ij->i", xc, xc)[:, None] * (1.0 / n)
+            rstd = np.sqrt(var + self.eps, out=rstd2[r])
+            np.divide(1.0, rstd, out=rstd)
+            xc *= rstd
+            if self.gamma is not None:
+                y = np.multiply(xc, self.gamma.data.reshape(n), out=y2[r])
+                y += self.beta.data.reshape(n)
+
+        parallel_rows(rows, x2.shape[0], n)  # rows are independent: one block per thread
         x_hat, rstd = x_hat2.reshape(x.shape), rstd2.reshape(stats_shape)
-        if self.gamma is None:
-            y = x_hat
-        else:
-            y = x_hat * self.gamma.data
-            y += self.beta.data
+        y = y2.reshape(x.shape)
         return y, LayerNormCache(x_hat=x_hat, rstd=rstd)
 
     def backward(self, dy, cache: LayerNormCache):
         x_hat, rstd = cache.x_hat, cache.rstd
         n = math.prod(self.normalized_shape)
         dy2, x_hat2 = dy.reshape(-1, n), x_hat.reshape(-1, n)  # rows of the normalised groups
-        P = dy2 * x_hat2  # dy * x_hat
-        if self.gamma is not None:
-            gamma = self.gamma.data.reshape(n)
+        rstd2 = rstd.reshape(-1, 1)
+        gamma = None if self.gamma is None else self.gamma.data.reshape(n)
+        P = np.empty_like(dy2)  # dy * x_hat
+        dx = np.empty_like(dy2)
+
+        def rows(r):  # dx on a block of rows (the row means need only their own row)
+            d, xh, p, o = dy2[r], x_hat2[r], P[r], dx[r]
+            np.multiply(d, xh, out=p)
+            if gamma is not None:
+                # row means with gamma (dx_hat = dy * gamma) as row dot products:
+                mean_dx_hat = np.einsum("ij,j->i", d, gamma) * (1.0 / n)
+                mean_dx_hat_x_hat = np.einsum("ij,j->i", p, gamma) * (1.0 / n)
+                np.multiply(d, gamma, out=o)  # dx_hat, turned into dx in place
+            else:
+                mean_dx_hat = d.mean(axis=1)
+                mean_dx_hat_x_hat = p.mean(axis=1)
+                o[...] = d  # dx_hat = dy
+            o -= mean_dx_hat[:, None]
+            o -= xh * mean_dx_hat_x_hat[:, None]
+            o *= rstd2[r]
+
+        parallel_rows(rows, dy2.shape[0], n)
+        if gamma is not None:  # sums over rows: on one thread, in one order
             self.gamma.grad += P.sum(axis=0).reshape(self.normalized_shape)
             self.beta.grad += dy2.sum(axis=0).reshape(self.normalized_shape)
-            # row means as matrix-vector products with gamma (dx_hat = dy * gamma):
-            mean_dx_hat = (dy2 @ gamma) * (1.0 / n)
-            mean_dx_hat_x_hat = (P @ gamma) * (1.0 / n)
-            dx = dy2 * gamma  # dx_hat, turned into dx in place
-        else:
-            mean_dx_hat = dy2.mean(axis=1)
-            mean_dx_hat_x_hat = P.mean(axis=1)
-            dx = dy2.copy()  # dx_hat = dy
-        dx -= mean_dx_hat[:, None]
-        dx -= np.multiply(x_hat2, mean_dx_hat_x_hat[:, None], out=P)
-        dx *= rstd.reshape(-1, 1)
         return dx.reshape(dy.shape)
 
     def extra_repr(self) -> str:
