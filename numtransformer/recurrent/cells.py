@@ -226,11 +226,14 @@ class LSTMCell(_Cell):
         a = h_prev @ self.W_hh.data
         a += xw
         a += self.b_hh.data  # a = xw + h_prev W_hh + b_hh
-        # the gates in place on a's column blocks: i, f, g, o are views of a
-        sigmoid(a[:, :2 * H], out=a[:, :2 * H])
-        np.tanh(a[:, 2 * H:3 * H], out=a[:, 2 * H:3 * H])
-        sigmoid(a[:, 3 * H:], out=a[:, 3 * H:])
+        # the gates in place on a's column blocks: i, f, g, o are views of a.
+        # tanh(a_g) = 2 sigmoid(2 a_g) - 1, so one sigmoid pass over all of a
+        # makes the four gates (one contiguous pass instead of three strided ones)
         i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+        g *= 2.0
+        sigmoid(a, out=a)
+        g *= 2.0
+        g -= 1.0
         c = f * c_prev
         c += i * g
         tanh_c = np.tanh(c)
