@@ -28,7 +28,9 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["get_num_threads", "set_num_threads", "parallel_rows", "row_blocks"]
+import numpy as np
+
+__all__ = ["get_num_threads", "set_num_threads", "parallel_rows", "row_blocks", "add_rows"]
 
 MIN_BLOCK = 1 << 15  # entries per block below which a pass stays on one thread
 
@@ -131,3 +133,8 @@ def parallel_rows(kernel, n_rows: int, row_size: int) -> None:
             error = exc
     if error is not None:
         raise error
+
+
+def add_rows(y, b) -> None:
+    """y += b in place for a 2-D y and a vector b (a bias on every row), in row blocks."""
+    parallel_rows(lambda r: np.add(y[r], b, out=y[r]), y.shape[0], y.shape[1])

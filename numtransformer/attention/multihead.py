@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._parallel import add_rows
 from .._validate import (as_rng, check_float, check_float_dtype, check_positive_int,
                          check_probability)
 from ..layers.activations import softmax, softmax_backward
@@ -22,7 +23,7 @@ def _affine(x2, W, b):
     """y = x W + b on (N, D_in) rows (W may be a column block of a larger matrix)."""
     y = x2 @ W
     if b is not None:
-        y += b
+        add_rows(y, b)
     return y
 
 

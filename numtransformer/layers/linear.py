@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._parallel import add_rows
 from .._validate import as_rng, check_float, check_float_dtype, check_positive_int
 from ..module import Module, Parameter
 
@@ -52,7 +53,7 @@ class Linear(Module):
         x2 = x.reshape(-1, self.in_features)
         y = x2 @ self.W.data
         if self.b is not None:
-            y += self.b.data
+            add_rows(y, self.b.data)
         return y.reshape(*lead_shape, self.out_features), LinearCache(x=x2, lead_shape=lead_shape)
 
     def backward(self, dy, cache: LinearCache):
@@ -103,7 +104,7 @@ class TiedLinear(Module):
         x2 = x.reshape(-1, self.in_features)
         y = x2 @ self.E.data.T
         if self.b is not None:
-            y += self.b.data
+            add_rows(y, self.b.data)
         return y.reshape(*lead_shape, self.out_features), TiedLinearCache(x2, lead_shape)
 
     def backward(self, dy, cache: TiedLinearCache):
