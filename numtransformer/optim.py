@@ -199,9 +199,9 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = float(b1), float(b2)
         self.eps, self.weight_decay = float(eps), float(weight_decay)
         self._flat_views = None  # per parameter (data, grad, m, v) views of the flat buffers
-        self._flat_buffers = None  # (data, grad, m, v, scratch), 1-D
+        self._flat_buffers = None  # (data, grad, m, v), 1-D
         self._chunk = 1 << 18  # elements updated per pass over the flat buffers
-        self._scratch = {}  # scratch chunks of the other threads' blocks, by first chunk
+        self._scratch = {}  # one scratch chunk per thread's block, by its first chunk
 
     def step(self) -> None:
         self.step_count += 1
@@ -214,13 +214,14 @@ class Adam(Optimizer):
             for name, p in self.named_params:
                 self._update(name, p)
             return
-        data, grad, m, v, scratch = flat
+        data, grad, m, v = flat
         size, chunk = data.size, self._chunk
 
         def chunks(r):  # chunks r.start .. r.stop - 1, one block per thread
             # each block its own scratch, kept across steps: it stays in cache
-            tmp = scratch if r.start == 0 else self._scratch.setdefault(
-                r.start, np.empty(min(size, chunk), data.dtype))
+            tmp = self._scratch.get(r.start)
+            if tmp is None:
+                tmp = self._scratch[r.start] = np.empty(min(size, chunk), data.dtype)
             for k in range(r.start, r.stop):
                 part = slice(k * chunk, (k + 1) * chunk)
                 self._apply(data[part], grad[part], m[part], v[part], tmp[:data[part].size])
@@ -257,7 +258,7 @@ class Adam(Optimizer):
         p -= tmp
 
     def _flat(self):
-        """The flat buffers (data, grad, m, v, scratch), packed again when any
+        """The flat buffers (data, grad, m, v), packed again when any
         parameter or state array is no longer its view; None for mixed dtypes."""
         m_state, v_state = self.state["m"], self.state["v"]
         views = self._flat_views
@@ -270,11 +271,10 @@ class Adam(Optimizer):
             self._flat_views = self._flat_buffers = None
             return None
         total = sum(p.size for _, p in self.named_params)
-        buffers = tuple(np.empty(total, dtype) for _ in range(4)) + (
-            np.empty(min(total, self._chunk), dtype),)
+        buffers = tuple(np.empty(total, dtype) for _ in range(4))
         views, start = [], 0
         for name, p in self.named_params:
-            d, g, m, v = (b[start:start + p.size].reshape(p.shape) for b in buffers[:4])
+            d, g, m, v = (b[start:start + p.size].reshape(p.shape) for b in buffers)
             d[...], g[...] = p.data, p.grad
             m[...] = m_state.get(name, 0.0)  # state is created (zero) at the first step
             v[...] = v_state.get(name, 0.0)

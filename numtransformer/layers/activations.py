@@ -44,8 +44,8 @@ def softmax(x: np.ndarray, axis: int = -1, mask: np.ndarray | None = None,
     ax = axis % x.ndim if x.ndim else 0
     if (x.ndim >= 2 and ax != 0 and x.shape[ax] > 0
             and (mask is None or np.ndim(mask) <= x.ndim)):
-        blocks = row_blocks(x.shape[0], x.size // max(x.shape[0], 1))
-        if len(blocks) > 1:
+        row_size = x.size // max(x.shape[0], 1)
+        if len(row_blocks(x.shape[0], row_size)) > 1:
             if out is None:
                 out = np.empty_like(x)
             # a mask with x's first axis is cut with it; one without broadcasts whole
@@ -56,7 +56,7 @@ def softmax(x: np.ndarray, axis: int = -1, mask: np.ndarray | None = None,
                 o = out[r]
                 _softmax(o if in_place else x[r], ax, mask[r] if cut else mask, o)
 
-            parallel_rows(block, x.shape[0], x.size // x.shape[0])
+            parallel_rows(block, x.shape[0], row_size)
             return out
     return _softmax(x, axis, mask, out)
 
