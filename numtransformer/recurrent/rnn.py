@@ -9,7 +9,7 @@ import numpy as np
 from .._validate import as_rng, check_float, check_positive_int, check_probability
 from ..layers.dropout import Dropout
 from ..module import Module
-from .cells import GRUCell, LSTMCell, RNNCell, check_state
+from .cells import GRUCell, LSTMCell, RNNCell, check_state, transposed_copy
 
 __all__ = ["RNN"]
 
@@ -20,6 +20,7 @@ class DirectionCache(NamedTuple):
     x: np.ndarray  # (B, T, D_l) the layer input in this direction's time order
     steps: list  # T step caches of the cell (h_prev, gates, ...)
     rev: np.ndarray | None  # (B, T) the per-sequence reversal index (reverse direction only)
+    W_hh_T: np.ndarray  # contiguous W_hh^T, made once for the forward and backward steps
 
 
 class LayerCache(NamedTuple):
@@ -200,9 +201,10 @@ class RNN(Module):
         GH = cell.W_ih.shape[1]  # explicit, not -1: an empty batch (B = 0) has no size to infer
         xw = (x.reshape(B * T, D) @ cell.W_ih.data + cell.b_ih.data).reshape(B, T, GH)
         y = np.empty((B, T, self.hidden_size), x.dtype)
+        W_hh_T = transposed_copy(cell.W_hh.data)
         steps = []
         for t in range(T):
-            new, step = cell.step(xw[:, t], *state)
+            new, step = cell.step(xw[:, t], *state, W_hh_T=W_hh_T)
             if pad is None:
                 state = new
                 y[:, t] = new[0]
@@ -213,7 +215,7 @@ class RNN(Module):
             steps.append(step)
         if rev is not None:
             y = _gather_time(y, rev)
-        return y, state, DirectionCache(x=x, steps=steps, rev=rev)
+        return y, state, DirectionCache(x=x, steps=steps, rev=rev, W_hh_T=W_hh_T)
 
     # -- backward ---------------------------------------------------------------------------
     def backward(self, dout, cache: RNNCache):
@@ -266,18 +268,18 @@ class RNN(Module):
         GH = cell.W_hh.shape[1]
         da_x = np.empty((B, T, GH), x.dtype)
         da_h = None  # stays None while the cell returns da_h = da_x (tanh RNN, LSTM): one copy
-        W_hh_T = np.ascontiguousarray(cell.W_hh.data.T)  # once, not a transposed view per step
         for t in reversed(range(T)):
             dnew = (dstate[0] + dy[:, t],) + dstate[1:]
             if pad is not None:
                 p = pad[:, t, None]
                 dnew = tuple(np.where(p, 0, dn) for dn in dnew)
-            dax_t, dah_t, dprev = cell.step_backward(*dnew, steps[t], W_hh_T=W_hh_T)
+            # the cell writes da_x of step t straight into da_x[:, t]
+            _, dah_t, dprev = cell.step_backward(*dnew, steps[t], W_hh_T=cache.W_hh_T,
+                                                 out=da_x[:, t])
             if pad is not None:
                 dprev = tuple(np.where(p, ds, dp) for ds, dp in zip(dstate, dprev))
             dstate = dprev
-            da_x[:, t] = dax_t
-            if dah_t is not dax_t:  # the GRU
+            if self.cell_type == "gru":  # its da_h differs from da_x
                 if da_h is None:
                     da_h = np.empty((B, T, GH), x.dtype)
                 da_h[:, t] = dah_t
