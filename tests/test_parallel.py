@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import numtransformer as nt
 from numtransformer import _parallel
+from numtransformer._parallel import column_sum
 from numtransformer.layers.activations import softmax, softmax_backward
 
 
@@ -179,3 +180,13 @@ def test_layernorm_loss_relu_and_adamw_are_the_same_bits_on_any_thread_count(thr
 
     one, many = threads(run)
     _same(one, many)
+
+
+@given(rows=st.integers(0, 50), cols=st.integers(0, 9), f32=st.booleans(), seed=st.integers(0, 99))
+def test_column_sum_is_the_sum_over_rows(rows, cols, f32, seed):
+    dtype = np.float32 if f32 else np.float64
+    a = np.random.default_rng(seed).standard_normal((rows, cols)).astype(dtype)
+    s = column_sum(a)
+    assert s.dtype == dtype and s.shape == (cols,)
+    np.testing.assert_allclose(s, a.astype(np.float64).sum(axis=0),
+                               rtol=1e-5 if f32 else 1e-12, atol=1e-5 if f32 else 1e-12)

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._parallel import add_rows
+from .._parallel import add_rows, column_sum
 from .._validate import (as_rng, check_float, check_float_dtype, check_positive_int,
                          check_probability)
 from ..layers.activations import softmax, softmax_backward
@@ -31,7 +31,7 @@ def _affine_backward(x2, dy2, W, b, dW, db):
     """dW += x^T dy ; db += sum_n dy_n ; return dx = dy W^T."""
     dW += x2.T @ dy2
     if b is not None:
-        db += dy2.sum(axis=0)
+        db += column_sum(dy2)
     return dy2 @ W.T
 
 

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._parallel import parallel_rows
+from .._parallel import column_sum, parallel_rows
 from .._validate import check_float, check_float_dtype
 from ..module import Module, Parameter
 
@@ -128,8 +128,8 @@ class LayerNorm(Module):
 
         parallel_rows(rows, dy2.shape[0], n)
         if gamma is not None:  # sums over rows: on one thread, in one order
-            self.gamma.grad += P.sum(axis=0).reshape(self.normalized_shape)
-            self.beta.grad += dy2.sum(axis=0).reshape(self.normalized_shape)
+            self.gamma.grad += column_sum(P).reshape(self.normalized_shape)
+            self.beta.grad += column_sum(dy2).reshape(self.normalized_shape)
         return dx.reshape(dy.shape)
 
     def extra_repr(self) -> str:

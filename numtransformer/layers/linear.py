@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._parallel import add_rows
+from .._parallel import add_rows, column_sum
 from .._validate import as_rng, check_float, check_float_dtype, check_positive_int
 from ..module import Module, Parameter
 
@@ -60,7 +60,7 @@ class Linear(Module):
         dy2 = dy.reshape(-1, self.out_features)
         self.W.grad += cache.x.T @ dy2
         if self.b is not None:
-            self.b.grad += dy2.sum(axis=0)
+            self.b.grad += column_sum(dy2)
         dx = dy2 @ self.W.data.T
         return dx.reshape(*cache.lead_shape, self.in_features)
 
@@ -111,7 +111,7 @@ class TiedLinear(Module):
         dy2 = dy.reshape(-1, self.out_features)
         self.E.grad += dy2.T @ cache.x
         if self.b is not None:
-            self.b.grad += dy2.sum(axis=0)
+            self.b.grad += column_sum(dy2)
         return (dy2 @ self.E.data).reshape(*cache.lead_shape, self.in_features)
 
     def extra_repr(self) -> str:

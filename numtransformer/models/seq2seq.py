@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._parallel import column_sum
 from .._validate import (_name, as_rng, check_float, check_float_dtype, check_ids, check_mask,
                          check_positive_int, check_probability)
 from ..data.tokenizers import BOS_ID, EOS_ID
@@ -167,9 +168,9 @@ def _add_cell_grads(rnn: RNN, caches: list, grads: list) -> None:
         da_x = np.concatenate([g[0] for g in reversed(grads[layer])])
         da_h = np.concatenate([g[1] for g in reversed(grads[layer])])
         cell.W_ih.grad += X.T @ da_x
-        cell.b_ih.grad += da_x.sum(axis=0)
+        cell.b_ih.grad += column_sum(da_x)
         cell.W_hh.grad += H_prev.T @ da_h
-        cell.b_hh.grad += da_h.sum(axis=0)
+        cell.b_hh.grad += column_sum(da_h)
 
 
 # -- encoder ----------------------------------------------------------------------------------

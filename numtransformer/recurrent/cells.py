@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._parallel import column_sum
 from .._validate import as_rng, check_float, check_float_dtype, check_positive_int
 from ..layers.activations import sigmoid
 from ..module import Module, Parameter
@@ -122,9 +123,9 @@ class _Cell(Module):
         zeros = np.zeros((x.shape[0], self.hidden_size), x.dtype)
         da_x, da_h, dstates = self.step_backward(*(zeros if d is None else d for d in douts), step)
         self.W_ih.grad += x.T @ da_x
-        self.b_ih.grad += da_x.sum(axis=0)
+        self.b_ih.grad += column_sum(da_x)
         self.W_hh.grad += step.h_prev.T @ da_h
-        self.b_hh.grad += da_h.sum(axis=0)
+        self.b_hh.grad += column_sum(da_h)
         dx = da_x @ self.W_ih.data.T
         grads = (dx,) + tuple(d for d, g in zip(dstates, cache.given) if g)
         return grads[0] if len(grads) == 1 else grads

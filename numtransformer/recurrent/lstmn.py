@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._parallel import column_sum
 from .._validate import as_rng, check_float, check_float_dtype, check_positive_int
 from ..layers.activations import sigmoid, softmax
 from ..module import Module, Parameter
@@ -222,7 +223,7 @@ class LSTMN(Module):
         self.W_ht.grad += h_tilde_prev.reshape(N, H).T @ dq2
         self.W_x.grad += x2.T @ dq2
         self.W_ih.grad += x2.T @ dz2
-        self.b.grad += dz2.sum(axis=0)
+        self.b.grad += column_sum(dz2)
         self.W_hh.grad += cache.h_tilde.reshape(N, H).T @ dz2
         dx = dq2 @ self.W_x.data.T + dz2 @ self.W_ih.data.T
         return dx.reshape(B, T, D)

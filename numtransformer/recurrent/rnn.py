@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._parallel import column_sum
 from .._validate import as_rng, check_float, check_positive_int, check_probability
 from ..layers.dropout import Dropout
 from ..module import Module
@@ -287,11 +288,11 @@ class RNN(Module):
         x2, h_prev2 = x.reshape(B * T, D), h_prev.reshape(B * T, self.hidden_size)
         da_x2 = da_x.reshape(B * T, GH)
         da_h2 = da_x2 if da_h is None else da_h.reshape(B * T, GH)
-        db_x = da_x2.sum(axis=0)
+        db_x = column_sum(da_x2)
         cell.W_ih.grad += x2.T @ da_x2
         cell.b_ih.grad += db_x
         cell.W_hh.grad += h_prev2.T @ da_h2
-        cell.b_hh.grad += db_x if da_h is None else da_h2.sum(axis=0)
+        cell.b_hh.grad += db_x if da_h is None else column_sum(da_h2)
         dx = (da_x2 @ cell.W_ih.data.T).reshape(B, T, D)
         if rev is not None:
             dx = _gather_time(dx, rev)
