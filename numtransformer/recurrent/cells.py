@@ -215,25 +215,10 @@ class LSTMStep(NamedTuple):
         H = self.tanh_c.shape[-1]
         return self.gates[:, k * H:(k + 1) * H]
 
-    @property
-    def i(self) -> np.ndarray:
-        """(B, H) input gate."""
-        return self._gate(0)
-
-    @property
-    def f(self) -> np.ndarray:
-        """(B, H) forget gate."""
-        return self._gate(1)
-
-    @property
-    def g(self) -> np.ndarray:
-        """(B, H) candidate cell."""
-        return self._gate(2)
-
-    @property
-    def o(self) -> np.ndarray:
-        """(B, H) output gate."""
-        return self._gate(3)
+    i = property(lambda self: self._gate(0), doc="(B, H) input gate")
+    f = property(lambda self: self._gate(1), doc="(B, H) forget gate")
+    g = property(lambda self: self._gate(2), doc="(B, H) candidate cell")
+    o = property(lambda self: self._gate(3), doc="(B, H) output gate")
 
 
 class LSTMCell(_Cell):
@@ -316,9 +301,9 @@ class LSTMCell(_Cell):
         np.multiply(dh, tanh_c, out=da[:, 3 * H:])  # do
         deriv = np.subtract(1, gates)
         deriv *= gates  # s (1 - s) for the sigmoid gates i, f, o
-        dg = deriv[:, 2 * H:3 * H]
-        np.multiply(g, g, out=dg)
-        np.subtract(1, dg, out=dg)  # 1 - g^2 for the tanh gate
+        tanh_deriv = deriv[:, 2 * H:3 * H]
+        np.multiply(g, g, out=tanh_deriv)
+        np.subtract(1, tanh_deriv, out=tanh_deriv)  # 1 - g^2 for the tanh gate
         da *= deriv
         dc_prev = dc * f
         dh_prev = da @ self._transposed_W_hh(W_hh_T)

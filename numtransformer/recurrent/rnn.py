@@ -275,12 +275,12 @@ class RNN(Module):
                 p = pad[:, t, None]
                 dnew = tuple(np.where(p, 0, dn) for dn in dnew)
             # the cell writes da_x of step t straight into da_x[:, t]
-            _, dah_t, dprev = cell.step_backward(*dnew, steps[t], W_hh_T=cache.W_hh_T,
-                                                 out=da_x[:, t])
+            dax_t, dah_t, dprev = cell.step_backward(*dnew, steps[t], W_hh_T=cache.W_hh_T,
+                                                     out=da_x[:, t])
             if pad is not None:
                 dprev = tuple(np.where(p, ds, dp) for ds, dp in zip(dstate, dprev))
             dstate = dprev
-            if self.cell_type == "gru":  # its da_h differs from da_x
+            if dah_t is not dax_t:  # the GRU: its da_h differs from da_x
                 if da_h is None:
                     da_h = np.empty((B, T, GH), x.dtype)
                 da_h[:, t] = dah_t
