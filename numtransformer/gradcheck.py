@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .kernels import use_kernels
 from .module import Module
 
 __all__ = ["gradcheck", "GradcheckReport", "TensorCheck", "numerical_gradient", "relu_margin"]
@@ -253,14 +254,23 @@ def gradcheck(
     threshold: float = 1e-7,
     seed: int = 0,
     max_entries: int = 64,
+    kernels: str = "reference",
     **forward_kwargs,
 ) -> GradcheckReport:
     """Check ``module.backward`` against finite differences (see the module docstring).
 
     ``inputs`` are passed to ``forward`` positionally (float arrays are cast to
     float64; ids and masks pass unchanged); ``forward_kwargs`` by keyword.
+    ``kernels``: which kernels the module runs on ("reference", the default:
+    the plain equations; "fast" checks the fast kernels; see
+    ``numtransformer.kernels``).
     Returns a ``GradcheckReport``; call ``.assert_passed()`` in a test.
     """
+    with use_kernels(kernels):
+        return _gradcheck(module, inputs, threshold, seed, max_entries, forward_kwargs)
+
+
+def _gradcheck(module, inputs, threshold, seed, max_entries, forward_kwargs) -> GradcheckReport:
     if not isinstance(module, Module):
         raise TypeError(f"gradcheck: expected a Module, got {type(module).__name__}")
     name = type(module).__name__

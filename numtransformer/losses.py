@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
-from ._parallel import parallel_rows
 from ._validate import check_float, check_probability
+from .functional.losses import CrossEntropyCache
+from .kernels import select
 from .module import Module
 
-__all__ = ["CrossEntropyLoss"]
-
-
-class CrossEntropyCache(NamedTuple):
-    probs: np.ndarray  # (N, V) p = softmax of the logits
-    targets: np.ndarray  # (N,) target ids, ignored positions replaced by 0
-    valid: np.ndarray  # (N,) bool: the target is not ignore_index
-    n_valid: int  # number of targets that count
-    shape: tuple  # the logits' shape, restored in backward
+__all__ = ["CrossEntropyLoss", "CrossEntropyCache"]
 
 
 class CrossEntropyLoss(Module):
@@ -41,11 +32,8 @@ class CrossEntropyLoss(Module):
 
     Backward (dL is the upstream gradient: a scalar, or (...) for "none"):
         dz_i = (p_i - q_i) * valid_i * w_i
-    with w_i = dL / n_valid (mean), dL (sum), dL_i (none).  The forward keeps
-    p itself and never forms the (N, V) log p: one exp pass and one
-    normalising pass over the logits, and backward is one scaling pass (two
-    with label smoothing).  Rows are independent, so both run in blocks of
-    rows on the configured threads.
+    with w_i = dL / n_valid (mean), dL (sum), dL_i (none);
+    ``functional.cross_entropy_backward`` derives why the gradient is p - q.
 
     Matches ``torch.nn.CrossEntropyLoss(ignore_index, label_smoothing,
     reduction)`` with one deliberate difference: a batch whose targets are all
@@ -79,67 +67,20 @@ class CrossEntropyLoss(Module):
         if bad.any():
             raise ValueError(f"CrossEntropyLoss: targets contains id {int(y[bad][0])}, expected "
                              f"ids in [0, {V}) or ignore_index={self.ignore_index}")
-        y = np.where(valid, y, 0)
-        n_valid = int(valid.sum())
-
-        z = logits.reshape(-1, V)
-        eps = self.label_smoothing
-        p = np.empty_like(z)
-        loss_i = np.empty(z.shape[0], z.dtype)
-
-        def rows(r):  # the forward above on a block of rows
-            u = np.subtract(z[r], z[r].max(axis=1, keepdims=True), out=p[r])  # exp'd in place
-            u_y = np.take_along_axis(u, y[r, None], axis=1)[:, 0]
-            mean_u = u.mean(axis=1) if eps else None
-            e = np.exp(u, out=u)
-            s = e.sum(axis=1, keepdims=True)
-            e /= s
-            log_s = np.log(s[:, 0])
-            nll = log_s - u_y  # -log p_{i,y_i}
-            loss_r = nll if eps == 0.0 else (1.0 - eps) * nll - eps * (mean_u - log_s)
-            loss_i[r] = np.where(valid[r], loss_r, 0)
-
-        parallel_rows(rows, z.shape[0], V)  # rows are independent: one block per thread
-        if self.reduction == "none":
-            loss = loss_i.reshape(targets.shape)
-        else:
-            total = loss_i.sum(dtype=loss_i.dtype)
-            loss = total / max(n_valid, 1) if self.reduction == "mean" else total
-            loss = np.asarray(loss, dtype=logits.dtype)
-        cache = CrossEntropyCache(probs=p, targets=y, valid=valid, n_valid=n_valid,
-                                  shape=logits.shape)
-        return loss, cache
+        return select(logits.dtype).cross_entropy_forward(
+            logits, targets, self.ignore_index, self.label_smoothing, self.reduction)
 
     def backward(self, dout=1.0, cache: CrossEntropyCache = None):
-        p, y, valid = cache.probs, cache.targets, cache.valid
-        N, V = p.shape
-        eps = self.label_smoothing
         dout = np.asarray(dout)
         if self.reduction == "none":
             if dout.shape != cache.shape[:-1]:
                 raise ValueError(f"CrossEntropyLoss.backward: dout has shape {dout.shape}, "
                                  f"expected {cache.shape[:-1]} (reduction='none')")
-            w = dout.astype(p.dtype, copy=False).reshape(-1) * valid
-        else:
-            if dout.size != 1:
-                raise ValueError(f"CrossEntropyLoss.backward: dout must be a scalar for "
-                                 f"reduction={self.reduction!r}, got shape {dout.shape}")
-            scale = dout.item() / (max(cache.n_valid, 1) if self.reduction == "mean" else 1)
-            w = valid * np.asarray(scale, dtype=p.dtype)
-        dz = np.empty_like(p)
-
-        def rows(r):
-            d, at = dz[r], (np.arange(r.stop - r.start), y[r])  # (row, target) in the block
-            if eps:
-                np.subtract(p[r], eps / V, out=d)  # p - q, then scaled by w
-                d[at] -= 1.0 - eps
-                d *= w[r, None]
-            else:  # one pass: p w, then the one-hot part at the targets
-                np.multiply(p[r], w[r, None], out=d)
-                d[at] -= w[r]
-
-        parallel_rows(rows, N, V)
-        return dz.reshape(cache.shape)
+        elif dout.size != 1:
+            raise ValueError(f"CrossEntropyLoss.backward: dout must be a scalar for "
+                             f"reduction={self.reduction!r}, got shape {dout.shape}")
+        return select(cache.probs.dtype).cross_entropy_backward(
+            dout, cache, self.label_smoothing, self.reduction)
 
     def extra_repr(self) -> str:
         return (f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, "

@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 import numtransformer as nt
 from numtransformer import _parallel
 from numtransformer._parallel import column_sum
-from numtransformer.layers.activations import softmax, softmax_backward
+from numtransformer.fast import softmax, softmax_backward
+from numtransformer.kernels import set_kernels
+
+
+@pytest.fixture(autouse=True)
+def fast_kernels():
+    """The row blocks live in the fast kernels: every test here runs on them."""
+    set_kernels("fast")
+    yield
+    set_kernels(None)
 
 
 @pytest.fixture

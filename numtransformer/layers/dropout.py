@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import numpy as np
-
 from .._validate import as_rng, check_float, check_probability
+from ..functional.dropout import DropoutCache
+from ..kernels import select
 from ..module import Module
 
-
-class DropoutCache(NamedTuple):
-    mask: np.ndarray | None  # keep / (1 - p) per entry; None when dropout is off
+__all__ = ["Dropout", "DropoutCache"]
 
 
 class Dropout(Module):
@@ -36,19 +32,10 @@ class Dropout(Module):
 
     def forward(self, x):
         x = check_float(self, "x", x)
-        if not self.training or self.p == 0.0:
-            return x, DropoutCache(mask=None)
-        if self.p == 1.0:
-            mask = np.zeros_like(x)
-        else:
-            keep = self.rng.random(x.shape, dtype=x.dtype) >= self.p
-            mask = keep.astype(x.dtype) * (1.0 / (1.0 - self.p))
-        return x * mask, DropoutCache(mask=mask)
+        return select(x.dtype).dropout_forward(x, self.p, self.rng, self.training)
 
     def backward(self, dy, cache: DropoutCache):
-        if cache.mask is None:
-            return dy
-        return dy * cache.mask
+        return select(dy.dtype).dropout_backward(dy, cache)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

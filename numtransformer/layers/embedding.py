@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
-import scipy.sparse
 
 from .._validate import as_rng, check_float_dtype, check_ids, check_positive_int
+from ..functional.linear import EmbeddingCache
+from ..kernels import select
 from ..module import Module, Parameter
 
-
-class EmbeddingCache(NamedTuple):
-    ids: np.ndarray  # (...,) the integer ids that were looked up
+__all__ = ["Embedding", "EmbeddingCache"]
 
 
 class Embedding(Module):
@@ -26,9 +23,8 @@ class Embedding(Module):
     Backward (ids get no gradient; backward returns None):
         dW[v] += sum over positions p with ids[p] == v of dy[p]
     The scatter-add must sum repeated ids (``W.grad[ids] += dy`` would keep
-    only one of them).  It is computed as a sparse matmul, dW += S dy with the
-    one-hot matrix S (V, N), S[ids[p], p] = 1 (scipy CSR): the same sums,
-    10-20x faster than the unbuffered ``np.add.at``.
+    only one of them): ``functional.embedding_backward`` (``np.add.at``; the
+    fast kernel is a sparse matrix product, the same sums).
 
     ``padding_idx`` (as PyTorch): that row starts at zero and never receives
     gradient, so it stays fixed during training; the lookup itself still
@@ -58,18 +54,11 @@ class Embedding(Module):
 
     def forward(self, ids):
         ids = check_ids(self, "ids", ids, self.num_embeddings)
-        return self.W.data[ids], EmbeddingCache(ids=ids)
+        return select(self.W.dtype).embedding_forward(ids, self.W.data)
 
     def backward(self, dy, cache: EmbeddingCache):
-        ids = cache.ids.reshape(-1)
-        dy2 = dy.reshape(-1, self.embedding_dim)
-        if self.padding_idx is not None:
-            keep = ids != self.padding_idx
-            ids, dy2 = ids[keep], dy2[keep]
-        n = ids.shape[0]
-        S = scipy.sparse.csr_matrix((np.ones(n, dy2.dtype), (ids, np.arange(n))),
-                                    shape=(self.num_embeddings, n))
-        self.W.grad += S @ dy2
+        self.W.grad += select(dy.dtype).embedding_backward(dy, cache, self.num_embeddings,
+                                                           self.padding_idx)
         return None
 
     def extra_repr(self) -> str:

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
-
 import numpy as np
 
-from .._parallel import add_rows, column_sum
 from .._validate import as_rng, check_float, check_float_dtype, check_positive_int
+from ..functional.linear import LinearCache
+from ..kernels import select
 from ..module import Module, Parameter
 
-
-class LinearCache(NamedTuple):
-    x: np.ndarray  # (N, D_in): the input with its leading dims flattened
-    lead_shape: tuple  # the leading dims of the input, restored on the way back
+TiedLinearCache = LinearCache  # the same record: (x rows, leading shape)
 
 
 class Linear(Module):
@@ -49,29 +45,19 @@ class Linear(Module):
     def forward(self, x):
         x = check_float(self, "x", x, dtype=self.W.dtype, min_ndim=1,
                         last_dim=self.in_features, last_dim_name="in_features")
-        lead_shape = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        y = x2 @ self.W.data
-        if self.b is not None:
-            add_rows(y, self.b.data)
-        return y.reshape(*lead_shape, self.out_features), LinearCache(x=x2, lead_shape=lead_shape)
+        b = None if self.b is None else self.b.data
+        return select(x.dtype).linear_forward(x, self.W.data, b)
 
     def backward(self, dy, cache: LinearCache):
-        dy2 = dy.reshape(-1, self.out_features)
-        self.W.grad += cache.x.T @ dy2
+        dx, dW, db = select(dy.dtype).linear_backward(dy, cache, self.W.data, self.b is not None)
+        self.W.grad += dW
         if self.b is not None:
-            self.b.grad += column_sum(dy2)
-        dx = dy2 @ self.W.data.T
-        return dx.reshape(*cache.lead_shape, self.in_features)
+            self.b.grad += db
+        return dx
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.b is not None}")
-
-
-class TiedLinearCache(NamedTuple):
-    x: np.ndarray  # (N, D_in) rows of the input
-    lead_shape: tuple
 
 
 class TiedLinear(Module):
@@ -100,19 +86,16 @@ class TiedLinear(Module):
     def forward(self, x):
         x = check_float(self, "x", x, dtype=self.E.dtype, min_ndim=1,
                         last_dim=self.in_features, last_dim_name="embedding_dim")
-        lead_shape = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        y = x2 @ self.E.data.T
-        if self.b is not None:
-            add_rows(y, self.b.data)
-        return y.reshape(*lead_shape, self.out_features), TiedLinearCache(x2, lead_shape)
+        b = None if self.b is None else self.b.data
+        return select(x.dtype).tied_linear_forward(x, self.E.data, b)
 
-    def backward(self, dy, cache: TiedLinearCache):
-        dy2 = dy.reshape(-1, self.out_features)
-        self.E.grad += dy2.T @ cache.x
+    def backward(self, dy, cache: LinearCache):
+        dx, dE, db = select(dy.dtype).tied_linear_backward(dy, cache, self.E.data,
+                                                            self.b is not None)
+        self.E.grad += dE
         if self.b is not None:
-            self.b.grad += column_sum(dy2)
-        return (dy2 @ self.E.data).reshape(*cache.lead_shape, self.in_features)
+            self.b.grad += db
+        return dx
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, tied, "

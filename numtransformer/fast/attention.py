@@ -1,0 +1,3 @@
+"""Fast kernels: attention (being written)."""
+
+__all__ = []

@@ -1,0 +1,3 @@
+"""Fast kernels: recurrent (being written)."""
+
+__all__ = []

@@ -1,0 +1,3 @@
+"""Reference kernels: attention (being written)."""
+
+__all__ = []

@@ -1,0 +1,3 @@
+"""Reference kernels: memnn (being written)."""
+
+__all__ = []

@@ -1,0 +1,3 @@
+"""Reference kernels: optim (being written)."""
+
+__all__ = []

@@ -1,0 +1,3 @@
+"""Reference kernels: recurrent (being written)."""
+
+__all__ = []
