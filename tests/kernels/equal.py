@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from numtransformer import _parallel, fast
+from numtransformer import functional as F
+
 # float64: the same math in another order differs by rounding only
 F64_TOL = 1e-13
 # float32: "a few ulps" of the tensor's largest entry (eps32 = 1.19e-7)
@@ -75,3 +78,31 @@ def assert_same(fast, reference, what: str = "", *, oracle=None, ulps: float = F
     assert err_fast <= 2 * err_ref + floor, (
         f"{what}: fast is off the float64 result by {err_fast:.3g}, the reference by "
         f"{err_ref:.3g} (fast vs reference: {err:.3g})")
+
+
+def same(name, *args, **kwargs):
+    """Run kernel ``name`` from both families (``numtransformer.fast`` and
+    ``numtransformer.functional``) on the same inputs, which must not change;
+    check the results equal with ``assert_same`` (float32 also against the
+    reference run in float64); return the reference's result."""
+    saved = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    f = getattr(fast, name)(*args, **kwargs)
+    r = getattr(F, name)(*args, **kwargs)
+    for a, s in zip(args, saved):
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, s, err_msg=f"{name} changed an input")
+    oracle = getattr(F, name)(*to_float64(args), **kwargs)
+    assert_same(f, r, name, oracle=to_float64(oracle))
+    return r
+
+
+def row_blocks(request, monkeypatch):
+    """Fixture body (parametrise it with ["one block", "row blocks"]): the fast
+    kernels on one thread, or cut into row blocks on three threads (blocks
+    forced even for tiny arrays)."""
+    if request.param == "row blocks":
+        monkeypatch.setattr(_parallel, "MIN_BLOCK", 1)
+        monkeypatch.setattr(_parallel, "_cores", lambda: 8)
+        _parallel.set_num_threads(3)
+    yield
+    _parallel.set_num_threads(None)

@@ -9,40 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from numtransformer import _parallel, fast
-from numtransformer import functional as F
 
 from ..helpers import seeds
-from .equal import assert_same, to_float64
+from .equal import row_blocks, same
 
 dtypes = st.sampled_from([np.float64, np.float32])
 dims = st.integers(1, 9)
 
 
-@pytest.fixture(autouse=True, params=["one block", "row blocks"])
-def blocks(request, monkeypatch):
-    """Every test runs with the fast kernels on one thread, and cut into row
-    blocks on three threads (blocks forced even for tiny arrays)."""
-    if request.param == "row blocks":
-        monkeypatch.setattr(_parallel, "MIN_BLOCK", 1)
-        monkeypatch.setattr(_parallel, "_cores", lambda: 8)
-        _parallel.set_num_threads(3)
-    yield
-    _parallel.set_num_threads(None)
-
-
-def same(name, *args, **kwargs):
-    """Run kernel ``name`` from both families on the same inputs (which must not
-    change), check the results equal (float32 also against the reference run
-    in float64), and return the reference's."""
-    saved = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
-    f = getattr(fast, name)(*args, **kwargs)
-    r = getattr(F, name)(*args, **kwargs)
-    for a, s in zip(args, saved):
-        if isinstance(a, np.ndarray):
-            np.testing.assert_array_equal(a, s, err_msg=f"{name} changed an input")
-    oracle = getattr(F, name)(*to_float64(args), **kwargs)
-    assert_same(f, r, name, oracle=to_float64(oracle))
-    return r
+blocks = pytest.fixture(autouse=True, params=["one block", "row blocks"])(row_blocks)
 
 
 @given(st.lists(dims, min_size=1, max_size=3), dims, dims, st.booleans(), dtypes, seeds)
