@@ -52,9 +52,18 @@ of the attention weights the forward keeps for backward (B*H*Tq*Tk per
 attention layer), the O(T^2) term.  Then greedy decoding of 64 tokens with
 the key/value cache against re-running the whole decoder each step.
 
+Kernels: numtransformer's workers run with NUMTRANSFORMER_KERNELS=fast (float64
+included: by default float64 runs the reference kernels, which are written to
+be read, not to be fast); ``--kernels auto`` measures the defaults instead.
+
+A release against this one: ``--against DIR`` (a checkout of another version
+of numtransformer) adds a third subprocess to every interleaved pair, the same
+worker importing numtransformer from DIR, and a column ``vs DIR`` = DIR's ms /
+this tree's ms (> 1: this tree is faster), the median over the pairs.
+
 Output: a Markdown table on stdout (progress on stderr), JSON lines with
 ``--json``.  Options: --quick, --pairs, --steps, --warmup, --no-torch,
---no-scaling, --scaling-torch, --no-decode, --malloc-tuned.
+--no-scaling, --scaling-torch, --no-decode, --malloc-tuned, --kernels, --against.
 """
 
 from __future__ import annotations
@@ -324,7 +333,7 @@ def _set_threads(n: int) -> None:
 def worker_ours(spec):
     import numpy as np
 
-    sys.path.insert(0, ROOT)
+    sys.path.insert(0, spec.get("root") or ROOT)
     from numtransformer._malloc import keep_freed_memory
     from numtransformer.losses import CrossEntropyLoss
     from numtransformer.optim import AdamW
@@ -472,13 +481,15 @@ MALLOC_TUNED = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20),  # glibc refuses more t
 def spawn(kind: str, spec: dict, timeout: float = 1800):
     """Run one worker in a fresh interpreter with the thread count set before imports."""
     env = dict(os.environ)
+    if spec.get("kernels"):
+        env["NUMTRANSFORMER_KERNELS"] = spec["kernels"]
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(spec["threads"])
     if kind != "torch":  # what importing numtransformer before numpy sets (its __init__)
         env.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
     if spec.get("malloc_tuned"):
         env.update(MALLOC_TUNED)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = (spec.get("root") or ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind,
                            "--spec", json.dumps(spec)], capture_output=True, text=True,
                           env=env, timeout=timeout)
@@ -500,12 +511,16 @@ def run_cell(name, c, dtype, threads, args, have_torch, gemm):
     """Interleaved pairs of subprocesses for one (config, dtype, threads) cell."""
     spec = dict(config=c, dtype=dtype, threads=threads, warmup=args.warmup,
                 steps=math.ceil(args.steps / args.pairs), malloc_tuned=args.malloc_tuned,
-                ours_default_malloc=args.ours_default_malloc)
+                ours_default_malloc=args.ours_default_malloc, kernels=args.kernels)
     runs = {"ours": [], "torch": []}
-    ratios = []
+    ratios, release_ratios = [], []
+    step_ms = lambda r: med([a + b + c_ for a, b, c_ in zip(r["fwd"], r["bwd"], r["opt"])])
     for _ in range(args.pairs):
         r_o = spawn("ours", spec)
         runs["ours"].append(r_o)
+        if args.against:
+            r_r = spawn("ours", dict(spec, root=args.against))
+            release_ratios.append(step_ms(r_r) / step_ms(r_o))
         if have_torch:
             r_t = spawn("torch", spec)
             runs["torch"].append(r_t)
@@ -534,6 +549,9 @@ def run_cell(name, c, dtype, threads, args, have_torch, gemm):
                        faults_per_step=med([r["faults_per_step"] for r in rs]),
                        loss_first=rs[0]["loss_first"], loss_last=rs[-1]["loss_last"],
                        n_params=rs[0]["n_params"])
+    if release_ratios:
+        row["vs_release_median"] = med(release_ratios)
+        row["vs_release_pairs"] = release_ratios
     if ratios:
         row["speedup_median"] = med(ratios)
         row["speedup_pairs"] = ratios
@@ -566,6 +584,14 @@ def fmt_train_table(rows, have_torch):
         else:
             out.append(f"| {r['config']} | {dt} | {r['threads']} | {ours} "
                        f"| {100 * o['mfu']:.0f}% | {o['peak_mb']:.0f} |")
+    if any("vs_release_median" in r for r in rows):
+        out += ["", "| config | dtype | thr | release ms / this ms (pairs) |", "|---|---|---|---|"]
+        for r in rows:
+            if "vs_release_median" in r:
+                dt = "fp32" if r["dtype"] == "float32" else "fp64"
+                pairs = ", ".join(f"{x:.2f}" for x in r["vs_release_pairs"])
+                out.append(f"| {r['config']} | {dt} | {r['threads']} "
+                           f"| **{r['vs_release_median']:.2f}** ({pairs}) |")
     return "\n".join(out)
 
 
@@ -662,6 +688,10 @@ def main(argv=None):
                         "MALLOC_TRIM_THRESHOLD_ raised (no page faults in steady state)")
     p.add_argument("--ours-default-malloc", action="store_true",
                    help="do not let numtransformer keep freed memory (Trainer.fit does)")
+    p.add_argument("--kernels", default="fast", choices=["fast", "auto", "reference"],
+                   help="NUMTRANSFORMER_KERNELS for numtransformer's workers (default fast)")
+    p.add_argument("--against", help="a checkout of another numtransformer version, "
+                                     "measured in the same interleaved pairs")
     p.add_argument("--json", help="write JSON lines here")
     p.add_argument("--markdown", help="write the Markdown tables here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -712,8 +742,11 @@ def main(argv=None):
                 msg = f"  {name} {dtype} threads={threads}: ours {row['ours']['step_ms']:.0f} ms"
                 if have_torch:
                     msg += (f", torch {row['torch']['step_ms']:.0f} ms, speed-up "
-                            f"{row['speedup_median']:.2f} ({time.time() - t0:.0f} s)")
-                log(msg)
+                            f"{row['speedup_median']:.2f}")
+                if args.against:
+                    msg += (f", vs release {row['vs_release_median']:.2f} "
+                            f"{[round(x, 2) for x in row['vs_release_pairs']]}")
+                log(msg + f" ({time.time() - t0:.0f} s)")
 
     scaling = []
     if not args.no_scaling:
