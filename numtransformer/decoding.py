@@ -62,26 +62,79 @@ class Hypothesis:
     finished: bool  # ended with <eos> (False: cut at max_len)
 
 
+EARLY_STOPS = ("bound", "heuristic", "never")
+
+
+def _best_reachable_penalty(n_tokens: int, max_len: int, alpha: float) -> float:
+    """The largest lp(L) over the lengths L a live hypothesis of ``n_tokens`` tokens
+    can still end with: finished at L = n_tokens + 1 .. max_len (the <eos> counted),
+    or cut at L = max_len.  lp is monotone in L (increasing for alpha > 0,
+    decreasing for alpha < 0), so the largest sits at one end of the range."""
+    shortest = min(n_tokens + 1, max_len)
+    return max(length_penalty(shortest, alpha), length_penalty(max_len, alpha))
+
+
 def beam_search(model, src_ids, src_pad_mask=None, beam_size: int = 4, max_len: int = 50,
                 alpha: float = 0.6, bos_id: int = BOS_ID, eos_id: int = EOS_ID,
-                return_all: bool = False):
+                return_all: bool = False, early_stop: str = "bound"):
     """Beam search with GNMT's length penalty, batched over sources.
 
-    Every source keeps ``beam_size`` live hypotheses.  Each step extends every
+    Every source keeps ``beam_size`` (k) live hypotheses.  Each step extends every
     live one by every token, and of the best 2k candidates (by summed log
     probability) those ending in <eos> among the best k move to the finished
-    list (ranked by ``log_prob / lp``, the best k kept) while the best k others
-    stay live.  A
-    source is done when it has k finished hypotheses and its best live one,
-    ended at the next step, would not beat the worst of them; at ``max_len`` the
-    live ones count as unfinished candidates.  With beam_size=1 and alpha=0
-    this is exactly greedy decoding.
+    list (ranked by ``score = log_prob / lp(L)``, L the output length with the
+    <eos>; the best k kept) while the best k others stay live.  At ``max_len``
+    the live ones count as unfinished candidates (L = max_len).  With
+    beam_size=1 and alpha=0 this is exactly greedy decoding.
+
+    When may a source stop before ``max_len``?  ``early_stop`` says:
+
+    "bound" (the default; sound): when it has k finished hypotheses and no live
+    one can still produce a hypothesis that beats the worst of them.  The bound
+    on what a live hypothesis can still reach, with n tokens and log-probability
+    logp_now after this step:
+
+        every token adds log p <= 0, so any descendant has logp <= logp_now <= 0;
+        it ends with some length L in [n + 1, max_len] (or is cut at max_len);
+        lp(L) > 0, so score = logp / lp(L) <= logp_now / lp(L);
+        logp_now <= 0, so logp_now / lp(L) is largest where lp(L) is largest:
+        score <= logp_now / max_L lp(L).
+        With alpha >= 0, lp(L) = ((5 + L) / 6)^alpha grows with L, so the
+        bound is logp_now / lp(max_len); with alpha < 0 it is logp_now / lp(n + 1).
+
+    A hypothesis's log-probability only falls as it grows, but its score need
+    not: with alpha > 0 the divisor grows too, and a long hypothesis whose
+    tokens cost almost nothing overtakes a short finished one.  So the bound
+    uses the most favourable length still reachable, not the next one.  Once
+    it holds, nothing the row could still find would enter the k finished
+    hypotheses: the result (and the first k of ``return_all``) is what
+    decoding to ``max_len`` gives; with alpha = 0 the bound is exact
+    (lp = 1) and stops as early as "heuristic".  (Comparing with the best
+    finished hypothesis instead of the k-th would already fix the result, but
+    not the rest of the k that ``return_all`` lists.)
+
+    "heuristic": stop when k have finished and the best live hypothesis,
+    ended at the very next step (divided by lp(n + 1)), would not beat the
+    worst of them.  This is a common fast rule (Hugging Face's
+    ``early_stopping=False`` is of this kind; its ``"never"`` is the bound
+    above); it is exact for alpha = 0 but NOT for alpha > 0, where it can
+    return a worse hypothesis than the search would find: a short finished
+    one where a longer reachable one scores higher.  (Huang, Zhao and Ma,
+    "When to Finish? Optimal Beam Search for Neural Text Generation (modulo
+    beam size)", EMNLP 2017, give a bounded stop of the first kind and prove
+    it optimal.)
+
+    "never": decode every source to ``max_len``.
 
     Returns the best token list per source (or, with ``return_all``, every
-    source's hypotheses, best first).
+    source's hypotheses, best first: the finished ones kept, then, for a row
+    that ran to ``max_len``, the live ones cut there).
     """
     if beam_size < 1:
         raise ValueError(f"beam_search: beam_size must be >= 1, got {beam_size}")
+    if early_stop not in EARLY_STOPS:
+        raise ValueError(f"beam_search: early_stop must be one of {EARLY_STOPS}, "
+                         f"got {early_stop!r}")
     k = int(beam_size)
     state = model.start_decoding(src_ids, src_pad_mask)
     B = state.batch_size
@@ -132,14 +185,17 @@ def beam_search(model, src_ids, src_pad_mask=None, beam_size: int = 4, max_len: 
                 live += 1
             finished[b].sort(key=lambda h: -h.score)
             del finished[b][k:]
-            # Done when k hypotheses have finished and no live one, finished
-            # at the next step, would beat the worst of them (log-probabilities
-            # only fall as a hypothesis grows).
-            if len(finished[b]) >= k:
-                best_live = new_scores[b].max() / length_penalty(step + 2, alpha)
-                if not best_live > finished[b][-1].score:
-                    active[b] = False
-                    new_scores[b] = -np.inf
+            if not active[b] or len(finished[b]) < k or early_stop == "never":
+                continue
+            n_live = step + 1  # tokens in every live hypothesis now
+            if early_stop == "bound":
+                best_lp = _best_reachable_penalty(n_live, max_len, alpha)
+            else:  # "heuristic": as if every live one ended at the next step
+                best_lp = length_penalty(n_live + 1, alpha)
+            best_live = new_scores[b].max() / best_lp
+            if not best_live > finished[b][-1].score:
+                active[b] = False
+                new_scores[b] = -np.inf
         scores, seqs = new_scores, new_seqs
         if not active.any():
             break

@@ -1,5 +1,6 @@
 """Properties of numtransformer.decoding: the GNMT length penalty, beam search
-against brute force, greedy = beam of one, and top-k / temperature sampling.
+against brute force, its early stop (sound with a length penalty), greedy = beam
+of one, and top-k / temperature sampling.
 
 The reference computations here never use the incremental decoder: sequence
 log-probabilities come from teacher-forced full forward passes and a log-softmax
@@ -211,6 +212,139 @@ def test_beam_search_rows_do_not_interact(seed, B, S, beam, max_len, alpha, eos_
             (h.tokens, h.finished) for h in alone], b
         np.testing.assert_allclose([h.score for h in together[b]],
                                    [h.score for h in alone], rtol=1e-9, atol=1e-12)
+
+
+# -- 2b. when to stop: the default stop is sound with a length penalty ----------------------
+
+def _one_word_table(first_eos, steps):
+    """Step 0: <eos> with ``first_eos``, the word 3 otherwise; later steps: the word 3
+    with probability ~1.  Finishing at once scores log(first_eos) for any alpha; the
+    long hypothesis of max_len words has log_prob ~ log(1 - first_eos), which alpha > 0
+    divides by the growing lp(max_len)."""
+    eps = 1e-12
+    probs = np.full((steps, 4), eps)
+    probs[0, [EOS_ID, 3]] = [first_eos, 1 - first_eos - 3 * eps]
+    probs[1:, [EOS_ID, 3]] = [eps, 1 - 4 * eps]
+    return _TableModel(probs)
+
+
+def test_beam_of_one_with_alpha_no_longer_returns_the_empty_hypothesis():
+    # The reproduced case: [] scores log 0.6 = -0.51; the 26 words reachable after
+    # the first one score log 0.4 / lp(26) = -0.916 / 2.678 = -0.34 at alpha 0.6.
+    # The heuristic stop ended [] and compared the live word with lp(2) only.
+    src = np.zeros((1, 1), np.int64)
+    kw = dict(beam_size=1, max_len=26, alpha=0.6)
+    assert beam_search(_one_word_table(0.6, 26), src, early_stop="heuristic", **kw) == [[]]
+    got = beam_search(_one_word_table(0.6, 26), src, return_all=True, **kw)[0]
+    assert got[0].tokens == [3] * 26 and not got[0].finished
+    assert got[0].score == pytest.approx(np.log(0.4) / _gnmt(26, 0.6), rel=1e-9)
+    assert got[0].score == pytest.approx(-0.342, abs=1e-3)
+    empty = [h for h in got if h.finished and h.tokens == []]
+    assert empty and empty[0].score == pytest.approx(np.log(0.6), rel=1e-9)  # -0.51
+    assert got[0].score > empty[0].score
+    # at alpha 0 the long one loses, and every stop agrees
+    for stop in ("bound", "heuristic", "never"):
+        assert beam_search(_one_word_table(0.6, 26), src, beam_size=1, max_len=26, alpha=0.0,
+                           early_stop=stop) == [[]]
+
+
+@given(first_eos=st.floats(0.51, 0.95), eos_later=st.floats(1e-6, 0.1),
+       max_len=st.integers(2, 30), alpha=st.sampled_from([0.0, 0.6, 1.0]))
+@settings(max_examples=15)
+def test_beam_of_one_finds_the_better_of_stopping_and_going_on(first_eos, eos_later, max_len,
+                                                               alpha):
+    """The reproduced case, drawn: at step 0 <eos> with first_eos > 1/2, else the
+    word 3; later the word 3 with 1 - eos_later, <eos> with eos_later (never the
+    argmax again).  A beam of one keeps [] finished and the all-3 line live, so
+    the answer is the better of [] (score log first_eos) and the line cut at
+    max_len (its log-probability / lp(max_len)); the heuristic stop returns []
+    in many of these draws where the line wins."""
+    probs = np.full((max_len, 4), 1e-12)
+    probs[0, [EOS_ID, 3]] = [first_eos, 1 - first_eos]
+    probs[1:, [EOS_ID, 3]] = [eos_later, 1 - eos_later]
+    model = _TableModel(probs)
+    src = np.zeros((1, 1), np.int64)
+    kw = dict(beam_size=1, max_len=max_len, alpha=alpha, return_all=True)
+    got = beam_search(model, src, **kw)[0][0]
+    full = beam_search(model, src, early_stop="never", **kw)[0][0]
+    logp = _log_softmax(np.log(probs))
+    stop_now = logp[0, EOS_ID]
+    go_on = (logp[0, 3] + logp[1:, 3].sum()) / _gnmt(max_len, alpha)
+    assert got.score == full.score
+    assert got.score == pytest.approx(max(stop_now, go_on), rel=1e-9, abs=1e-12)
+    assert got.tokens == ([] if stop_now >= go_on else [3] * max_len)
+
+
+def test_early_stop_is_checked():
+    model = _one_word_table(0.6, 3)
+    with pytest.raises(ValueError, match="early_stop"):
+        beam_search(model, np.zeros((1, 1), np.int64), early_stop="sometimes")
+
+
+def _small_transformer(seed, tgt_vocab, eos_bias):
+    model = Transformer(7, tgt_vocab, d_model=8, nhead=2, num_encoder_layers=1,
+                        num_decoder_layers=1, dim_feedforward=12, dropout=0.0, dtype=F64,
+                        rng=np.random.default_rng(seed)).eval()
+    model.generator.b.data[EOS_ID] += eos_bias
+    # spread the logits so that <eos> and the words compete at varied lengths
+    model.generator.W.data *= 6.0
+    return model
+
+
+@given(seed=seeds, tgt_vocab=st.sampled_from([3, 4, 5]), max_len=st.integers(1, 3),
+       S=st.integers(1, 3), eos_bias=st.floats(-3.0, 2.0),
+       alpha=st.sampled_from([0.0, 0.6, 1.0]))
+@settings(max_examples=15)
+def test_default_stop_finds_what_decoding_to_the_end_finds(seed, tgt_vocab, max_len, S,
+                                                           eos_bias, alpha):
+    """For beam widths 1..3 and one that holds every hypothesis: the default stop
+    returns what running to max_len returns (the same k best, the same scores),
+    never a hypothesis worse than a finished one the full run saw, and, when the
+    beam holds every hypothesis, the exhaustive-search optimum."""
+    rng = np.random.default_rng(seed)
+    model = _small_transformer(seed, tgt_vocab, eos_bias)
+    src, mask = _sources(rng, 1, S, 7)
+    ref = _brute_force(model, src, mask, max_len, alpha)
+    n_all = _n_hypotheses(tgt_vocab, max_len)
+    assert n_all == len(ref)
+    optimum = max(score for _, score in ref.values())
+    for k in (1, 2, 3, n_all):
+        kw = dict(beam_size=k, max_len=max_len, alpha=alpha, return_all=True)
+        got = beam_search(model, src, mask, **kw)[0]
+        full = beam_search(model, src, mask, early_stop="never", **kw)[0]
+        assert got[0].score == full[0].score, (k, got[0], full[0])
+        assert [(h.tokens, h.finished) for h in got[:k]] == [
+            (h.tokens, h.finished) for h in full[:k]], k
+        assert all(got[0].score >= h.score for h in full if h.finished), k
+        for h in got:  # every score is the reference one for its hypothesis
+            assert h.score == pytest.approx(ref[(tuple(h.tokens), h.finished)][1],
+                                            rel=1e-9, abs=1e-12)
+        assert got[0].score <= optimum + 1e-12
+        if k >= n_all:
+            assert got[0].score == pytest.approx(optimum, rel=1e-9, abs=1e-12), k
+        assert beam_search(model, src, mask, beam_size=k, max_len=max_len,
+                           alpha=alpha) == [got[0].tokens]
+
+
+@given(seed=seeds, beam=st.integers(1, 3), max_len=st.integers(2, 10),
+       eos_bias=st.floats(-1.0, 3.0), alpha=st.sampled_from([0.0, 0.6, 1.0]))
+@settings(max_examples=10)
+def test_default_stop_on_longer_outputs(seed, beam, max_len, eos_bias, alpha):
+    """Past brute force's reach: the default stop still gives what decoding to
+    max_len gives, and at alpha = 0 the heuristic stop does too."""
+    rng = np.random.default_rng(seed)
+    model = _small_transformer(seed, 6, eos_bias)
+    src, mask = _sources(rng, 3, 4, 7)
+    kw = dict(beam_size=beam, max_len=max_len, alpha=alpha, return_all=True)
+    got = beam_search(model, src, mask, **kw)
+    full = beam_search(model, src, mask, early_stop="never", **kw)
+    for g, f in zip(got, full):
+        assert g[0].score == f[0].score and g[0].tokens == f[0].tokens
+        assert [(h.tokens, h.finished) for h in g[:beam]] == [
+            (h.tokens, h.finished) for h in f[:beam]]
+    if alpha == 0.0:
+        fast = beam_search(model, src, mask, early_stop="heuristic", **kw)
+        assert [h[0].tokens for h in fast] == [h[0].tokens for h in full]
 
 
 # -- 3. greedy = beam of one ---------------------------------------------------------------

@@ -65,10 +65,14 @@ def cross_entropy_backward(dL, cache: CrossEntropyCache, label_smoothing: float 
     with w_i = dL / n_valid (mean), dL (sum) or dL_i (none).  Why p - q: with
     log p_c = z_c - log sum_k exp(z_k), d log p_c / dz_j = [c = j] - p_j, so
         d loss_i / dz_ij = -sum_c q_ic ([c = j] - p_ij) = p_ij sum_c q_ic - q_ij = p_ij - q_ij,
-    using sum_c q_ic = 1.  That needs the smoothing mass eps spread over all V
-    classes, the target included (q = (1 - eps) onehot + eps / V sums to 1);
-    spread over the V - 1 others, it is still a distribution and the rule
-    holds, but it is not PyTorch's q.  Returns dz with the logits' shape.
+    using sum_c q_ic = 1 (in general the middle form, p_ij sum_c q_ic - q_ij,
+    is the gradient).  That is why the smoothing mass goes over all V classes,
+    the target included: q = (1 - eps) onehot + eps / V sums to
+    1 - eps + V eps / V = 1.  Give the eps / V shares to the V - 1 other
+    classes only and q sums to 1 - eps / V: the gradient is then
+    p (1 - eps / V) - q, and p - q would be wrong by eps p / V.  (Spreading
+    eps / (V - 1) over the others also sums to 1, so the rule holds, but that
+    is not PyTorch's q.)  Returns dz with the logits' shape.
     """
     p, y, valid = cache.probs, cache.targets, cache.valid
     N, V = p.shape

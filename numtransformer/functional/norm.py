@@ -51,7 +51,9 @@ def layer_norm_backward(dy, cache: LayerNormCache, gamma):
     d rstd / dx_j = -rstd^3 (x_j - mu) / n = -rstd^2 x_hat_j / n, and
         d x_hat_i / d x_j = rstd ([i = j] - 1/n) + (x_i - mu) d rstd / dx_j
                           = rstd ([i = j] - 1/n - x_hat_i x_hat_j / n),
-    the Jacobian rstd (I - 1/n - x_hat x_hat^T / n).  It is symmetric, so
+    the Jacobian rstd (I - 1 1^T / n - x_hat x_hat^T / n) (1 1^T / n: the n x n
+    matrix of 1/n; the path through mu directly gives its -1/n, the path
+    through mu into var vanishes as above).  It is symmetric, so
         dx_j = sum_i dx_hat_i d x_hat_i / d x_j
              = rstd (dx_hat_j - mean(dx_hat) - x_hat_j mean(dx_hat * x_hat)).
     """

@@ -60,6 +60,11 @@ class SinusoidalPositionalEncoding(Module):
 
     The table is computed once, in float64, at construction; it is cast to the
     input's dtype slice by slice, so float32 inputs stay float32.
+
+    Scale: each pair (sin, cos) has squared length 1, so the table's entries
+    have mean square 1/2 (RMS 1/sqrt(2)).  ``Transformer`` multiplies
+    embeddings drawn N(0, 1/d_model) by sqrt(d_model), to mean square 1: the
+    same order as the table, not the same variance.
     """
 
     def __init__(self, d_model: int, max_len: int = 5000):
@@ -90,7 +95,10 @@ class LearnedPositionalEmbedding(Module):
         dP[offset + t] += sum_b dy[b, t]
         dx = dy
 
-    Init: P ~ N(0, 0.02^2) (GPT-2's choice).
+    Init: P ~ N(0, 0.02^2), the Hugging Face convention (its GPT-2 and BERT
+    initialise every embedding with std ``initializer_range`` = 0.02).  It is
+    not GPT-2's original: OpenAI's code (gpt-2, src/model.py) draws the
+    position table wpe with std 0.01 and only the token table wte with 0.02.
     """
 
     def __init__(self, max_len: int, d_model: int, *, dtype=np.float32, rng=None):

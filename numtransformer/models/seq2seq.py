@@ -6,9 +6,12 @@ initial decoder state; a decoder writes the target one token at a time:
 * ``LuongDecoder`` (Luong, Pham & Manning, 2015): the state s_t asks the
   memory *after* its recurrence step; any score of ``numtransformer.attention``
   (dot, scaled_dot, general, additive, cosine, location); input feeding as an
-  option.  With ``score=None`` it is the plain encoder-decoder without
-  attention (Cho et al., 2014): the context is the bridged final encoder state
-  at every step, so the whole source must pass through one vector.
+  option.  With ``score=None`` it is a plain encoder-decoder without
+  attention: the context is the bridged final encoder state at every step, so
+  the whole source must pass through one vector.  (Cho et al., 2014 feed
+  their summary c into every step's recurrence and output; this one
+  initialises the state with it and gives it to every step's output layer,
+  see ``LuongDecoder``.)
 * ``BahdanauDecoder`` (Bahdanau, Cho & Bengio, 2015): the previous state
   s_{t-1} asks the memory with the additive score and the context is fed into
   the recurrence.
@@ -500,10 +503,20 @@ class LuongCache(NamedTuple):
 
 class LuongDecoder(_RNNDecoder):
     """Global-attention decoder (Luong, Pham & Manning, 2015, "Effective
-    Approaches to Attention-based Neural Machine Translation", sec. 3, eqs. 4-9;
-    input feeding sec. 3.3).  With ``score=None``: the plain encoder-decoder
-    without attention, the context being the bridged final encoder state at
-    every step (as Cho et al., 2014, feed c to every step's output).
+    Approaches to Attention-based Neural Machine Translation", sec. 3, eqs. 5-9:
+    eq. 5 the attentional state s~_t = tanh(W_c [c_t; h_t]), eq. 6 the softmax
+    output, eq. 7 the alignment a_t(s), eq. 8 the three content scores, eq. 9
+    the location score; input feeding sec. 3.3).  Their s~_t, h_t and h-bar_s
+    are our s~_t, s_t and h_j.
+
+    With ``score=None``: an encoder-decoder without attention.  The summary
+    c = h0[L - 1] (the bridged final encoder state) is the decoder's initial
+    state and enters every step's output layer, s~_t = tanh([c; s_t] W_c);
+    it reaches the recurrence only through s_0 (and, with input feeding,
+    through s~_{t-1}).  That is not Cho et al. (2014), whose decoder feeds c
+    into every step's recurrence, s_t = f(s_{t-1}, y_{t-1}, c) (into each
+    gate), and into the output, g(s_t, y_{t-1}, c); nor Sutskever et al.
+    (2014), who pass the source only through the initial state.
 
     ``LuongDecoder(vocab_size, embed_dim, hidden_size, memory_size,
     num_layers=1, cell="lstm", score="general", input_feeding=True,
@@ -518,7 +531,7 @@ class LuongDecoder(_RNNDecoder):
         x_t     = dropout(E[y_in_t])                              (B, E)
         s_t     = RNN([x_t; s~_{t-1}], s_{t-1})                   input feeding
         s_t     = RNN(x_t, s_{t-1})                               without
-        e_tj    = score(s_t, h_j)                                 (B, S)
+        e_tj    = score(s_t, h_j)                                 (B, S)  (eq. 8 / 9)
         alpha_t = softmax_j(e_t) over the real positions j        (eq. 7)
         c_t     = sum_j alpha_tj h_j                              (B, D)
         s~_t    = tanh([c_t; s_t] W_c)                            (eq. 5; no bias, as the paper)
