@@ -10,7 +10,11 @@ An optimizer updates ``p.data`` from ``p.grad`` for a list of parameters:
     model.zero_grad()
 
 The step count advances once per ``step()`` call (not once per tensor), and
-Adam's bias correction uses it.  ``state_dict()`` is a flat dict of numpy
+Adam's bias correction uses it.  The update rules themselves are the kernels
+``functional.sgd_update`` and ``adam_update`` (equations in their docstrings;
+``kernels.select`` picks the reference or the fast family by dtype); the
+optimizers hold the state and copy each result back into the parameter's own
+arrays.  ``state_dict()`` is a flat dict of numpy
 arrays (the step count and one moment array per parameter and kind), so a
 ``.npz`` checkpoint can hold it and a resumed run continues bit for bit.
 Updates happen in place in the parameters' dtype: float32 stays float32.
@@ -23,7 +27,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ._parallel import parallel_rows
+from . import fast
+from .kernels import select
 from .module import Module, Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm", "global_grad_norm",
@@ -125,7 +130,7 @@ class Optimizer:
 
 class SGD(Optimizer):
     """Stochastic gradient descent with momentum, Nesterov and L2 weight decay,
-    as ``torch.optim.SGD``:
+    as ``torch.optim.SGD`` (the update: ``functional.sgd_update``):
 
         g = grad + weight_decay * p
         b = g                                    (first step)
@@ -146,23 +151,20 @@ class SGD(Optimizer):
         self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
 
     def _update(self, name, p):
-        g = p.grad
-        if self.weight_decay:
-            g = g + self.weight_decay * p.data
-        if self.momentum:
-            first = name not in self.state["momentum"]
-            b = self._buf("momentum", name, p)
-            if first:
-                b[...] = g
-            else:
-                b *= self.momentum
-                b += (1.0 - self.dampening) * g
-            g = g + self.momentum * b if self.nesterov else b
-        p.data -= self.lr * g
+        first = name not in self.state["momentum"]
+        b = self._buf("momentum", name, p) if self.momentum else None
+        p_new, b_new = select(p.dtype).sgd_update(
+            p.data, p.grad, b, float(self.lr), self.momentum, self.dampening,
+            self.weight_decay, self.nesterov, first)
+        # into the arrays the parameter and the state own: views and ties see it
+        p.data[...] = p_new
+        if b is not None:
+            b[...] = b_new
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba, 2015, Algorithm 1), as ``torch.optim.Adam``:
+    """Adam (Kingma & Ba, 2015, Algorithm 1), as ``torch.optim.Adam`` (the
+    update: ``functional.adam_update``):
 
         g     = grad + weight_decay * p          (L2 penalty folded into the gradient)
         m     = beta1 m + (1 - beta1) g
@@ -170,20 +172,16 @@ class Adam(Optimizer):
         m_hat = m / (1 - beta1^t),   v_hat = v / (1 - beta2^t)   (t = step count)
         p     = p - lr m_hat / (sqrt(v_hat) + eps)
 
-    One update for all parameters at once: at the first step the optimizer
-    packs every parameter's data and grad, and its m and v, into four flat
-    buffers and rebinds ``p.data``, ``p.grad``, ``state["m"][name]`` and
-    ``state["v"][name]`` to views of them (same shapes, same values), so a
-    step is a dozen vectorised operations per chunk of 2^18 entries (small
-    enough for one scratch chunk to stay in cache) instead of a dozen per
-    parameter; the chunks are shared out in contiguous blocks over the
-    configured threads (the update is elementwise: the same bits whatever
-    the split).
-    Backward passes still add into ``p.grad`` in place and land in the flat
-    buffer.  Whenever anything rebinds one of those arrays (``load_state_dict``
-    of the model or the optimizer, ``astype``, ``p.data = ...``), the next step
-    notices and packs again from the current values, so results are the same
-    bit for bit.  Parameters of mixed dtypes are updated one by one.
+    t is the step count: advanced once per ``step()``, the same for every
+    tensor of that step.  Each parameter is updated by the ``adam_update``
+    kernel that ``kernels.select`` picks for its dtype, and the result is
+    copied back into ``p.data`` and the state arrays.  When the fast kernels
+    are selected and every parameter has one dtype, the step is instead one
+    pass over flat buffers holding every parameter (``fast.FlatAdam``: it
+    rebinds ``p.data``, ``p.grad`` and the state arrays to views of four flat
+    buffers, updates them in chunks on the configured threads, and packs again
+    whenever something rebinds one of them), with the same numbers as the
+    fast kernel applied tensor by tensor.
     """
 
     state_kinds = ("m", "v")
@@ -198,100 +196,47 @@ class Adam(Optimizer):
         _check_nonneg(type(self).__name__, eps=eps, weight_decay=weight_decay)
         self.beta1, self.beta2 = float(b1), float(b2)
         self.eps, self.weight_decay = float(eps), float(weight_decay)
-        self._flat_views = None  # per parameter (data, grad, m, v) views of the flat buffers
-        self._flat_buffers = None  # (data, grad, m, v), 1-D
-        self._chunk = 1 << 18  # elements updated per pass over the flat buffers
-        self._scratch = {}  # one scratch chunk per thread's block, by its first chunk
+        self._flat = fast.FlatAdam()
+        self._chunk = fast.optim.CHUNK  # elements updated per pass over the flat buffers
+
+    def _hyper(self) -> tuple:
+        return (float(self.lr), self.beta1, self.beta2, self.eps, self.weight_decay,
+                self.decoupled)
+
+    def _common_dtype(self):
+        """The parameters' one dtype (data and grad), or None when they mix dtypes."""
+        dtype = self.named_params[0][1].dtype
+        for _, p in self.named_params:
+            if p.data.dtype != dtype or p.grad.dtype != dtype:
+                return None
+        return dtype
 
     def step(self) -> None:
         self.step_count += 1
-        t = self.step_count
-        # Python floats: folding these into a float32 update never promotes it.
-        self._bias1 = 1.0 - self.beta1 ** t
-        self._bias2 = 1.0 - self.beta2 ** t
-        flat = self._flat()
-        if flat is None:
-            for name, p in self.named_params:
-                self._update(name, p)
+        m_state, v_state = self.state["m"], self.state["v"]
+        flat = self._flat.current(self.named_params, m_state, v_state)
+        dtype = flat[0].dtype if flat is not None else self._common_dtype()
+        if dtype is not None and select(dtype) is fast:
+            if flat is None:
+                flat = self._flat.pack(self.named_params, m_state, v_state)
+            self._flat.step(flat, self.step_count, *self._hyper(), chunk=self._chunk)
             return
-        data, grad, m, v = flat
-        size, chunk = data.size, self._chunk
-
-        def chunks(r):  # chunks r.start .. r.stop - 1, one block per thread
-            # each block its own scratch, kept across steps: it stays in cache
-            tmp = self._scratch.get(r.start)
-            if tmp is None:
-                tmp = self._scratch[r.start] = np.empty(min(size, chunk), data.dtype)
-            for k in range(r.start, r.stop):
-                part = slice(k * chunk, (k + 1) * chunk)
-                self._apply(data[part], grad[part], m[part], v[part], tmp[:data[part].size])
-
-        parallel_rows(chunks, -(-size // chunk), chunk)
+        for name, p in self.named_params:
+            self._update(name, p)
 
     def _update(self, name, p):
         m = self._buf("m", name, p)
         v = self._buf("v", name, p)
-        self._apply(p.data, p.grad, m, v, np.empty_like(p.data))
-
-    def _apply(self, p, g, m, v, tmp):
-        """The update of the class docstring, in place on p, m and v (any shape;
-        tmp: scratch of the same shape)."""
-        if self.weight_decay:
-            if self.decoupled:
-                p *= 1.0 - self.lr * self.weight_decay
-            else:
-                g = g + self.weight_decay * p
-        np.subtract(g, m, out=tmp)
-        tmp *= 1.0 - self.beta1
-        m += tmp  # m + (1 - beta1) (g - m) = beta1 m + (1 - beta1) g
-        v *= self.beta2
-        np.multiply(g, g, out=tmp)
-        tmp *= 1.0 - self.beta2
-        v += tmp
-        # p -= lr * m_hat / (sqrt(v_hat) + eps), with the bias corrections folded
-        # into two scalars as PyTorch does (same numbers, fewer array passes).
-        denom = np.sqrt(v, out=tmp)
-        denom /= math.sqrt(self._bias2)
-        denom += self.eps
-        np.divide(m, denom, out=tmp)
-        tmp *= self.lr / self._bias1
-        p -= tmp
-
-    def _flat(self):
-        """The flat buffers (data, grad, m, v), packed again when any
-        parameter or state array is no longer its view; None for mixed dtypes."""
-        m_state, v_state = self.state["m"], self.state["v"]
-        views = self._flat_views
-        if views is not None and all(
-                p.data is d and p.grad is g and m_state.get(name) is m and v_state.get(name) is v
-                for (name, p), (d, g, m, v) in zip(self.named_params, views)):
-            return self._flat_buffers
-        dtype = self.named_params[0][1].dtype
-        if any(p.data.dtype != dtype or p.grad.dtype != dtype for _, p in self.named_params):
-            self._flat_views = self._flat_buffers = None
-            return None
-        total = sum(p.size for _, p in self.named_params)
-        buffers = tuple(np.empty(total, dtype) for _ in range(4))
-        views, start = [], 0
-        for name, p in self.named_params:
-            d, g, m, v = (b[start:start + p.size].reshape(p.shape) for b in buffers)
-            d[...], g[...] = p.data, p.grad
-            m[...] = m_state.get(name, 0.0)  # state is created (zero) at the first step
-            v[...] = v_state.get(name, 0.0)
-            p.data, p.grad, m_state[name], v_state[name] = d, g, m, v
-            views.append((d, g, m, v))
-            start += p.size
-        self._flat_views, self._flat_buffers = views, buffers
-        self._scratch = {}
-        return buffers
+        p_new, m_new, v_new = select(p.dtype).adam_update(
+            p.data, p.grad, m, v, self.step_count, *self._hyper())
+        # into the arrays the parameter and the state own: views and ties see it
+        p.data[...] = p_new
+        m[...] = m_new
+        v[...] = v_new
 
     def zero_grad(self) -> None:
-        flat = self._flat() if self._flat_views is not None else None
-        if flat is None:
+        if not self._flat.zero_grad(self.named_params, self.state["m"], self.state["v"]):
             super().zero_grad()
-        else:
-            grad = flat[1]
-            parallel_rows(lambda r: grad[r].fill(0), grad.size, 1)
 
 
 class AdamW(Adam):

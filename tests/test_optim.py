@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from numtransformer import Linear, Parameter
+from numtransformer.kernels import use_kernels
 from numtransformer.optim import (
     SGD,
     Adam,
@@ -58,15 +59,49 @@ def test_adam_by_hand_with_bias_correction_per_step():
     assert opt.step_count == 2
 
 
-def test_step_count_is_per_step_not_per_tensor():
+kernel_modes = pytest.mark.parametrize("mode", ["reference", "fast"])
+
+
+@kernel_modes
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_step_count_is_per_step_not_per_tensor(mode, dtype):
     # Classic bug: a counter advanced once per tensor makes bias correction
     # depend on the number of tensors.  Ten tensors, one step: all see t = 1.
-    ps = [_param([0.0], [1.0]) for _ in range(10)]
+    ps = [Parameter(np.zeros(1, dtype)) for _ in range(10)]
+    for p in ps:
+        p.grad[...] = 1.0
     opt = Adam(ps, lr=0.1)
-    opt.step()
+    with use_kernels(mode):
+        opt.step()
     assert opt.step_count == 1
     for p in ps:
         np.testing.assert_allclose(p.data, [-0.1], rtol=1e-6)  # m_hat/sqrt(v_hat) = 1 at t = 1
+    with use_kernels(mode):
+        opt.step()
+    assert opt.step_count == 2  # once per step, whatever the number of tensors
+
+
+@kernel_modes
+@pytest.mark.parametrize("cls", [Adam, AdamW])
+def test_bias_correction_uses_the_step_count_not_the_layer_index(mode, cls):
+    # Classic bug: bias correction fed the index of the tensor in the parameter
+    # list.  Five tensors with the same values and gradients must stay equal to
+    # each other and to a lone tensor stepped by itself, step after step.
+    grads = [np.random.default_rng(t).standard_normal(3) for t in range(4)]
+    ps = [_param([0.5, -1.0, 2.0], 0.0) for _ in range(5)]
+    alone = _param([0.5, -1.0, 2.0], 0.0)
+    many, one = cls(ps, lr=0.05, betas=(0.8, 0.9)), cls([alone], lr=0.05, betas=(0.8, 0.9))
+    for g in grads:
+        for p in ps + [alone]:
+            p.grad[...] = g
+        with use_kernels(mode):
+            many.step()
+            one.step()
+    for p in ps:
+        np.testing.assert_array_equal(p.data, alone.data)
+    expected = _adam_by_hand([0.5, -1.0, 2.0], grads, 0.05, 0.8, 0.9, 1e-8,
+                             0.01 if cls is AdamW else 0.0)
+    np.testing.assert_allclose(alone.data, expected, rtol=0, atol=1e-13)
 
 
 def test_adamw_decays_the_weights_not_the_gradient():
@@ -186,9 +221,11 @@ def _adam_by_hand(values, grads, lr, b1, b2, eps, wd):
     return p
 
 
-def test_flat_buffers_follow_rebound_arrays():
-    """AdamW packs every parameter into one flat buffer; rebinding p.data or p.grad
-    (load_state_dict, astype, assignment) between steps must not lose an update."""
+@kernel_modes
+def test_flat_buffers_follow_rebound_arrays(mode):
+    """The fast AdamW packs every parameter into one flat buffer; rebinding p.data
+    or p.grad (load_state_dict, astype, assignment) between steps must not lose an
+    update.  The reference path (one parameter at a time) gives the same numbers."""
     rng = np.random.default_rng(0)
     shapes = [(4, 3), (3,), (2, 5)]
     params = [Parameter(rng.standard_normal(s)) for s in shapes]
@@ -204,9 +241,11 @@ def test_flat_buffers_follow_rebound_arrays():
             opt.load_state_dict(opt.state_dict())  # the moments rebound too
         for p, g in zip(params, grads):
             p.grad[...] = g[step]
-        opt.step()
-        opt.zero_grad()
+        with use_kernels(mode):
+            opt.step()
+            opt.zero_grad()
         assert all(not p.grad.any() for p in params)
+        assert opt._flat.is_packed() == (mode == "fast")
     for p, s, g in zip(params, start, grads):
         expected = _adam_by_hand(s, g, 0.01, 0.9, 0.99, 1e-8, 0.1)
         np.testing.assert_allclose(p.data, expected, rtol=0, atol=1e-13)
@@ -235,3 +274,31 @@ def test_keep_freed_memory_is_idempotent():
 
     first = keep_freed_memory()
     assert isinstance(first, bool) and keep_freed_memory() is first
+
+
+@kernel_modes
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1, momentum=0.9),
+                                  lambda ps: Adam(ps, lr=0.1), lambda ps: AdamW(ps, lr=0.1)])
+def test_updates_land_in_the_parameters_own_arrays(mode, make):
+    """The kernels return new arrays; the optimizer copies them into the arrays
+    the parameter and its state already own, so whoever holds those arrays (a
+    view, a tied layer) sees the update, and the state keeps its identity."""
+    p = _param([1.0, -2.0, 3.0], [0.5, -0.5, 0.25])
+    q = _param([4.0], [1.0])
+    opt = make([p, q, p])  # p twice: tied, stepped once
+    with use_kernels(mode):
+        opt.step()
+    data, state = p.data, {k: dict(v) for k, v in opt.state.items()}
+    view = data[1:]
+    with use_kernels(mode):
+        opt.step()
+    assert p.data is data and not np.array_equal(view, [-2.0, 3.0])
+    np.testing.assert_array_equal(view, p.data[1:])
+    for kind, bufs in opt.state.items():
+        assert all(bufs[name] is state[kind][name] for name in bufs)
+    ref = _param([1.0, -2.0, 3.0], [0.5, -0.5, 0.25])
+    other = make([ref])
+    with use_kernels(mode):
+        other.step()
+        other.step()
+    np.testing.assert_allclose(p.data, ref.data, rtol=1e-15, atol=0)

@@ -6,7 +6,7 @@ one is used as it is.  What makes them fast: large elementwise passes in row
 blocks on the configured threads (``numtransformer._parallel``; the same bits
 at any thread count), in-place buffers, einsum row sums, one GEMV for the
 sums over rows, sparse scatter-adds.  Each is tested equal to its reference
-(tests/test_fast_kernels.py).  ``numtransformer.kernels`` chooses the family.
+(tests/kernels/test_*_fast.py).  ``numtransformer.kernels`` chooses the family.
 """
 
 from ..functional import *  # noqa: F401,F403  (the reference kernels, where no fast one exists)

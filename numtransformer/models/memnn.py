@@ -15,10 +15,11 @@ from typing import NamedTuple
 import numpy as np
 
 from .._validate import (as_rng, check_float_dtype, check_ids, check_mask, check_positive_int)
-from ..layers.activations import softmax
+from ..functional.memnn import MemN2NHopCache
+from ..kernels import select
 from ..module import Module, Parameter
 
-__all__ = ["MemN2N", "MemN2NCache", "position_encoding"]
+__all__ = ["MemN2N", "MemN2NCache", "MemN2NHopCache", "position_encoding"]
 
 _TYINGS = ("adjacent", "layerwise")
 
@@ -74,6 +75,7 @@ class MemN2NCache(NamedTuple):
     u: tuple  # K + 1 arrays (B, d): u^1 (the question) .. u^{K+1}
     p: np.ndarray  # (B, K, N) attention of each hop over the memories
     linear_start: bool  # softmax removed from the hops
+    hops: tuple = ()  # K MemN2NHopCache records, hop 1 .. K (functional.memnn_hop_forward)
 
 
 class MemN2N(Module):
@@ -97,7 +99,7 @@ class MemN2N(Module):
     ``position_encoding=False``, l = 1 on real words (bag of words).
 
     Hop k = 1..K (sec. 2.1; masked slots get p = 0; a story with no sentence
-    gives p = 0 and o = 0, never NaN):
+    gives p = 0 and o = 0, never NaN; the kernel ``functional.memnn_hop_forward``):
         s^k = m^k u^k                 s_i = <m_i, u>                   (B, N)
         p^k = softmax(s^k)            (linear start: p^k = s^k, sec. 4.2)
         o^k = sum_i p^k_i c^k_i                                         (B, d)
@@ -132,7 +134,13 @@ class MemN2N(Module):
         dE[x_ij] += l_ij * dM_i         (scatter-add over every word of every sentence)
         dT[t_i]  += dM_i                (real slots; padding slots have dM_i = 0)
         dB[q_j]  += l_qj * du^1
+    (the loop over k is ``functional.memnn_hop_backward``, once per hop).
     Token ids and masks get no gradient: backward returns None.
+
+    The question's table B is A1 (adjacent) or B (layer-wise): an alias, not
+    a parameter of its own, so ``state_dict()`` holds it once, under that
+    public name.  Checkpoints written before also held it under the private
+    key ``_B``; ``load_state_dict`` still reads them (see there).
 
     Init as the paper (sec. 4.2): every weight ~ N(0, init_std = 0.1).
     """
@@ -178,7 +186,7 @@ class MemN2N(Module):
             times = ([self.TA1] + [getattr(self, f"TC{k}") for k in range(1, K + 1)]
                      if self.temporal else [None] * (K + 1))
             self._hop_in, self._hop_out = list(range(K)), list(range(1, K + 1))
-            self._B = self.A1
+            self._question_table = "A1"  # B = A^1
         else:
             self.A, self.C, self.B = table(V), table(V), table(V)
             if self.temporal:
@@ -186,7 +194,7 @@ class MemN2N(Module):
             words = [self.A, self.C]
             times = [self.TA, self.TC] if self.temporal else [None, None]
             self._hop_in, self._hop_out = [0] * K, [1] * K
-            self._B = self.B
+            self._question_table = "B"
         self._tables = list(zip(words, times))
         if self.use_H:
             self.H = Parameter((init_std * rng.standard_normal((d, d))).astype(dtype))
@@ -194,8 +202,37 @@ class MemN2N(Module):
             self.W = Parameter((init_std * rng.standard_normal((d, V))).astype(dtype))
 
     @property
+    def _B(self) -> Parameter:
+        """The question's embedding table B (sec. 2.1): the parameter named by
+        ``_question_table``, A1 under adjacent tying, B under layer-wise tying."""
+        return getattr(self, self._question_table)
+
+    @property
     def dtype(self):
         return self._B.dtype
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """``Module.load_state_dict``, reading old checkpoints too: they also
+        held the question's table under the private key ``_B`` (the same array
+        as A1 under adjacent tying, B under layer-wise tying).  That key is read
+        as the public one; if both are present they must hold the same values,
+        else the load is refused naming both keys."""
+        if "_B" in state_dict:
+            public = self._question_table
+            state_dict = dict(state_dict)
+            alias = np.asarray(state_dict.pop("_B"))
+            if public not in state_dict:
+                if alias.shape != self._B.shape:
+                    raise ValueError(f"MemN2N.load_state_dict: the old key '_B' (the question's "
+                                     f"table, read as {public!r}) has shape {alias.shape}, "
+                                     f"expected {self._B.shape}")
+                state_dict[public] = alias
+            elif not np.array_equal(np.asarray(state_dict[public]), alias):
+                raise ValueError(f"MemN2N.load_state_dict: the old key '_B' (the question's "
+                                 f"table, the same parameter as {public!r}) holds values "
+                                 f"other than {public!r}'s; a checkpoint must hold one value "
+                                 f"per parameter")
+        return super().load_state_dict(state_dict, strict)
 
     # -- inputs ----------------------------------------------------------------------------
     def _check_inputs(self, story, query, story_pad_mask, time):
@@ -251,23 +288,23 @@ class MemN2N(Module):
                 Mn = Mn + T.data[time]
             M.append(np.ascontiguousarray(Mn))
         u = [np.sum(Lq * self._B.data[query], axis=1)]
-        ps = []
+        kernels = select(u[0].dtype)
+        H = self.H.data if self.use_H else None
+        hops = []
         for k in range(self.hops):
-            m, c = M[self._hop_in[k]], M[self._hop_out[k]]
-            s = np.matmul(m, u[k][:, :, None])[:, :, 0]
-            p = np.where(mask, 0, s) if linear_start else softmax(s, axis=-1, mask=mask)
-            o = np.matmul(p[:, None, :], c)[:, 0, :]
-            u.append((u[k] @ self.H.data if self.use_H else u[k]) + o)
-            ps.append(p)
+            u_next, hop = kernels.memnn_hop_forward(u[k], M[self._hop_in[k]], M[self._hop_out[k]],
+                                                    mask, linear_start, H)
+            u.append(u_next)
+            hops.append(hop)
         W = self.W.data if self.tying == "layerwise" else self._tables[-1][0].data.T
         a = u[-1] @ W
         cache = MemN2NCache(story=story, query=query, time=time, mask=mask, L=L, Lq=Lq,
-                            M=tuple(M), u=tuple(u), p=np.stack(ps, axis=1),
-                            linear_start=bool(linear_start))
+                            M=tuple(M), u=tuple(u), p=np.stack([h.p for h in hops], axis=1),
+                            linear_start=bool(linear_start), hops=tuple(hops))
         return a, cache
 
     def backward(self, da, cache: MemN2NCache):
-        u, M, p_all = cache.u, cache.M, cache.p
+        u, M = cache.u, cache.M
         if self.tying == "layerwise":
             self.W.grad += u[-1].T @ da
             du = da @ self.W.data.T
@@ -275,21 +312,15 @@ class MemN2N(Module):
             E_out = self._tables[-1][0]
             E_out.grad += da.T @ u[-1]
             du = da @ E_out.data
+        kernels = select(du.dtype)
+        H = self.H.data if self.use_H else None
         dM = [np.zeros_like(Mn) for Mn in M]
         for k in reversed(range(self.hops)):
-            m, c, p = M[self._hop_in[k]], M[self._hop_out[k]], p_all[:, k]
-            do = du
-            if self.use_H:
-                self.H.grad += u[k].T @ du
-                du = du @ self.H.data.T
-            dp = np.matmul(c, do[:, :, None])[:, :, 0]
-            dM[self._hop_out[k]] += p[:, :, None] * do[:, None, :]
-            if cache.linear_start:
-                ds = np.where(cache.mask, 0, dp)
-            else:
-                ds = p * (dp - np.sum(p * dp, axis=1, keepdims=True))
-            dM[self._hop_in[k]] += ds[:, :, None] * u[k][:, None, :]
-            du = du + np.matmul(ds[:, None, :], m)[:, 0, :]
+            du, dm, dc, dH = kernels.memnn_hop_backward(du, cache.hops[k], H)
+            if dH is not None:
+                self.H.grad += dH
+            dM[self._hop_out[k]] += dc
+            dM[self._hop_in[k]] += dm
         # The scatter-adds dE[x_ij] += l_ij dM_i of all tables at once, real words only
         # (padding words have l = 0), as segment sums over the sorted ids.
         B, N, J = cache.story.shape

@@ -183,12 +183,14 @@ def test_tied_gradient_is_the_sum_over_uses():
     m.backward(da, cache)
     tied = m.A1.grad.copy()
     m.zero_grad()
-    m._B = Parameter(m.A1.data)  # the question now reads its own copy
+    m.B = Parameter(m.A1.data)  # the question now reads its own copy
+    m._question_table = "B"
+    assert m._B is m.B
     a2, cache = m.forward(story, query)
     m.backward(da, cache)
     np.testing.assert_array_equal(a2, a)
-    assert np.abs(m._B.grad).max() > 0 and np.abs(m.A1.grad).max() > 0
-    np.testing.assert_allclose(m.A1.grad + m._B.grad, tied, rtol=1e-12, atol=1e-14)
+    assert np.abs(m.B.grad).max() > 0 and np.abs(m.A1.grad).max() > 0
+    np.testing.assert_allclose(m.A1.grad + m.B.grad, tied, rtol=1e-12, atol=1e-14)
 
 
 # --------------------------------------------------------------------------- properties
@@ -265,6 +267,61 @@ def test_state_dict_round_trip():
 
 
 # --------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("tying, public", [("adjacent", "A1"), ("layerwise", "B")])
+def test_state_dict_holds_each_parameter_once_under_its_public_name(tying, public):
+    """The question's table B is an alias (A1 or B), not a key of its own."""
+    m = MemN2N(9, 4, 2, memory_size=5, tying=tying, rng=0)
+    sd = m.state_dict()
+    assert list(sd) == [n for n, _ in m.named_parameters()] and "_B" not in sd
+    assert m._B is getattr(m, public)
+
+
+@pytest.mark.parametrize("tying, public", [("adjacent", "A1"), ("layerwise", "B")])
+def test_old_state_dict_with_the_private_alias_still_loads(tying, public):
+    """Checkpoints written before held the question's table twice, also under
+    '_B': they load (the alias read as the public key); an alias that disagrees
+    with its public key is refused, naming both."""
+    a = MemN2N(9, 4, 2, memory_size=5, tying=tying, rng=0)
+    old = dict(a.state_dict(), _B=a.state_dict()[public])
+    story, query = make_story(np.random.default_rng(1), 2, 4, 3, 9)
+    b = MemN2N(9, 4, 2, memory_size=5, tying=tying, rng=1)
+    assert b.load_state_dict(old) == {"missing_keys": [], "unexpected_keys": []}
+    assert np.array_equal(a(story, query), b(story, query))
+    only_alias = {k: v for k, v in old.items() if k != public}  # the alias alone also does
+    c = MemN2N(9, 4, 2, memory_size=5, tying=tying, rng=2)
+    c.load_state_dict(only_alias)
+    assert np.array_equal(a(story, query), c(story, query))
+    bad = dict(old, _B=old[public] + 1)
+    with pytest.raises(ValueError, match=f"'_B'.*{public!r}"):
+        MemN2N(9, 4, 2, memory_size=5, tying=tying, rng=1).load_state_dict(bad)
+    with pytest.raises(ValueError, match="_B"):  # the alias with a wrong shape is named too
+        MemN2N(9, 4, 2, memory_size=5, tying=tying, rng=1).load_state_dict(
+            {k: v for k, v in dict(old, _B=np.zeros((2, 2))).items() if k != public})
+
+
+def test_the_hops_run_the_shared_kernel(monkeypatch):
+    """MemN2N calls functional.memnn_hop_forward / backward once per hop (the
+    namespace kernels.select gives for the dtype), not a copy of the math."""
+    from numtransformer import functional
+
+    calls = []
+    for name in ("memnn_hop_forward", "memnn_hop_backward"):
+        real = getattr(functional, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(functional, name, spy)
+    r = np.random.default_rng(0)
+    m = MemN2N(9, 4, 3, memory_size=5, dtype=F64, rng=r)
+    story, query = make_story(r, 2, 4, 3, 9)
+    a, cache = m.forward(story, query)
+    m.backward(np.ones_like(a), cache)
+    assert calls == ["memnn_hop_forward"] * 3 + ["memnn_hop_backward"] * 3
+    assert len(cache.hops) == 3 and np.array_equal(cache.p[:, 1], cache.hops[1].p)
+
+
 def test_bad_construction_arguments():
     with pytest.raises(ValueError, match="MemN2N: tying"):
         MemN2N(9, 4, tying="rnn")
@@ -423,3 +480,18 @@ def test_cli_trains_a_memnn_whose_checkpoint_eval_reads_back(tmp_path, capsys):
         save_checkpoint(forged, model, dict(ck.config, **change))
         with pytest.raises(ValueError, match=message):
             load_memnn(forged)
+    # a checkpoint of the previous format (the question's table also under the
+    # private key '_B') still loads; one whose '_B' disagrees is refused, naming it
+    with np.load(out + "/checkpoint.npz", allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    model, _, _ = load_memnn(out + "/checkpoint.npz")
+    for alias, ok in ((arrays["param/A1"], True), (arrays["param/A1"] * 2, False)):
+        old = str(tmp_path / "old.npz")
+        np.savez(old, **arrays, **{"param/_B": alias})
+        if ok:
+            again, _, _ = load_memnn(old)
+            assert all(np.array_equal(a, b) for a, b in zip(again.state_dict().values(),
+                                                             model.state_dict().values()))
+        else:
+            with pytest.raises(ValueError, match="'_B'"):
+                load_memnn(old)
