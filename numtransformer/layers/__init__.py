@@ -6,10 +6,13 @@ from .embedding import Embedding
 from .feedforward import PositionwiseFeedForward
 from .layernorm import LayerNorm
 from .linear import Linear, TiedLinear
+from .norms import NORM_KINDS, make_norm
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, sinusoid_table
+from .residual import SublayerConnection, SublayerConnectionCache
 
 __all__ = [
     "Linear", "TiedLinear", "Embedding", "ReLU", "GELU", "Tanh", "Sigmoid", "Softmax", "Dropout",
     "LayerNorm", "PositionwiseFeedForward", "SinusoidalPositionalEncoding",
     "LearnedPositionalEmbedding", "softmax", "log_softmax", "sinusoid_table", "get_activation",
+    "make_norm", "NORM_KINDS", "SublayerConnection", "SublayerConnectionCache",
 ]

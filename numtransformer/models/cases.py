@@ -55,7 +55,29 @@ def gradcheck_cases():
         ids = np.array([[1, 2, 3, 4], [5, 6, 7, 0]])
         return model, (ids, ids == 0), {"max_entries": 16}
 
+    def connection(norm_first, memory):
+        def build(r):
+            from ..attention import MultiHeadAttention
+            from ..layers import Dropout, Linear, SublayerConnection, make_norm
+            norm = make_norm("layernorm", 8, 1e-5, dtype=F64)
+            norm.gamma.data[...] = 1 + 0.3 * r.standard_normal(8)
+            norm.beta.data[...] = 0.3 * r.standard_normal(8)
+            x = r.standard_normal((2, 3, 8))
+            if not memory:
+                sub = Linear(8, 8, dtype=F64, rng=r)
+                return SublayerConnection(sub, norm, Dropout(0.1, rng=r), norm_first), (x,), {}
+            sub = MultiHeadAttention(8, 2, 0.1, dtype=F64, rng=r)
+            mpad = np.array([[False, False, True, True], [True] * 4])  # a fully masked row
+            m = r.standard_normal((2, 4, 8))
+            return SublayerConnection(sub, norm, Dropout(0.1, rng=r), norm_first), (
+                x, m, m + 0.5), {"key_padding_mask": mpad}
+        return build
+
     cases = []
+    for nf in (False, True):
+        norm = "pre-norm" if nf else "post-norm"
+        cases.append(Case(f"SublayerConnection({norm}, Linear)", connection(nf, False)))
+        cases.append(Case(f"SublayerConnection({norm}, cross-attention)", connection(nf, True)))
     for nf in (False, True):
         for act in ("relu", "gelu"):
             tag = f"{'pre' if nf else 'post'}-LN, {act}"

@@ -6,15 +6,19 @@ Layers (constructor arguments mirror PyTorch's layers of the same name):
 ``Transformer`` and the decoder-only causal language model ``TransformerLM``.
 
 Residual sublayers, post-LN (the paper, sec. 3.1; the default) and pre-LN
-(``norm_first=True``; Xiong et al., 2020):
+(``norm_first=True``; Xiong et al., 2020), each a ``SublayerConnection``
+(``numtransformer.layers.residual``, where the backward is derived):
 
-    post-LN:  x <- LayerNorm(x + Dropout(Sublayer(x)))
-    pre-LN:   x <- x + Dropout(Sublayer(LayerNorm(x)))
+    post-LN:  x <- Norm(x + Dropout(Sublayer(x)))
+    pre-LN:   x <- x + Dropout(Sublayer(Norm(x)))
 
 Backward of a residual sublayer (the identity path adds its gradient):
 
     post-LN:  dr = norm.backward(dy);  dx = dr + sublayer.backward(dropout.backward(dr))
     pre-LN:   dx = dy + norm.backward(sublayer.backward(dropout.backward(dy)))
+
+Norm is LayerNorm by default; ``norm=`` (a kind of ``layers.norms.make_norm``)
+chooses it in every layer and final norm of a model by one argument.
 
 Incremental decoding: ``start_decoding`` / ``decode_step`` run one new target
 position at a time against key/value caches (cost O(t) per step, not a full
@@ -32,8 +36,10 @@ from .._validate import (as_rng, check_float, check_float_dtype, check_ids, chec
                          check_positive_int, check_probability)
 from ..attention import KVCache, MultiHeadAttention, causal_mask
 from ..attention.masks import check_attn_mask, check_key_padding_mask
-from ..layers import (Dropout, Embedding, LayerNorm, LearnedPositionalEmbedding, Linear,
+from ..layers import (Dropout, Embedding, LearnedPositionalEmbedding, Linear,
                       PositionwiseFeedForward, SinusoidalPositionalEncoding, TiedLinear)
+from ..layers.norms import check_norm, make_norm
+from ..layers.residual import SublayerConnection, SublayerConnectionCache
 from ..module import Module
 
 __all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
@@ -43,7 +49,7 @@ _ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 
 
 def _check_layer_args(owner, d_model, nhead, dim_feedforward, dropout, activation,
-                      layer_norm_eps):
+                      layer_norm_eps, norm="layernorm"):
     who = type(owner).__name__
     check_positive_int(owner, "d_model", d_model)
     check_positive_int(owner, "nhead", nhead)
@@ -55,6 +61,13 @@ def _check_layer_args(owner, d_model, nhead, dim_feedforward, dropout, activatio
         raise ValueError(f"{who}: d_model={d_model} is not divisible by nhead={nhead}")
     if not layer_norm_eps > 0:
         raise ValueError(f"{who}: layer_norm_eps must be > 0, got {layer_norm_eps}")
+    check_norm(owner, norm)
+
+
+def _blocks(cache, n: int) -> list:
+    """A layer's cache holds its n residual blocks' caches side by side, four fields
+    each (norm_i, sublayer, dropout_i, residual_norm_i): split it back."""
+    return [SublayerConnectionCache._make(cache[4 * i:4 * i + 4]) for i in range(n)]
 
 
 def check_sequences(owner, x_arg: str, x, masks=(), mem_arg: str = "", memory=None) -> None:
@@ -85,6 +98,7 @@ def check_sequences(owner, x_arg: str, x, masks=(), mem_arg: str = "", memory=No
 
 # ----------------------------------------------------------------------------------------
 class EncoderLayerCache(NamedTuple):
+    """The two residual blocks' caches (``SublayerConnectionCache``) side by side."""
     norm1: tuple | None  # pre-LN: n1 = norm1(x)
     self_attn: tuple  # a = SelfAttention(x or n1)
     dropout1: tuple
@@ -114,22 +128,29 @@ class TransformerEncoderLayer(Module):
         dh = dy + norm2.backward(FFN.backward(dropout2.backward(dy)))
         dx = dh + norm1.backward(SelfAttn.backward(dropout1.backward(dh)))
 
+    Each line is one ``SublayerConnection`` (``residual1``: self_attn, norm1,
+    dropout1; ``residual2``: ffn, norm2, dropout2), built on demand around the
+    layer's own modules.  ``norm`` chooses norm1 and norm2 (``make_norm``;
+    default "layernorm").
+
     FFN(x) = linear2(dropout(act(linear1(x)))) with its own dropout, as PyTorch.
     Parameter names: self_attn.*, ffn.linear1.*, ffn.linear2.*, norm1.*, norm2.*.
     """
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
                  dropout: float = 0.1, activation: str = "relu", layer_norm_eps: float = 1e-5,
-                 norm_first: bool = False, *, dtype=np.float32, rng=None):
+                 norm_first: bool = False, *, norm: str = "layernorm", dtype=np.float32,
+                 rng=None):
         _check_layer_args(self, d_model, nhead, dim_feedforward, dropout, activation,
-                          layer_norm_eps)
+                          layer_norm_eps, norm)
         rng = as_rng(rng)
         self.d_model, self.nhead, self.norm_first = d_model, nhead, bool(norm_first)
+        self.norm_kind = norm
         self.self_attn = MultiHeadAttention(d_model, nhead, dropout, dtype=dtype, rng=rng)
         self.ffn = PositionwiseFeedForward(d_model, dim_feedforward, activation, dropout,
                                            dtype=dtype, rng=rng)
-        self.norm1 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
-        self.norm2 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
+        self.norm1 = make_norm(norm, d_model, layer_norm_eps, dtype=dtype)
+        self.norm2 = make_norm(norm, d_model, layer_norm_eps, dtype=dtype)
         self.dropout1 = Dropout(dropout, rng=rng.spawn(1)[0])
         self.dropout2 = Dropout(dropout, rng=rng.spawn(1)[0])
 
@@ -137,53 +158,38 @@ class TransformerEncoderLayer(Module):
     def dtype(self):
         return self.norm1.dtype
 
+    @property
+    def residual1(self) -> SublayerConnection:
+        """x -> the self-attention block (self_attn, norm1, dropout1)."""
+        return SublayerConnection(self.self_attn, self.norm1, self.dropout1, self.norm_first)
+
+    @property
+    def residual2(self) -> SublayerConnection:
+        """h -> the feed-forward block (ffn, norm2, dropout2)."""
+        return SublayerConnection(self.ffn, self.norm2, self.dropout2, self.norm_first)
+
     def forward(self, src, src_key_padding_mask=None, src_mask=None):
         x = check_float(self, "src", src, dtype=self.dtype, ndim=3, last_dim=self.d_model,
                         last_dim_name="d_model")
         check_sequences(self, "src", x, [
             ("src_key_padding_mask", src_key_padding_mask, "self_kpm"),
             ("src_mask", src_mask, "self_attn")])
-        if self.norm_first:
-            n1, c_n1 = self.norm1.forward(x)
-            a, c_sa = self.self_attn.forward(n1, key_padding_mask=src_key_padding_mask,
-                                             attn_mask=src_mask)
-            a_drop, c_d1 = self.dropout1.forward(a)
-            h = x + a_drop
-            n2, c_n2 = self.norm2.forward(h)
-            f, c_ff = self.ffn.forward(n2)
-            f_drop, c_d2 = self.dropout2.forward(f)
-            y = h + f_drop
-            return y, EncoderLayerCache(c_n1, c_sa, c_d1, None, c_n2, c_ff, c_d2, None)
-        a, c_sa = self.self_attn.forward(x, key_padding_mask=src_key_padding_mask,
-                                         attn_mask=src_mask)
-        a_drop, c_d1 = self.dropout1.forward(a)
-        h, c_r1 = self.norm1.forward(x + a_drop)
-        f, c_ff = self.ffn.forward(h)
-        f_drop, c_d2 = self.dropout2.forward(f)
-        y, c_r2 = self.norm2.forward(h + f_drop)
-        return y, EncoderLayerCache(None, c_sa, c_d1, c_r1, None, c_ff, c_d2, c_r2)
+        h, c1 = self.residual1.forward(x, key_padding_mask=src_key_padding_mask,
+                                       attn_mask=src_mask)
+        y, c2 = self.residual2.forward(h)
+        return y, EncoderLayerCache(*c1, *c2)
 
     def backward(self, dy, cache: EncoderLayerCache):
-        if self.norm_first:
-            df = self.dropout2.backward(dy, cache.dropout2)
-            dh = dy + self.norm2.backward(self.ffn.backward(df, cache.ffn), cache.norm2)
-            da = self.dropout1.backward(dh, cache.dropout1)
-            dn1 = self.self_attn.backward(da, cache.self_attn)
-            return dh + self.norm1.backward(dn1, cache.norm1)
-        dr2 = self.norm2.backward(dy, cache.residual_norm2)
-        dh = dr2 + self.ffn.backward(self.dropout2.backward(dr2, cache.dropout2), cache.ffn)
-        dr1 = self.norm1.backward(dh, cache.residual_norm1)
-        return dr1 + self.self_attn.backward(self.dropout1.backward(dr1, cache.dropout1),
-                                             cache.self_attn)
+        c1, c2 = _blocks(cache, 2)
+        dh = self.residual2.backward(dy, c2)
+        return self.residual1.backward(dh, c1)
 
     def decode(self, x, kv_cache: KVCache, key_padding_mask=None):
         """Causal incremental step(s) for a decoder-only model (inference, no dropout):
         x (B, T_new, D) attends to the cached past plus itself."""
-        if self.norm_first:
-            h = x + self.self_attn.decode(self.norm1(x), kv_cache, key_padding_mask)
-            return h + self.ffn(self.norm2(h))
-        h = self.norm1(x + self.self_attn.decode(x, kv_cache, key_padding_mask))
-        return self.norm2(h + self.ffn(h))
+        h = self.residual1.apply(x, lambda n: self.self_attn.decode(n, kv_cache,
+                                                                    key_padding_mask))
+        return self.residual2.apply(h)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, nhead={self.nhead}, norm_first={self.norm_first}"
@@ -191,6 +197,7 @@ class TransformerEncoderLayer(Module):
 
 # ----------------------------------------------------------------------------------------
 class DecoderLayerCache(NamedTuple):
+    """The three residual blocks' caches (``SublayerConnectionCache``) side by side."""
     norm1: tuple | None
     self_attn: tuple
     dropout1: tuple
@@ -221,8 +228,13 @@ class TransformerDecoderLayer(Module):
         h2 = h1 + dropout2(CrossAttn(norm2(h1), m, m))
         y  = h2 + dropout3(FFN(norm3(h2)))
     Backward: each block as in TransformerEncoderLayer, in reverse order; the
-    cross-attention returns (dquery, dkey, dvalue) and dm = dkey + dvalue.
+    cross-attention block returns (dh1, dkey, dvalue) and dm = dkey + dvalue.
     backward returns (dx, dm).
+
+    Each line is one ``SublayerConnection`` (``residual1``: self_attn, norm1,
+    dropout1; ``residual2``: cross_attn, norm2, dropout2, given m as key and
+    value; ``residual3``: ffn, norm3, dropout3), built on demand around the
+    layer's own modules.  ``norm`` chooses norm1..norm3 (``make_norm``).
 
     Parameter names: self_attn.*, cross_attn.* (PyTorch: multihead_attn),
     ffn.linear1.*, ffn.linear2.*, norm1.*, norm2.*, norm3.*.
@@ -230,18 +242,20 @@ class TransformerDecoderLayer(Module):
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
                  dropout: float = 0.1, activation: str = "relu", layer_norm_eps: float = 1e-5,
-                 norm_first: bool = False, *, dtype=np.float32, rng=None):
+                 norm_first: bool = False, *, norm: str = "layernorm", dtype=np.float32,
+                 rng=None):
         _check_layer_args(self, d_model, nhead, dim_feedforward, dropout, activation,
-                          layer_norm_eps)
+                          layer_norm_eps, norm)
         rng = as_rng(rng)
         self.d_model, self.nhead, self.norm_first = d_model, nhead, bool(norm_first)
+        self.norm_kind = norm
         self.self_attn = MultiHeadAttention(d_model, nhead, dropout, dtype=dtype, rng=rng)
         self.cross_attn = MultiHeadAttention(d_model, nhead, dropout, dtype=dtype, rng=rng)
         self.ffn = PositionwiseFeedForward(d_model, dim_feedforward, activation, dropout,
                                            dtype=dtype, rng=rng)
-        self.norm1 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
-        self.norm2 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
-        self.norm3 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
+        self.norm1 = make_norm(norm, d_model, layer_norm_eps, dtype=dtype)
+        self.norm2 = make_norm(norm, d_model, layer_norm_eps, dtype=dtype)
+        self.norm3 = make_norm(norm, d_model, layer_norm_eps, dtype=dtype)
         self.dropout1 = Dropout(dropout, rng=rng.spawn(1)[0])
         self.dropout2 = Dropout(dropout, rng=rng.spawn(1)[0])
         self.dropout3 = Dropout(dropout, rng=rng.spawn(1)[0])
@@ -249,6 +263,21 @@ class TransformerDecoderLayer(Module):
     @property
     def dtype(self):
         return self.norm1.dtype
+
+    @property
+    def residual1(self) -> SublayerConnection:
+        """x -> the masked self-attention block (self_attn, norm1, dropout1)."""
+        return SublayerConnection(self.self_attn, self.norm1, self.dropout1, self.norm_first)
+
+    @property
+    def residual2(self) -> SublayerConnection:
+        """h1, m -> the cross-attention block (cross_attn, norm2, dropout2)."""
+        return SublayerConnection(self.cross_attn, self.norm2, self.dropout2, self.norm_first)
+
+    @property
+    def residual3(self) -> SublayerConnection:
+        """h2 -> the feed-forward block (ffn, norm3, dropout3)."""
+        return SublayerConnection(self.ffn, self.norm3, self.dropout3, self.norm_first)
 
     def forward(self, tgt, memory, tgt_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None):
@@ -260,54 +289,17 @@ class TransformerDecoderLayer(Module):
             ("tgt_mask", tgt_mask, "self_attn"),
             ("tgt_key_padding_mask", tgt_key_padding_mask, "self_kpm"),
             ("memory_key_padding_mask", memory_key_padding_mask, "mem_kpm")], "memory", m)
-        sa_kw = dict(key_padding_mask=tgt_key_padding_mask, attn_mask=tgt_mask)
-        if self.norm_first:
-            n1, c_n1 = self.norm1.forward(x)
-            a, c_sa = self.self_attn.forward(n1, **sa_kw)
-            a_drop, c_d1 = self.dropout1.forward(a)
-            h1 = x + a_drop
-            n2, c_n2 = self.norm2.forward(h1)
-            b, c_ca = self.cross_attn.forward(n2, m, m, key_padding_mask=memory_key_padding_mask)
-            b_drop, c_d2 = self.dropout2.forward(b)
-            h2 = h1 + b_drop
-            n3, c_n3 = self.norm3.forward(h2)
-            f, c_ff = self.ffn.forward(n3)
-            f_drop, c_d3 = self.dropout3.forward(f)
-            y = h2 + f_drop
-            return y, DecoderLayerCache(c_n1, c_sa, c_d1, None, c_n2, c_ca, c_d2, None,
-                                        c_n3, c_ff, c_d3, None)
-        a, c_sa = self.self_attn.forward(x, **sa_kw)
-        a_drop, c_d1 = self.dropout1.forward(a)
-        h1, c_r1 = self.norm1.forward(x + a_drop)
-        b, c_ca = self.cross_attn.forward(h1, m, m, key_padding_mask=memory_key_padding_mask)
-        b_drop, c_d2 = self.dropout2.forward(b)
-        h2, c_r2 = self.norm2.forward(h1 + b_drop)
-        f, c_ff = self.ffn.forward(h2)
-        f_drop, c_d3 = self.dropout3.forward(f)
-        y, c_r3 = self.norm3.forward(h2 + f_drop)
-        return y, DecoderLayerCache(None, c_sa, c_d1, c_r1, None, c_ca, c_d2, c_r2,
-                                    None, c_ff, c_d3, c_r3)
+        h1, c1 = self.residual1.forward(x, key_padding_mask=tgt_key_padding_mask,
+                                        attn_mask=tgt_mask)
+        h2, c2 = self.residual2.forward(h1, m, m, key_padding_mask=memory_key_padding_mask)
+        y, c3 = self.residual3.forward(h2)
+        return y, DecoderLayerCache(*c1, *c2, *c3)
 
     def backward(self, dy, cache: DecoderLayerCache):
-        if self.norm_first:
-            df = self.dropout3.backward(dy, cache.dropout3)
-            dh2 = dy + self.norm3.backward(self.ffn.backward(df, cache.ffn), cache.norm3)
-            db = self.dropout2.backward(dh2, cache.dropout2)
-            dn2, dm_k, dm_v = self.cross_attn.backward(db, cache.cross_attn)
-            dh1 = dh2 + self.norm2.backward(dn2, cache.norm2)
-            da = self.dropout1.backward(dh1, cache.dropout1)
-            dn1 = self.self_attn.backward(da, cache.self_attn)
-            dx = dh1 + self.norm1.backward(dn1, cache.norm1)
-            return dx, dm_k + dm_v
-        dr3 = self.norm3.backward(dy, cache.residual_norm3)
-        dh2 = dr3 + self.ffn.backward(self.dropout3.backward(dr3, cache.dropout3), cache.ffn)
-        dr2 = self.norm2.backward(dh2, cache.residual_norm2)
-        dq, dm_k, dm_v = self.cross_attn.backward(self.dropout2.backward(dr2, cache.dropout2),
-                                                  cache.cross_attn)
-        dh1 = dr2 + dq
-        dr1 = self.norm1.backward(dh1, cache.residual_norm1)
-        dx = dr1 + self.self_attn.backward(self.dropout1.backward(dr1, cache.dropout1),
-                                           cache.self_attn)
+        c1, c2, c3 = _blocks(cache, 3)
+        dh2 = self.residual3.backward(dy, c3)
+        dh1, dm_k, dm_v = self.residual2.backward(dh2, c2)
+        dx = self.residual1.backward(dh1, c1)
         return dx, dm_k + dm_v
 
     def decode(self, x, self_cache: KVCache, memory_cache: KVCache,
@@ -315,13 +307,9 @@ class TransformerDecoderLayer(Module):
         """Incremental step(s) (inference, no dropout): x (B, T_new, D) attends
         causally to the cached target steps and to the whole (cached) memory."""
         mkpm = memory_key_padding_mask
-        if self.norm_first:
-            h1 = x + self.self_attn.decode(self.norm1(x), self_cache)
-            h2 = h1 + self.cross_attn.decode(self.norm2(h1), memory_cache, mkpm)
-            return h2 + self.ffn(self.norm3(h2))
-        h1 = self.norm1(x + self.self_attn.decode(x, self_cache))
-        h2 = self.norm2(h1 + self.cross_attn.decode(h1, memory_cache, mkpm))
-        return self.norm3(h2 + self.ffn(h2))
+        h1 = self.residual1.apply(x, lambda n: self.self_attn.decode(n, self_cache))
+        h2 = self.residual2.apply(h1, lambda n: self.cross_attn.decode(n, memory_cache, mkpm))
+        return self.residual3.apply(h2)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, nhead={self.nhead}, norm_first={self.norm_first}"
@@ -330,38 +318,41 @@ class TransformerDecoderLayer(Module):
 # ----------------------------------------------------------------------------------------
 class StackCache(NamedTuple):
     layers: list  # one cache per layer
-    norm: tuple | None  # the final LayerNorm's cache
+    norm: tuple | None  # the final norm's cache
 
 
 def _layer_kwargs(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps,
-                  norm_first, dtype):
+                  norm_first, norm, dtype):
     return dict(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward,
                 dropout=dropout, activation=activation, layer_norm_eps=layer_norm_eps,
-                norm_first=norm_first, dtype=dtype)
+                norm_first=norm_first, norm=norm, dtype=dtype)
 
 
 class TransformerEncoder(Module):
-    """N encoder layers, each with its own weights, and an optional final LayerNorm.
+    """N encoder layers, each with its own weights, and an optional final norm.
 
         x_0 = src;  x_l = layer_l(x_{l-1});  y = norm(x_N)  (final_norm)
     Backward: dx_N = norm.backward(dy); dx_{l-1} = layer_l.backward(dx_l).
 
     ``final_norm`` defaults to ``norm_first``: a pre-LN stack needs a last
     normalisation, a post-LN stack already ends with one (``nn.Transformer``
-    adds it in both cases: pass final_norm=True to match it).
+    adds it in both cases: pass final_norm=True to match it).  ``norm`` (a
+    ``make_norm`` kind, default "layernorm") chooses every layer's norms and
+    the final one.
     """
 
     def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int = 2048,
                  dropout: float = 0.1, activation: str = "relu", layer_norm_eps: float = 1e-5,
                  norm_first: bool = False, final_norm: bool | None = None, *,
-                 dtype=np.float32, rng=None):
+                 norm: str = "layernorm", dtype=np.float32, rng=None):
         check_positive_int(self, "num_layers", num_layers)
+        check_norm(self, norm)
         rng = as_rng(rng)
         kw = _layer_kwargs(d_model, nhead, dim_feedforward, dropout, activation,
-                           layer_norm_eps, norm_first, dtype)
+                           layer_norm_eps, norm_first, norm, dtype)
         self.layers = [TransformerEncoderLayer(**kw, rng=rng) for _ in range(num_layers)]
         final_norm = norm_first if final_norm is None else final_norm
-        self.norm = LayerNorm(d_model, layer_norm_eps, dtype=dtype) if final_norm else None
+        self.norm = make_norm(norm, d_model, layer_norm_eps, dtype=dtype) if final_norm else None
         self.d_model = d_model
 
     def forward(self, src, src_key_padding_mask=None, mask=None):
@@ -388,7 +379,7 @@ class TransformerEncoder(Module):
 
 
 class TransformerDecoder(Module):
-    """N decoder layers and an optional final LayerNorm (see TransformerEncoder).
+    """N decoder layers and an optional final norm (see TransformerEncoder).
 
         x_0 = tgt;  x_l = layer_l(x_{l-1}, m);  y = norm(x_N)
     Backward: every layer reads the same memory m, so dm = sum_l dm_l.
@@ -398,14 +389,15 @@ class TransformerDecoder(Module):
     def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int = 2048,
                  dropout: float = 0.1, activation: str = "relu", layer_norm_eps: float = 1e-5,
                  norm_first: bool = False, final_norm: bool | None = None, *,
-                 dtype=np.float32, rng=None):
+                 norm: str = "layernorm", dtype=np.float32, rng=None):
         check_positive_int(self, "num_layers", num_layers)
+        check_norm(self, norm)
         rng = as_rng(rng)
         kw = _layer_kwargs(d_model, nhead, dim_feedforward, dropout, activation,
-                           layer_norm_eps, norm_first, dtype)
+                           layer_norm_eps, norm_first, norm, dtype)
         self.layers = [TransformerDecoderLayer(**kw, rng=rng) for _ in range(num_layers)]
         final_norm = norm_first if final_norm is None else final_norm
-        self.norm = LayerNorm(d_model, layer_norm_eps, dtype=dtype) if final_norm else None
+        self.norm = make_norm(norm, d_model, layer_norm_eps, dtype=dtype) if final_norm else None
         self.d_model = d_model
 
     def forward(self, tgt, memory, tgt_mask=None, tgt_key_padding_mask=None,
@@ -509,8 +501,11 @@ class Transformer(Module):
     weight's gradient is the sum over its uses, because every backward adds
     to the same ``.grad``.
 
-    Embeddings are initialised N(0, 1/D), so after the sqrt(D) scale they have
-    unit variance, the scale of the positional encoding.
+    Embeddings are initialised N(0, 1/D), so after the sqrt(D) scale their
+    entries have mean square 1: the same order as the positional encoding's,
+    whose sinusoid entries have mean square 1/2.  ``norm`` (a
+    ``make_norm`` kind, default "layernorm") chooses the norm of every layer and
+    of the stacks' final norms.
     """
 
     def __init__(self, src_vocab: int, tgt_vocab: int, d_model: int = 512, nhead: int = 8,
@@ -519,11 +514,12 @@ class Transformer(Module):
                  layer_norm_eps: float = 1e-5, norm_first: bool = False,
                  positional: str = "sinusoidal", max_len: int = 512,
                  share_embeddings: bool = False, tie_output: bool = False,
-                 final_norm: bool | None = None, pad_id: int = 0, *, dtype=np.float32,
-                 rng=None):
+                 final_norm: bool | None = None, pad_id: int = 0, *, norm: str = "layernorm",
+                 dtype=np.float32, rng=None):
         check_positive_int(self, "src_vocab", src_vocab)
         check_positive_int(self, "tgt_vocab", tgt_vocab)
         dtype = check_float_dtype(self, dtype)
+        check_norm(self, norm)
         if share_embeddings and src_vocab != tgt_vocab:
             raise ValueError(f"Transformer: share_embeddings needs src_vocab == tgt_vocab, got "
                              f"{src_vocab} and {tgt_vocab}")
@@ -535,7 +531,7 @@ class Transformer(Module):
                            activation=activation, layer_norm_eps=layer_norm_eps,
                            norm_first=norm_first, positional=positional, max_len=max_len,
                            share_embeddings=share_embeddings, tie_output=tie_output,
-                           final_norm=final_norm, pad_id=pad_id)
+                           final_norm=final_norm, pad_id=pad_id, norm=norm)
         self.d_model, self.pad_id = d_model, pad_id
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         self.embed_scale = math.sqrt(d_model)
@@ -555,7 +551,7 @@ class Transformer(Module):
         self.tgt_dropout = Dropout(dropout, rng=rng.spawn(1)[0])
         stack = dict(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward,
                      dropout=dropout, activation=activation, layer_norm_eps=layer_norm_eps,
-                     norm_first=norm_first, final_norm=final_norm, dtype=dtype)
+                     norm_first=norm_first, final_norm=final_norm, norm=norm, dtype=dtype)
         self.encoder = TransformerEncoder(num_encoder_layers, **stack, rng=rng)
         self.decoder = TransformerDecoder(num_decoder_layers, **stack, rng=rng)
         if tie_output:
@@ -694,7 +690,8 @@ class TransformerLM(Module):
         x_l      = Block_l(x_{l-1}, pad_mask, causal_mask(T)),  l = 1..N   [blocks]
                    (pre-LN TransformerEncoderLayer: self-attention that sees
                    positions <= t only, then the FFN, each in a residual block)
-        h        = norm(x_N)                        (B, T, D)  [norm] final LayerNorm
+        h        = norm(x_N)                        (B, T, D)  [norm] final norm (LayerNorm;
+                   ``norm=`` chooses it and the blocks' norms)
         logits   = h E^T                            (B, T, V)  [generator] tied output
                    (tie_output=False: logits = h W + b, a Linear)
     Backward (dlogits (B, T, V)), in the order the code computes it:
@@ -716,16 +713,17 @@ class TransformerLM(Module):
                  num_layers: int = 4, dim_feedforward: int = 512, dropout: float = 0.1,
                  activation: str = "gelu", layer_norm_eps: float = 1e-5,
                  positional: str = "learned", max_len: int = 512, tie_output: bool = True,
-                 *, dtype=np.float32, rng=None):
+                 *, norm: str = "layernorm", dtype=np.float32, rng=None):
         check_positive_int(self, "vocab_size", vocab_size)
         check_positive_int(self, "num_layers", num_layers)
         dtype = check_float_dtype(self, dtype)
+        check_norm(self, norm)
         rng = as_rng(rng)
         self.config = dict(vocab_size=vocab_size, d_model=d_model, nhead=nhead,
                            num_layers=num_layers, dim_feedforward=dim_feedforward,
                            dropout=dropout, activation=activation,
                            layer_norm_eps=layer_norm_eps, positional=positional,
-                           max_len=max_len, tie_output=tie_output)
+                           max_len=max_len, tie_output=tie_output, norm=norm)
         self.vocab_size, self.d_model, self.max_len = vocab_size, d_model, max_len
         self.embed = Embedding(vocab_size, d_model, dtype=dtype, rng=rng)
         self.embed.W.data *= 0.02  # GPT-2's N(0, 0.02^2)
@@ -733,9 +731,9 @@ class TransformerLM(Module):
         self.dropout = Dropout(dropout, rng=rng.spawn(1)[0])
         self.blocks = [TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout,
                                                activation, layer_norm_eps, norm_first=True,
-                                               dtype=dtype, rng=rng)
+                                               norm=norm, dtype=dtype, rng=rng)
                        for _ in range(num_layers)]
-        self.norm = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
+        self.norm = make_norm(norm, d_model, layer_norm_eps, dtype=dtype)
         self.generator = (TiedLinear(self.embed.W) if tie_output
                           else Linear(d_model, vocab_size, dtype=dtype, rng=rng))
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from .._validate import (as_rng, check_float, check_float_dtype, check_ids, check_positive_int,
                          check_probability)
-from ..layers import Dropout, Embedding, LayerNorm
+from ..layers import Dropout, Embedding
+from ..layers.norms import check_norm, make_norm
 from ..models.transformer import TransformerEncoderLayer
 from ..module import Module
 
@@ -48,7 +49,7 @@ class BertEmbeddingsCache(NamedTuple):
     word: tuple  # Embedding caches of the three lookups
     position: tuple
     token_type: tuple
-    norm: tuple  # h = LayerNorm(e)
+    norm: tuple  # h = norm(e)
     dropout: tuple
 
 
@@ -60,7 +61,7 @@ class BertEmbeddings(Module):
 
     Forward:
         e = W_word[input_ids] + W_pos[0..T-1] + W_type[token_type_ids]
-        h = LayerNorm(e)
+        h = norm(e)                 LayerNorm; ``norm`` (a ``make_norm`` kind) chooses it
         y = dropout(h)
     Backward:
         dh = dropout.backward(dy)
@@ -70,14 +71,15 @@ class BertEmbeddings(Module):
 
     def __init__(self, vocab_size: int, hidden_size: int, max_position_embeddings: int = 512,
                  type_vocab_size: int = 2, layer_norm_eps: float = 1e-12, dropout: float = 0.1,
-                 *, dtype=np.float32, rng=None):
+                 *, norm: str = "layernorm", dtype=np.float32, rng=None):
+        check_norm(self, norm)
         rng = as_rng(rng)
         self.word = Embedding(vocab_size, hidden_size, dtype=dtype, rng=rng)
         self.position = Embedding(max_position_embeddings, hidden_size, dtype=dtype, rng=rng)
         self.token_type = Embedding(type_vocab_size, hidden_size, dtype=dtype, rng=rng)
         for emb in (self.word, self.position, self.token_type):  # BERT's N(0, 0.02^2)
             emb.W.data *= 0.02
-        self.norm = LayerNorm(hidden_size, layer_norm_eps, dtype=dtype)
+        self.norm = make_norm(norm, hidden_size, layer_norm_eps, dtype=dtype)
         self.dropout = Dropout(dropout, rng=rng.spawn(1)[0])
         self.hidden_size = hidden_size
         self.max_position_embeddings = max_position_embeddings
@@ -132,9 +134,12 @@ class BertModel(Module):
         kpm = (attention_mask == 0)                      key padding mask, True = padding
         x_l = EncoderLayer_l(x_{l-1}, src_key_padding_mask=kpm)     l = 1..N
     where each EncoderLayer is TransformerEncoderLayer(norm_first=False,
-    activation="gelu" (exact, erf)), i.e. BERT's layer:
+    activation="gelu" (exact, erf)), i.e. BERT's layer, two post-norm
+    residual sublayer connections (``SublayerConnection``):
         h = LayerNorm(x + dropout(SelfAttn(x)))
         y = LayerNorm(h + dropout(W2 gelu(W1 h + b1) + b2))
+    ``norm`` (a ``make_norm`` kind, default "layernorm") chooses the norm of
+    the embeddings and of every layer by one argument.
     Backward:
         dx_{l-1} = EncoderLayer_l.backward(dx_l)          l = N..1
         BertEmbeddings.backward(dx_0)                     (ids get no gradient)
@@ -151,8 +156,10 @@ class BertModel(Module):
                  intermediate_size: int = 3072, hidden_act: str = "gelu",
                  max_position_embeddings: int = 512, type_vocab_size: int = 2,
                  layer_norm_eps: float = 1e-12, hidden_dropout_prob: float = 0.1,
-                 attention_probs_dropout_prob: float = 0.1, *, dtype=np.float32, rng=None):
+                 attention_probs_dropout_prob: float = 0.1, *, norm: str = "layernorm",
+                 dtype=np.float32, rng=None):
         check_positive_int(self, "num_hidden_layers", num_hidden_layers)
+        check_norm(self, norm)
         check_probability(self, "hidden_dropout_prob", hidden_dropout_prob)
         check_probability(self, "attention_probs_dropout_prob", attention_probs_dropout_prob)
         if hidden_act not in _HF_ACTIVATIONS:
@@ -167,17 +174,18 @@ class BertModel(Module):
                            max_position_embeddings=max_position_embeddings,
                            type_vocab_size=type_vocab_size, layer_norm_eps=layer_norm_eps,
                            hidden_dropout_prob=hidden_dropout_prob,
-                           attention_probs_dropout_prob=attention_probs_dropout_prob)
+                           attention_probs_dropout_prob=attention_probs_dropout_prob,
+                           norm=norm)
         self.embeddings = BertEmbeddings(vocab_size, hidden_size, max_position_embeddings,
                                          type_vocab_size, layer_norm_eps, hidden_dropout_prob,
-                                         dtype=dtype, rng=rng)
+                                         norm=norm, dtype=dtype, rng=rng)
         self.layers = []
         for _ in range(num_hidden_layers):
             layer = TransformerEncoderLayer(hidden_size, num_attention_heads, intermediate_size,
                                             dropout=hidden_dropout_prob,
                                             activation=_HF_ACTIVATIONS[hidden_act],
                                             layer_norm_eps=layer_norm_eps, norm_first=False,
-                                            dtype=dtype, rng=rng)
+                                            norm=norm, dtype=dtype, rng=rng)
             layer.self_attn.dropout.p = float(attention_probs_dropout_prob)
             layer.ffn.dropout.p = 0.0
             self.layers.append(layer)
@@ -185,7 +193,8 @@ class BertModel(Module):
 
     @classmethod
     def from_config(cls, config: dict, *, dtype=np.float32, rng=None) -> "BertModel":
-        """Build from a Hugging Face ``config.json`` dict (model_type "bert")."""
+        """Build from a Hugging Face ``config.json`` dict (model_type "bert"), or from
+        a BertModel's own ``config`` (which also names its ``norm``)."""
         if config.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"BertModel: position_embedding_type "
                              f"{config['position_embedding_type']!r} is not supported (only "
@@ -193,7 +202,7 @@ class BertModel(Module):
         keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                 "intermediate_size", "hidden_act", "max_position_embeddings",
                 "type_vocab_size", "layer_norm_eps", "hidden_dropout_prob",
-                "attention_probs_dropout_prob")
+                "attention_probs_dropout_prob", "norm")
         missing = [k for k in keys[:5] if k not in config]
         if missing:
             raise ValueError(f"BertModel: config lacks {', '.join(missing)}")

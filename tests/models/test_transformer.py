@@ -307,3 +307,93 @@ def test_bad_input():
         Transformer(5, 6, 8, 2, share_embeddings=True)
     with pytest.raises(ValueError, match="activation"):
         TransformerEncoderLayer(8, 2, activation="swish")
+
+
+# -- the residual connections and the norm factory ----------------------------------------
+ENCODER_LAYER_KEYS = ["ffn.linear1.W", "ffn.linear1.b", "ffn.linear2.W", "ffn.linear2.b",
+                      "norm1.beta", "norm1.gamma", "norm2.beta", "norm2.gamma",
+                      "self_attn.in_proj.W", "self_attn.in_proj.b", "self_attn.out_proj.W",
+                      "self_attn.out_proj.b"]
+DECODER_LAYER_KEYS = sorted(ENCODER_LAYER_KEYS + [
+    "cross_attn.in_proj.W", "cross_attn.in_proj.b", "cross_attn.out_proj.W",
+    "cross_attn.out_proj.b", "norm3.beta", "norm3.gamma"])
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_parameter_names_are_the_layers_own(norm_first):
+    """The residual connections own nothing: checkpoints and the PyTorch interop
+    keep reading norm1.gamma, self_attn.in_proj.W, ..."""
+    enc = TransformerEncoderLayer(8, 2, 16, norm_first=norm_first, rng=0)
+    dec = TransformerDecoderLayer(8, 2, 16, norm_first=norm_first, rng=0)
+    assert sorted(enc.state_dict()) == ENCODER_LAYER_KEYS
+    assert sorted(dec.state_dict()) == DECODER_LAYER_KEYS
+    model = Transformer(7, 9, 8, 2, 1, 2, 16, norm_first=norm_first, rng=0)
+    keys = model.state_dict()
+    assert ("encoder.norm.gamma" in keys) == norm_first == ("decoder.norm.beta" in keys)
+    assert sorted(k[len("decoder.layers.1."):] for k in keys
+                  if k.startswith("decoder.layers.1.")) == DECODER_LAYER_KEYS
+    lm = TransformerLM(11, 8, 2, 2, 16, rng=0)
+    assert {"norm.gamma", "norm.beta", "blocks.1.norm2.gamma"} <= set(lm.state_dict())
+
+
+def test_the_norm_argument_reaches_every_norm(monkeypatch):
+    """One argument chooses the norm of every layer and final norm (a norm kind
+    added to the factory's table, as RMSNorm will be)."""
+    from numtransformer.layers import LayerNorm, norms
+
+    class ProbeNorm(LayerNorm):
+        pass
+
+    monkeypatch.setitem(norms._NORMS, "probe",
+                        lambda d, eps, dtype: ProbeNorm(d, eps, dtype=dtype))
+    models = [Transformer(7, 9, 8, 2, 1, 2, 16, norm_first=True, norm="probe", rng=0),
+              TransformerLM(11, 8, 2, 2, 16, norm="probe", rng=0),
+              TransformerDecoder(2, 8, 2, 16, final_norm=True, norm="probe", rng=0)]
+    for model in models:
+        kinds = {type(m) for _, m in model.named_modules() if isinstance(m, LayerNorm)}
+        assert kinds == {ProbeNorm}, type(model).__name__
+    assert models[0].config["norm"] == models[1].config["norm"] == "probe"
+    default = Transformer(7, 9, 8, 2, 1, 2, 16, norm_first=True, rng=0)
+    assert sorted(default.state_dict()) == sorted(models[0].state_dict())
+    ids = np.array([[1, 2, 3]])
+    np.testing.assert_array_equal(default(ids, ids), models[0](ids, ids))
+
+
+def test_bad_norm_is_named():
+    for build, who in [(lambda: TransformerEncoderLayer(8, 2, norm="rmsnorm"),
+                        "TransformerEncoderLayer"),
+                       (lambda: TransformerDecoderLayer(8, 2, norm="rmsnorm"),
+                        "TransformerDecoderLayer"),
+                       (lambda: TransformerEncoder(1, 8, 2, norm="rmsnorm"), "TransformerEncoder"),
+                       (lambda: Transformer(5, 5, 8, 2, norm="rmsnorm"), "Transformer"),
+                       (lambda: TransformerLM(5, 8, 2, norm="rmsnorm"), "TransformerLM")]:
+        with pytest.raises(ValueError, match=f"^{who}: norm must be one of 'layernorm', "
+                                             f"got 'rmsnorm'"):
+            build()
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_modules_replaced_after_construction_are_used(norm_first):
+    """The layer builds its residual connections on demand around its own modules
+    (the interop replaces self_attn; a user may replace a norm)."""
+    from numtransformer.attention import MultiHeadAttention
+    from numtransformer.layers import LayerNorm
+
+    rng = np.random.default_rng(5)
+    layer = TransformerEncoderLayer(8, 2, 16, 0.0, norm_first=norm_first, rng=rng)
+    layer.self_attn = MultiHeadAttention(8, 2, rng=rng)
+    layer.norm1 = LayerNorm(8)
+    layer.norm1.beta.data[...] = 0.5
+    x = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    a, n1, n2, ffn = layer.self_attn, layer.norm1, layer.norm2, layer.ffn
+    if norm_first:
+        h = x + a(n1(x))
+        want = h + ffn(n2(h))
+    else:
+        h = n1(x + a(x))
+        want = n2(h + ffn(h))
+    np.testing.assert_allclose(layer(x), want, rtol=1e-6, atol=1e-6)
+    _, cache = layer.forward(x)
+    layer.zero_grad()
+    layer.backward(np.ones_like(x), cache)
+    assert layer.norm1.beta.grad.any() and layer.self_attn.in_proj.W.grad.any()

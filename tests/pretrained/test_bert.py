@@ -311,3 +311,22 @@ def test_gradcheck_cli_cases_build():
         names.append(case.name)
     assert names == ["BertEmbeddings", "BertModel", "MeanPooling", "L2Normalize",
                      "SentenceEncoder"]
+
+
+def test_norm_argument_and_parameter_names():
+    """``norm`` chooses the embedding norm and every layer's; the parameter names
+    (and so the Hugging Face name map) are those of before the residual connection."""
+    from numtransformer.layers import LayerNorm
+
+    rng = np.random.default_rng(0)
+    model = BertModel(**small_config(rng, num_hidden_layers=2), norm="layernorm", rng=rng)
+    assert model.config["norm"] == "layernorm"
+    assert sorted(BertModel.from_config(model.config).state_dict()) == sorted(model.state_dict())
+    assert set(hf_bert_name_map(model)) == set(model.state_dict())
+    assert {"embeddings.norm.gamma", "layers.1.norm1.beta", "layers.1.norm2.gamma"} <= set(
+        model.state_dict())
+    assert sum(isinstance(m, LayerNorm) for _, m in model.named_modules()) == 1 + 2 * 2
+    with pytest.raises(ValueError, match="^BertModel: norm must be one of 'layernorm', got 'rms'"):
+        BertModel(**small_config(rng), norm="rms")
+    with pytest.raises(ValueError, match="^BertEmbeddings: norm must be one of"):
+        BertEmbeddings(11, 4, norm="rms")
