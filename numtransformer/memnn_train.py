@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -43,8 +44,10 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data.babi import BABI_TASKS, BabiBatch, BabiData, encode_babi, make_babi
 from .data.tokenizers import PAD_ID
 from .losses import CrossEntropyLoss
+from .models import registry
 from .models.memnn import MemN2N
 from .optim import SGD, Adam, clip_grad_norm
+from .train.errors import ConfigError
 
 __all__ = ["train_memnn", "evaluate_memnn", "add_random_noise", "save_memnn", "load_memnn",
            "MEMNN_RUN"]
@@ -55,6 +58,14 @@ MEMNN_RUN = "memnn-training-run"  # the checkpoint kind
 _MEMNN_FIELDS = {"task": (1, 20), "hops": (1, 64), "d": (1, 4096), "memory_size": (1, 10_000),
                  "n_train": (1, 200_000), "n_valid": (1, 200_000), "n_test": (1, 200_000),
                  "seed": (0, 2**63 - 1)}
+
+
+def _build(vocab_size, d, hops, memory_size, tying, position_encoding, temporal, dtype, rng):
+    """The MemN2N the registry's memnn entry builds from these settings."""
+    settings = SimpleNamespace(d=d, hops=hops, memory_size=memory_size, tying=tying,
+                               position_encoding=position_encoding, temporal=temporal,
+                               pad_id=PAD_ID, dtype=dtype)
+    return registry.get("memnn").build(settings, vocab_size, vocab_size, rng)
 
 
 def evaluate_memnn(model: MemN2N, batch: BabiBatch, batch_size: int = 256,
@@ -124,17 +135,18 @@ def train_memnn(task: int, *, hops: int = 3, tying: str = "adjacent", d: int = 2
     ``model`` (the best MemN2N, by validation error) and ``data`` (the BabiData).
     """
     if task not in BABI_TASKS:
-        raise ValueError(f"train_memnn: unknown task {task!r}; expected one of {sorted(BABI_TASKS)}")
+        raise ConfigError(f"train_memnn: unknown task {task!r}; expected one of "
+                          f"{sorted(BABI_TASKS)}")
     if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"train_memnn: optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+        raise ConfigError(f"train_memnn: optimizer must be 'sgd' or 'adam', got {optimizer!r}")
     if loss not in ("sum", "mean"):
-        raise ValueError(f"train_memnn: loss must be 'sum' or 'mean', got {loss!r}")
+        raise ConfigError(f"train_memnn: loss must be 'sum' or 'mean', got {loss!r}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size),
                         ("anneal_every", anneal_every), ("steps", 1 if steps is None else steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"train_memnn: {name} must be an int >= 1, got {value!r}")
+            raise ConfigError(f"train_memnn: {name} must be an int >= 1, got {value!r}")
     if not 0.0 <= random_noise < 1.0:
-        raise ValueError(f"train_memnn: random_noise must be in [0, 1), got {random_noise}")
+        raise ConfigError(f"train_memnn: random_noise must be in [0, 1), got {random_noise}")
     say = log if log is not None else (lambda *_: None)
     start_time = time.perf_counter()
     own_data = data is None
@@ -148,9 +160,7 @@ def train_memnn(task: int, *, hops: int = 3, tying: str = "adjacent", d: int = 2
     valid = encode_babi(data.valid, tok, memory_size)
     test = encode_babi(data.test, tok, memory_size)
     rng = np.random.default_rng([seed, 0x6D656D])
-    model = MemN2N(len(tok), d, hops, memory_size, tying=tying,
-                   position_encoding=position_encoding, temporal=temporal, pad_id=PAD_ID,
-                   dtype=dtype, rng=rng)
+    model = _build(len(tok), d, hops, memory_size, tying, position_encoding, temporal, dtype, rng)
     if lr is None:
         lr = 0.01 if optimizer == "sgd" else 0.005
     opt = SGD(model, lr=lr) if optimizer == "sgd" else Adam(model, lr=lr)
@@ -261,9 +271,8 @@ def load_memnn(path: str) -> tuple[MemN2N, BabiData, dict]:
         raise CheckpointError(f"checkpoint {path!r}: its vocabulary does not match the "
                               f"generator's (was the generator changed?)")
     try:
-        model = MemN2N(len(data.tokenizer), cfg["d"], cfg["hops"], cfg["memory_size"],
-                       tying=cfg["tying"], position_encoding=cfg["position_encoding"],
-                       temporal=cfg["temporal"], pad_id=PAD_ID, dtype=dtype)
+        model = _build(len(data.tokenizer), cfg["d"], cfg["hops"], cfg["memory_size"],
+                       cfg["tying"], cfg["position_encoding"], cfg["temporal"], dtype, None)
         model.load_state_dict(ck.params)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path!r}: {exc}") from None

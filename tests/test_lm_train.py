@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from numtransformer import cli
 from numtransformer.data.text import (BUILTIN_TEXTS, WindowIterator, eval_windows,
                                       load_text, make_text_task)
-from numtransformer.train import LMTrainer, TrainConfig, Trainer
+from numtransformer.train import LMTrainer, TrainConfig, Trainer, UserError, make_trainer
 
 POEM = ("the cat sat on the mat and the dog sat on the log; "
         "the bird sat on the wire and the fox sat by the fire.\n") * 40
@@ -92,10 +92,10 @@ def test_eval_windows_predict_every_character_once():
     assert len(eval_windows(ids, 16, limit=2)) == 2
 
 
-def test_trainer_dispatches_and_learns_the_poem(poem):
+def test_make_trainer_dispatches_and_learns_the_poem(poem):
     cfg = dict(TINY, d_model=32, dim_feedforward=64, layers=2, dropout=0.0)
-    trainer = Trainer(TrainConfig(task=poem, steps=300, lr=1e-2, **cfg), stream=_quiet())
-    assert isinstance(trainer, LMTrainer)
+    trainer = make_trainer(TrainConfig(task=poem, steps=300, lr=1e-2, **cfg), stream=_quiet())
+    assert type(trainer) is LMTrainer
     before = trainer.evaluate("valid")
     metrics = trainer.fit()
     assert metrics["bits_per_char"] < 0.15 * before.bits_per_char, (before, metrics)
@@ -107,7 +107,7 @@ def test_trainer_dispatches_and_learns_the_poem(poem):
 
 
 def test_generation_runs_past_the_context(poem):
-    trainer = Trainer(TrainConfig(task=poem, steps=1, **TINY), stream=_quiet())
+    trainer = LMTrainer(TrainConfig(task=poem, steps=1, **TINY), stream=_quiet())
     outs = trainer.generate(["the", ""], 3 * TINY["context"] + 5, temperature=1.0, seed=1)
     assert [len(o) for o in outs] == [3 * TINY["context"] + 5] * 2
     assert all(set(o) <= set(POEM) for o in outs)  # the special tokens are never drawn
@@ -118,9 +118,9 @@ def test_generation_runs_past_the_context(poem):
 
 def test_lm_resume_is_bit_exact(poem, tmp_path):
     cfg = TrainConfig(task=poem, steps=12, **TINY)
-    straight = Trainer(cfg, stream=_quiet())
+    straight = make_trainer(cfg, stream=_quiet())
     straight.fit()
-    first = Trainer(cfg, out_dir=str(tmp_path / "run"), stream=_quiet())
+    first = make_trainer(cfg, out_dir=str(tmp_path / "run"), stream=_quiet())
     first.fit(until=6)
     first.close()
     resumed = Trainer.resume(str(tmp_path / "run"), stream=_quiet())
@@ -133,10 +133,24 @@ def test_lm_resume_is_bit_exact(poem, tmp_path):
 
 
 def test_lm_and_text_tasks_go_together(poem):
-    with pytest.raises(ValueError, match="--model lm trains on a text"):
-        Trainer(TrainConfig(task="copy", **TINY))
-    with pytest.raises(ValueError, match="train it with --model lm"):
-        Trainer(TrainConfig(task=poem, model="transformer"))
+    with pytest.raises(UserError, match="--model lm trains on a text"):
+        make_trainer(TrainConfig(task="copy", **TINY))
+    with pytest.raises(UserError, match="train it with --model lm"):
+        make_trainer(TrainConfig(task=poem, model="transformer"))
+
+
+def test_a_trainer_refuses_another_kinds_config(poem):
+    """Trainer(cfg) builds what it says: an lm config is refused, with the way to
+    the right trainer, instead of a silently swapped class."""
+    with pytest.raises(ValueError, match="trained by LMTrainer; build it with make_trainer"):
+        Trainer(TrainConfig(task=poem, **TINY))
+    with pytest.raises(ValueError, match="--model transformer runs are trained by Trainer"):
+        LMTrainer(TrainConfig(task=poem, model="transformer"))
+
+    class MyLMTrainer(LMTrainer):  # a subclass of the right trainer is welcome
+        pass
+
+    assert type(MyLMTrainer(TrainConfig(task=poem, steps=1, **TINY))) is MyLMTrainer
 
 
 def test_cli_lm_train_eval_decode_trace(poem, tmp_path, capsys):
@@ -203,14 +217,15 @@ def test_window_position_and_forged_lm_checkpoints_are_refused(poem, tmp_path):
     from numtransformer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
     out = tmp_path / "run"
-    trainer = Trainer(TrainConfig(task=poem, steps=2, **TINY), out_dir=str(out), stream=_quiet())
+    trainer = make_trainer(TrainConfig(task=poem, steps=2, **TINY), out_dir=str(out),
+                           stream=_quiet())
     trainer.fit()
     trainer.close()
     ck = load_checkpoint(str(out / "checkpoint.npz"))
     for change, message in ((dict(context=10**6), "at least"), (dict(context=0), "context must be .*, got 0"),
                             (dict(model="transformer"), "at least|train it with --model lm")):
         config = dict(ck.config, train=dict(ck.config["train"], **change))
-        model = Trainer(TrainConfig(task=poem, steps=2, **TINY), stream=_quiet()).model
+        model = LMTrainer(TrainConfig(task=poem, steps=2, **TINY), stream=_quiet()).model
         model.load_state_dict(ck.params)
         path = str(tmp_path / "forged.npz")
         save_checkpoint(path, model, config, ck.meta)

@@ -14,7 +14,10 @@ from .transformer import (
     TransformerEncoderLayer,
     TransformerLM,
 )
+from . import registry  # the model kinds (it builds the models above)
+from .registry import ModelKind
 
 __all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
            "TransformerDecoder", "Transformer", "TransformerLM", "DecoderState", "LMState",
-           "Seq2Seq", "Encoder", "LuongDecoder", "BahdanauDecoder", "Seq2SeqState", "MemN2N"]
+           "Seq2Seq", "Encoder", "LuongDecoder", "BahdanauDecoder", "Seq2SeqState", "MemN2N",
+           "registry", "ModelKind"]
