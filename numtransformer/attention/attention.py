@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import numpy as np
-
 from .._validate import check_float
-from ..layers.activations import softmax
+from ..functional.attention import AttentionCache
+from ..kernels import select
 from ..module import Module
 from .masks import check_attn_mask
 from .scores import Score
 
-
-class AttentionCache(NamedTuple):
-    e: np.ndarray  # (B, Tq, Tk) scores
-    alpha: np.ndarray  # (B, Tq, Tk) weights; 0 where blocked
-    c: np.ndarray  # (B, Tq, Dv) the context, the output
-    values: np.ndarray  # (B, Tk, Dv) the values v
-    score: tuple  # the score function's cache
+__all__ = ["Attention", "AttentionCache"]
 
 
 class Attention(Module):
     """Attention with any score function (Bahdanau et al. 2015, eqs. 5-6;
-    Luong et al. 2015, eqs. 4-8).
+    Luong et al. 2015, eqs. 7-8 and the context vector c_t of sec. 3.1).
 
     Shapes: query s (B, Tq, Dq), keys h (B, Tk, Dk), values v (B, Tk, Dv),
     mask (B, Tk) key padding or (B, Tq, Tk), boolean, True = blocked;
@@ -41,8 +32,10 @@ class Attention(Module):
         ds, dh = score.backward(de)
 
     A query row whose keys are all blocked has alpha = 0: its context is 0 and
-    every gradient through it is 0 (never NaN).  The cache holds e, alpha and
-    the context c under those names, for inspection.
+    every gradient through it is 0 (never NaN).  The cache holds e, alpha, the
+    context c and the values v under those names, for inspection, and the
+    score's own cache as ``score``.  Kernels: the score's, then
+    ``attention_forward`` / ``attention_backward``.
     """
 
     def __init__(self, score: Score):
@@ -63,15 +56,10 @@ class Attention(Module):
             mask = check_attn_mask(self, "mask", mask, B, Tq, Tk, allow_2d=False,
                                    allow_key_padding=True)
         e, score_cache = self.score.forward(query, keys)
-        alpha = softmax(e, axis=-1, mask=mask)
-        context = alpha @ values
-        return context, AttentionCache(e=e, alpha=alpha, c=context, values=values,
-                                       score=score_cache)
+        context, cache = select(e.dtype).attention_forward(e, values, mask)
+        return context, cache._replace(score=score_cache)
 
     def backward(self, dcontext, cache: AttentionCache):
-        alpha, values = cache.alpha, cache.values
-        dalpha = dcontext @ values.swapaxes(1, 2)
-        dvalues = alpha.swapaxes(1, 2) @ dcontext
-        de = alpha * (dalpha - np.sum(dalpha * alpha, axis=-1, keepdims=True))
+        de, dvalues = select(dcontext.dtype).attention_backward(dcontext, cache)
         dquery, dkeys = self.score.backward(de, cache.score)
         return dquery, dkeys, dvalues

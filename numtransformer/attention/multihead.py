@@ -7,38 +7,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._parallel import add_rows, column_sum
 from .._validate import (as_rng, check_float, check_float_dtype, check_positive_int,
                          check_probability)
-from ..layers.activations import softmax, softmax_backward
+from ..functional.attention import ScaledDotProductCache, split_heads
+from ..functional.linear import LinearCache
+from ..kernels import select
 from ..layers.dropout import Dropout
 from ..layers.linear import Linear
 from ..module import Module
 from .masks import check_attn_mask, check_key_padding_mask
 
-__all__ = ["MultiHeadAttention", "KVCache"]
-
-
-def _affine(x2, W, b):
-    """y = x W + b on (N, D_in) rows (W may be a column block of a larger matrix)."""
-    y = x2 @ W
-    if b is not None:
-        add_rows(y, b)
-    return y
-
-
-def _affine_backward(x2, dy2, W, b, dW, db):
-    """dW += x^T dy ; db += sum_n dy_n ; return dx = dy W^T."""
-    dW += x2.T @ dy2
-    if b is not None:
-        db += column_sum(dy2)
-    return dy2 @ W.T
-
-
-def _merge_heads(x):
-    """(B, H, T, d_k) -> (B*T, H*d_k): head h fills columns h*d_k .. (h+1)*d_k - 1."""
-    B, H, T, d_k = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B * T, H * d_k)
+__all__ = ["MultiHeadAttention", "MultiHeadAttentionCache", "KVCache"]
 
 
 def _xavier_uniform(rng, fan_in: int, fan_out: int, shape, dtype) -> np.ndarray:
@@ -47,15 +26,28 @@ def _xavier_uniform(rng, fan_in: int, fan_out: int, shape, dtype) -> np.ndarray:
 
 
 class MultiHeadAttentionCache(NamedTuple):
-    inputs: tuple  # (N, D) rows of the projected inputs: (x,), or (query, key, value)
-    q_s: np.ndarray  # (B, H, Tq, d_k): q / sqrt(d_k)
-    k: np.ndarray  # (B, H, Tk, d_k)
-    v: np.ndarray  # (B, H, Tk, d_k)
-    alpha: np.ndarray  # (B, H, Tq, Tk): softmax weights, 0 where blocked
-    alpha_drop: np.ndarray  # (B, H, Tq, Tk): dropout(alpha) (alpha itself without dropout)
-    dropout: tuple  # the Dropout cache (its mask)
-    out_proj: tuple  # the Linear cache of y = C W_o + b_o (holds C)
+    """What ``MultiHeadAttention.backward`` needs, named as in its docstring.
+
+    The attention core's record (``core``: q_s, k, v, e, alpha, dropout,
+    alpha_drop, context) belongs to the layer's own equations, so its fields
+    read as the layer's: ``cache.alpha`` is ``cache.core.alpha``, and
+    ``numtransformer trace`` prints them at the layer's path (``trace_inline``).
+    """
+
+    inputs: tuple  # Linear caches of the input projections: (in_proj's,) when one GEMM
+    #                made Q, K and V for one input x; else one per argument (query, key, value)
+    core: ScaledDotProductCache  # q_s, k, v, e, alpha, dropout, alpha_drop, context
+    #                              (e is None from the fast kernels: see MultiHeadAttention)
+    C: np.ndarray  # (B, Tq, E): merge(context), the input of out_proj
+    out_proj: LinearCache  # the Linear cache of y = C W_o + b_o
     weights: str | None  # which weights forward returned: None, "mean" or "heads"
+
+    trace_inline = ("core",)  # not a field: ``trace_lines`` prints core's fields here
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.core, name)
 
 
 class KVCache:
@@ -156,16 +148,23 @@ class MultiHeadAttention(Module):
         dk          = de^T q_s
         dq          = (de k) / sqrt(d_k)
         dQ, dK, dV  = merge(dq), merge(dk), merge(dv)
-    The batched matmuls write context, dq, dk and dv straight into their
-    merged (B, T, E) layouts, so merge and split never copy; de is computed in
-    place on this call's own dalpha.
         dW_q += query^T dQ ;  db_q += sum dQ ;  dquery = dQ W_q^T         (likewise K, V)
+
+    Kernels.  The lines from q_s to context (and back from dcontext to dq, dk,
+    dv) are ``scaled_dot_product_attention_forward`` / ``_backward``, the one
+    attention core that forward, backward and ``decode`` share (and the one
+    place where a position transform of q and k goes); the projections are
+    the linear kernels (on column blocks of ``in_proj`` where it is fused);
+    ``split_heads`` / ``merge_heads`` change the layouts.  All come from
+    ``select(dtype)``: the fast ones write the context and dq, dk, dv straight
+    into their merged layouts, so merge is free there.
 
     Self-attention.  ``forward(x)`` (key and value omitted) is self-attention:
     Q, K and V come from ONE GEMM x [W_q | W_k | W_v], and backward returns the
-    single gradient dx.  ``forward(x, x, x)`` with the very same array is also
-    projected with one GEMM, but backward then returns three gradients
-    (dquery, dkey, dvalue), one per argument, whose sum is dx.
+    single gradient dx = [dQ | dK | dV] [W_q | W_k | W_v]^T (one GEMM).
+    ``forward(x, x, x)`` with the very same array is also projected with one
+    GEMM, but backward then returns three gradients (dquery, dkey, dvalue), one
+    per argument, whose sum is dx.
 
     Parameters.  When kdim == vdim == d_model, the three input projections are
     one Linear ``in_proj`` (E, 3E) with columns [W_q | W_k | W_v] and bias
@@ -179,6 +178,13 @@ class MultiHeadAttention(Module):
         out_proj.W = out_proj.weight.T       out_proj.b = out_proj.bias
     Init as PyTorch: input projections Xavier-uniform (the fused one with
     fan_in = E, fan_out = 3E), out_proj.W ~ U(-1/sqrt(E), 1/sqrt(E)), biases 0.
+
+    The cache (``MultiHeadAttentionCache``) holds the projections' caches, the
+    core's q_s, k, v, e, alpha, dropout mask, alpha_drop and context, the merged
+    context C and out_proj's cache, under those names.  The fast kernels
+    (float32 by default) keep e = None: they normalise the scores in place, as
+    a (B, H, Tq, Tk) buffer per layer is worth saving; run the forward under
+    ``use_kernels("reference")`` to inspect e (``numtransformer trace`` does).
 
     Returned weights.  ``need_weights=True`` makes forward return ``(y, weights)``
     with weights = alpha averaged over heads (B, Tq, Tk), or per head
@@ -248,9 +254,14 @@ class MultiHeadAttention(Module):
                  lin.W.grad, None if lin.b is None else lin.b.grad)
                 for lin in (self.q_proj, self.k_proj, self.v_proj)]
 
-    def _split(self, X2, B, T):
-        """(B*T, E) -> (B, H, T, d_k), a view."""
-        return X2.reshape(B, T, self.n_heads, self.d_k).transpose(0, 2, 1, 3)
+    def _qkv(self, kernels, x):
+        """q, k, v (B, H, T, d_k) of one input x (B, T, E) by ONE GEMM x [W_q | W_k | W_v]
+        + [b_q | b_k | b_v], and that linear cache."""
+        E, H = self.d_model, self.n_heads
+        b = None if self.in_proj.b is None else self.in_proj.b.data
+        QKV, lin_cache = kernels.linear_forward(x, self.in_proj.W.data, b)  # (B, T, 3E)
+        q, k, v = (split_heads(QKV[..., i * E:(i + 1) * E], H) for i in range(3))
+        return q, k, v, lin_cache
 
     def _check_inputs(self, query, key, value):
         """Returns (query, key, value, n_inputs, one_gemm)."""
@@ -306,41 +317,31 @@ class MultiHeadAttention(Module):
             raise ValueError(f"MultiHeadAttention: {arg} has no positions (shape {key.shape}); "
                              f"attention needs at least one key")
         blocked = self._blocked(key_padding_mask, attn_mask, B, Tq, Tk)
-        H, d_k = self.n_heads, self.d_k
+        kernels = select(query.dtype)
 
-        if one_gemm:  # [Q | K | V] = x [W_q | W_k | W_v] + [b_q | b_k | b_v]
-            x2 = query.reshape(B * Tq, self.d_model)
-            b = None if self.in_proj.b is None else self.in_proj.b.data
-            QKV = _affine(x2, self.in_proj.W.data, b)
-            q, k, v = QKV.reshape(B, Tq, 3, H, d_k).transpose(2, 0, 3, 1, 4)
-            inputs = (x2,) if n_inputs == 1 else (x2, x2, x2)
+        if one_gemm:
+            q, k, v, lin_cache = self._qkv(kernels, query)
+            inputs = (lin_cache,) * n_inputs
         else:
-            (W_q, b_q, _, _), (W_k, b_k, _, _), (W_v, b_v, _, _) = self._in_blocks()
-            # explicit widths, not -1: an empty batch (B = 0) has no size to infer from
-            inputs = (query.reshape(B * Tq, self.d_model), key.reshape(B * Tk, self.kdim),
-                      value.reshape(B * Tk, self.vdim))
-            q = self._split(_affine(inputs[0], W_q, b_q), B, Tq)
-            k = self._split(_affine(inputs[1], W_k, b_k), B, Tk)
-            v = self._split(_affine(inputs[2], W_v, b_v), B, Tk)
-
-        q_s = q  # scaled in place: q is a view of this call's own projection
-        q_s *= 1.0 / math.sqrt(d_k)
-        e = q_s @ k.swapaxes(-1, -2)
-        alpha = softmax(e, axis=-1, mask=blocked, out=e)  # e is a temporary: normalise in place
-        alpha_drop, dropout_cache = self.dropout.forward(alpha)
-        # context = alpha_drop v, written by the matmul straight into C = merge(context)
-        C = np.empty((B, Tq, self.d_model), dtype=q_s.dtype)
-        np.matmul(alpha_drop, v, out=self._split(C.reshape(B * Tq, self.d_model), B, Tq))
-        y, out_cache = self.out_proj.forward(C)
+            projected = [kernels.linear_forward(x, W, b)
+                         for x, (W, b, _, _) in zip((query, key, value), self._in_blocks())]
+            (q, k, v), inputs = zip(*((split_heads(X, self.n_heads), c) for X, c in projected))
+        p = self.dropout.p if self.dropout.training else 0.0
+        # q is a view of this call's own projection: the kernel may scale it in place
+        context, core = kernels.scaled_dot_product_attention_forward(
+            q, k, v, blocked, p, self.dropout.rng, overwrite_q=True)
+        C = kernels.merge_heads(context)
+        b_o = None if self.out_proj.b is None else self.out_proj.b.data
+        y, out_cache = kernels.linear_forward(C, self.out_proj.W.data, b_o)
 
         weights = None
         if need_weights:
             weights = "mean" if average_attn_weights else "heads"
-        cache = MultiHeadAttentionCache(inputs=inputs, q_s=q_s, k=k, v=v, alpha=alpha,
-                                        alpha_drop=alpha_drop, dropout=dropout_cache,
+        cache = MultiHeadAttentionCache(inputs=tuple(inputs), core=core, C=C,
                                         out_proj=out_cache, weights=weights)
         if weights is None:
             return y, cache
+        alpha = core.alpha
         return (y, alpha.mean(axis=1) if weights == "mean" else alpha), cache
 
     def backward(self, dout, cache: MultiHeadAttentionCache):
@@ -348,46 +349,38 @@ class MultiHeadAttention(Module):
             dy, dweights = dout, None
         else:
             dy, dweights = dout
-        q_s, k, v, alpha = cache.q_s, cache.k, cache.v, cache.alpha
-        B, H, Tq, d_k = q_s.shape
-        Tk = k.shape[2]
-
-        # dq, dk, dv are written by the matmuls straight into merge(dq), merge(dk),
-        # merge(dv): for self-attention the column blocks of one (B*Tq, 3E) array
-        if len(cache.inputs) == 1:
-            dQKV = np.empty((B, Tq, 3, H, d_k), dtype=q_s.dtype)
-            dq, dk, dv = (dQKV[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
-        else:
-            dQ, dK, dV = (np.empty((B, T, self.d_model), dtype=q_s.dtype) for T in (Tq, Tk, Tk))
-            dq, dk, dv = (self._split(d.reshape(B * T, self.d_model), B, T)
-                          for d, T in ((dQ, Tq), (dK, Tk), (dV, Tk)))
-
-        dC = self.out_proj.backward(dy, cache.out_proj)
-        dcontext = self._split(dC.reshape(B * Tq, self.d_model), B, Tq)
-        dalpha_drop = dcontext @ v.swapaxes(-1, -2)
-        np.matmul(cache.alpha_drop.swapaxes(-1, -2), dcontext, out=dv)
-        dalpha = self.dropout.backward(dalpha_drop, cache.dropout)
+        kernels = select(dy.dtype)
+        out_proj = self.out_proj
+        dC, dW_o, db_o = kernels.linear_backward(dy, cache.out_proj, out_proj.W.data,
+                                                 out_proj.b is not None)
+        out_proj.W.grad += dW_o
+        if out_proj.b is not None:
+            out_proj.b.grad += db_o
+        dcontext = split_heads(dC, self.n_heads)
+        dalpha = None
         if dweights is not None:
-            dalpha = dalpha + (dweights[:, None] * (1.0 / H) if cache.weights == "mean"
-                               else dweights)
-        # de = alpha (dalpha - sum_j dalpha alpha), in place: dalpha is a temporary of
-        # this call (the matmul's, dropout's or the sum's)
-        de = softmax_backward(dalpha, alpha, out=dalpha)
-        np.matmul(de.swapaxes(-1, -2), q_s, out=dk)
-        np.matmul(de, k, out=dq)
-        dq *= 1.0 / math.sqrt(d_k)
+            dalpha = dweights[:, None] * (1.0 / self.n_heads) if cache.weights == "mean" \
+                else dweights
+        dq, dk, dv = kernels.scaled_dot_product_attention_backward(dcontext, cache.core, dalpha)
 
         if len(cache.inputs) == 1:  # self-attention: dx = [dQ | dK | dV] [W_q | W_k | W_v]^T
             W, b = self.in_proj.W, self.in_proj.b
-            dx2 = _affine_backward(cache.inputs[0], dQKV.reshape(B * Tq, 3 * self.d_model),
-                                   W.data, b, W.grad, None if b is None else b.grad)
-            return dx2.reshape(B, Tq, self.d_model)
+            dx, dW, db = kernels.linear_backward(kernels.merge_heads(dq, dk, dv),
+                                                 cache.inputs[0], W.data, b is not None)
+            W.grad += dW
+            if b is not None:
+                b.grad += db
+            return dx
 
         grads = []
-        for x2, d, T, (W, b, dW, db) in zip(cache.inputs, (dQ, dK, dV), (Tq, Tk, Tk),
-                                            self._in_blocks()):
-            dx2 = _affine_backward(x2, d.reshape(B * T, self.d_model), W, b, dW, db)
-            grads.append(dx2.reshape(B, T, x2.shape[1]))
+        for d, lin_cache, (W, b, W_grad, b_grad) in zip((dq, dk, dv), cache.inputs,
+                                                        self._in_blocks()):
+            dx, dW, db = kernels.linear_backward(kernels.merge_heads(d), lin_cache, W,
+                                                 b is not None)
+            W_grad += dW  # a view: in_proj's column block, or the projection's own grad
+            if b is not None:
+                b_grad += db
+            grads.append(dx)
         return tuple(grads)
 
     # -- incremental decoding (inference) ---------------------------------------------------
@@ -407,10 +400,11 @@ class MultiHeadAttention(Module):
         if value.shape[:2] != key.shape[:2] or key.shape[1] == 0:
             raise ValueError(f"MultiHeadAttention: key {key.shape} and value {value.shape} "
                              f"must share a non-empty (B, Tk)")
-        B, Tk = key.shape[:2]
+        kernels = select(key.dtype)
         _, (W_k, b_k, _, _), (W_v, b_v, _, _) = self._in_blocks()
-        k = self._split(_affine(key.reshape(B * Tk, self.kdim), W_k, b_k), B, Tk)
-        v = self._split(_affine(value.reshape(B * Tk, self.vdim), W_v, b_v), B, Tk)
+        K, _ = kernels.linear_forward(key, W_k, b_k)
+        V, _ = kernels.linear_forward(value, W_v, b_v)
+        k, v = split_heads(K, self.n_heads), split_heads(V, self.n_heads)
         return KVCache.from_memory(np.ascontiguousarray(k), np.ascontiguousarray(v))
 
     def decode(self, x, kv_cache: KVCache, key_padding_mask=None):
@@ -424,7 +418,7 @@ class MultiHeadAttention(Module):
         steps attend to the whole memory, as ``forward(x, key, value)`` does.
         ``key_padding_mask``: (B, number of keys after the call), True = blocked.
         No dropout is applied (this is the inference path) and no cache for
-        backward is kept.
+        backward is kept.  The attention itself is forward's core kernel.
         """
         if not isinstance(kv_cache, KVCache):
             raise TypeError(f"MultiHeadAttention: kv_cache must be a KVCache, got "
@@ -441,19 +435,17 @@ class MultiHeadAttention(Module):
         if kv_cache.dtype != self.dtype:
             raise TypeError(f"MultiHeadAttention: kv_cache has dtype {kv_cache.dtype} but the "
                             f"layer computes in {self.dtype}")
-        H, d_k = self.n_heads, self.d_k
-        x2 = x.reshape(B * T, self.d_model)
+        kernels = select(x.dtype)
         if kv_cache.static:
             W_q, b_q, _, _ = self._in_blocks()[0]
-            q = self._split(_affine(x2, W_q, b_q), B, T)
+            Q, _ = kernels.linear_forward(x, W_q, b_q)
+            q = split_heads(Q, self.n_heads)
             blocked = None
         else:
             if self.in_proj is None:
                 raise ValueError("MultiHeadAttention: incremental self-attention needs "
                                  "kdim == vdim == d_model")
-            b = None if self.in_proj.b is None else self.in_proj.b.data
-            QKV = _affine(x2, self.in_proj.W.data, b)
-            q, k_new, v_new = QKV.reshape(B, T, 3, H, d_k).transpose(2, 0, 3, 1, 4)
+            q, k_new, v_new, _ = self._qkv(kernels, x)
             P = kv_cache.length
             kv_cache.append(k_new, v_new)
             # new step i sits at position P + i and may not see keys j > P + i
@@ -463,13 +455,11 @@ class MultiHeadAttention(Module):
             kpm = check_key_padding_mask(self, "key_padding_mask", key_padding_mask, B, Tk)
             kpm = kpm[:, None, None, :]
             blocked = kpm if blocked is None else (blocked | kpm)
-        q_s = q * (1.0 / math.sqrt(d_k))
-        e = q_s @ kv_cache.k.swapaxes(-1, -2)
-        alpha = softmax(e, axis=-1, mask=blocked)
-        context = alpha @ kv_cache.v
+        context, _ = kernels.scaled_dot_product_attention_forward(
+            q, kv_cache.k, kv_cache.v, blocked, overwrite_q=True)
         b_o = None if self.out_proj.b is None else self.out_proj.b.data
-        y = _affine(_merge_heads(context), self.out_proj.W.data, b_o)
-        return y.reshape(B, T, self.d_model)
+        y, _ = kernels.linear_forward(kernels.merge_heads(context), self.out_proj.W.data, b_o)
+        return y
 
     def extra_repr(self) -> str:
         s = f"d_model={self.d_model}, n_heads={self.n_heads}, dropout={self.dropout.p}"

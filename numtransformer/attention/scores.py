@@ -11,23 +11,30 @@ The names follow the RNN-attention papers: ``s`` is the decoder state that asks
 =================  ===========================================  ====================
 score              e_ij                                         source
 =================  ===========================================  ====================
-DotScore           s_i . h_j                                    Luong et al. 2015
-ScaledDotScore     s_i . h_j / sqrt(Dk)                         Vaswani et al. 2017
-GeneralScore       s_i^T W_a h_j                                Luong et al. 2015
-AdditiveScore      v_a^T tanh(W_q^T s_i + W_k^T h_j)            Bahdanau et al. 2015
-CosineScore        beta cos(s_i, h_j)                           Graves et al. 2014
-LocationScore      (W_a^T s_i)_j, independent of h              Luong et al. 2015
+DotScore           s_i . h_j                                    Luong et al. 2015, eq. 8
+ScaledDotScore     s_i . h_j / sqrt(Dk)                         Vaswani et al. 2017, eq. 1
+GeneralScore       s_i^T W_a h_j                                Luong et al. 2015, eq. 8
+AdditiveScore      v_a^T tanh(W_q^T s_i + W_k^T h_j)            Bahdanau et al. 2015, A.1.2
+CosineScore        beta cos(s_i, h_j)                           Graves et al. 2014, eqs. 5-6
+LocationScore      (W_a^T s_i)_j, independent of h              Luong et al. 2015, eq. 9
 =================  ===========================================  ====================
+
+The math of each lives in its kernels, ``numtransformer.functional``'s
+``*_score_forward`` / ``*_score_backward`` (the docstrings there derive the
+backward line by line); the modules hold the parameters, check the inputs and
+call the kernels of ``select(dtype)``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 
 from .._validate import _name, as_rng, check_float, check_float_dtype, check_positive_int
+from ..functional.attention import (AdditiveScoreCache, CosineScoreCache, DotScoreCache,
+                                    GeneralScoreCache, LocationScoreCache)
+from ..kernels import select
 from ..module import Module, Parameter
 
 __all__ = ["Score", "DotScore", "ScaledDotScore", "GeneralScore", "AdditiveScore",
@@ -77,9 +84,11 @@ class Score(Module):
         return s, h
 
 
-class DotCache(NamedTuple):
-    s: np.ndarray  # (B, Tq, D)
-    h: np.ndarray  # (B, Tk, D)
+DotCache = DotScoreCache  # the names these records had before the kernels
+GeneralCache = GeneralScoreCache
+AdditiveCache = AdditiveScoreCache
+CosineCache = CosineScoreCache
+LocationCache = LocationScoreCache
 
 
 class DotScore(Score):
@@ -92,19 +101,17 @@ class DotScore(Score):
     Backward:
         ds = de h
         dh = de^T s
+    Kernels: ``dot_score_forward`` / ``dot_score_backward``.
     """
 
     same_width = True
 
     def forward(self, s, h):
         s, h = self.check_inputs(s, h)
-        e = s @ h.swapaxes(1, 2)
-        return e, DotCache(s=s, h=h)
+        return select(s.dtype).dot_score_forward(s, h)
 
-    def backward(self, de, cache: DotCache):
-        ds = de @ cache.h
-        dh = de.swapaxes(1, 2) @ cache.s
-        return ds, dh
+    def backward(self, de, cache: DotScoreCache):
+        return select(de.dtype).dot_score_backward(de, cache)
 
 
 class ScaledDotScore(Score):
@@ -117,27 +124,17 @@ class ScaledDotScore(Score):
     Backward:
         ds = de h / sqrt(D)
         dh = de^T s / sqrt(D)
+    Kernels: ``scaled_dot_score_forward`` / ``scaled_dot_score_backward``.
     """
 
     same_width = True
 
     def forward(self, s, h):
         s, h = self.check_inputs(s, h)
-        scale = 1.0 / math.sqrt(h.shape[-1])  # a Python float: keeps float32 float32
-        e = (s @ h.swapaxes(1, 2)) * scale
-        return e, DotCache(s=s, h=h)
+        return select(s.dtype).scaled_dot_score_forward(s, h)
 
-    def backward(self, de, cache: DotCache):
-        scale = 1.0 / math.sqrt(cache.h.shape[-1])
-        ds = (de @ cache.h) * scale
-        dh = (de.swapaxes(1, 2) @ cache.s) * scale
-        return ds, dh
-
-
-class GeneralCache(NamedTuple):
-    s: np.ndarray  # (B, Tq, Dq)
-    h: np.ndarray  # (B, Tk, Dk)
-    u: np.ndarray  # (B, Tq, Dk): s W_a
+    def backward(self, de, cache: DotScoreCache):
+        return select(de.dtype).scaled_dot_score_backward(de, cache)
 
 
 class GeneralScore(Score):
@@ -155,6 +152,7 @@ class GeneralScore(Score):
         ds   = du W_a^T
 
     With W_a = I this is DotScore.  Init: W_a ~ U(-1/sqrt(Dq), 1/sqrt(Dq)).
+    Kernels: ``general_score_forward`` / ``general_score_backward``.
     """
 
     def __init__(self, d_query: int, d_key: int, *, dtype=np.float32, rng=None):
@@ -165,32 +163,20 @@ class GeneralScore(Score):
 
     def forward(self, s, h):
         s, h = self.check_inputs(s, h)
-        u = (s.reshape(-1, self.d_query) @ self.W_a.data).reshape(*s.shape[:2], self.d_key)
-        e = u @ h.swapaxes(1, 2)
-        return e, GeneralCache(s=s, h=h, u=u)
+        return select(s.dtype).general_score_forward(s, h, self.W_a.data)
 
-    def backward(self, de, cache: GeneralCache):
-        s, h, u = cache
-        du = de @ h
-        dh = de.swapaxes(1, 2) @ u
-        du2 = du.reshape(-1, self.d_key)
-        self.W_a.grad += s.reshape(-1, self.d_query).T @ du2
-        ds = (du2 @ self.W_a.data.T).reshape(s.shape)
+    def backward(self, de, cache: GeneralScoreCache):
+        ds, dh, dW_a = select(de.dtype).general_score_backward(de, cache, self.W_a.data)
+        self.W_a.grad += dW_a
         return ds, dh
 
     def extra_repr(self) -> str:
         return f"d_query={self.d_query}, d_key={self.d_key}"
 
 
-class AdditiveCache(NamedTuple):
-    s: np.ndarray  # (B, Tq, Dq)
-    h: np.ndarray  # (B, Tk, Dk)
-    t: np.ndarray  # (B, Tq, Tk, A): tanh(sq_i + hk_j)
-
-
 class AdditiveScore(Score):
     """Additive (Bahdanau) score (Bahdanau, Cho & Bengio 2015, appendix A.1.2;
-    Luong et al. 2015 call it "concat").
+    Luong et al. 2015, eq. 8, call it "concat").
 
     Shapes: s (B, Tq, Dq), h (B, Tk, Dk), W_q (Dq, A), W_k (Dk, A), v_a (A,),
     e (B, Tq, Tk); A = d_attn.
@@ -215,6 +201,8 @@ class AdditiveScore(Score):
     B Tq Tk.  ``concat_weight()`` returns that stacked W_a.
 
     Init: W_q ~ U(+-1/sqrt(Dq)), W_k ~ U(+-1/sqrt(Dk)), v_a ~ U(+-1/sqrt(A)).
+    Kernels: ``additive_score_forward`` / ``additive_score_backward`` (on the
+    shared ``additive_energy_forward`` / ``additive_energy_backward``).
     """
 
     def __init__(self, d_query: int, d_key: int, d_attn: int, *, dtype=np.float32, rng=None):
@@ -233,25 +221,15 @@ class AdditiveScore(Score):
 
     def forward(self, s, h):
         s, h = self.check_inputs(s, h)
-        (B, Tq, _), Tk, A = s.shape, h.shape[1], self.d_attn
-        sq = (s.reshape(-1, self.d_query) @ self.W_q.data).reshape(B, Tq, 1, A)
-        hk = (h.reshape(-1, self.d_key) @ self.W_k.data).reshape(B, 1, Tk, A)
-        t = np.tanh(sq + hk)
-        e = t @ self.v_a.data
-        return e, AdditiveCache(s=s, h=h, t=t)
+        return select(s.dtype).additive_score_forward(s, h, self.W_q.data, self.W_k.data,
+                                                      self.v_a.data)
 
-    def backward(self, de, cache: AdditiveCache):
-        s, h, t = cache
-        A = self.d_attn
-        self.v_a.grad += de.reshape(-1) @ t.reshape(-1, A)
-        dt = de[..., None] * self.v_a.data
-        dz = dt * (1.0 - t * t)
-        dsq = dz.sum(axis=2).reshape(-1, A)
-        dhk = dz.sum(axis=1).reshape(-1, A)
-        self.W_q.grad += s.reshape(-1, self.d_query).T @ dsq
-        ds = (dsq @ self.W_q.data.T).reshape(s.shape)
-        self.W_k.grad += h.reshape(-1, self.d_key).T @ dhk
-        dh = (dhk @ self.W_k.data.T).reshape(h.shape)
+    def backward(self, de, cache: AdditiveScoreCache):
+        ds, dh, dW_q, dW_k, dv_a = select(de.dtype).additive_score_backward(
+            de, cache, self.W_q.data, self.W_k.data)
+        self.W_q.grad += dW_q
+        self.W_k.grad += dW_k
+        self.v_a.grad += dv_a
         return ds, dh
 
     def extra_repr(self) -> str:
@@ -259,13 +237,6 @@ class AdditiveScore(Score):
 
 
 ConcatScore = AdditiveScore  # Luong's name for the same map (see AdditiveScore)
-
-
-class CosineCache(NamedTuple):
-    s_hat: np.ndarray  # (B, Tq, D): s / n_s
-    h_hat: np.ndarray  # (B, Tk, D): h / n_h
-    n_s: np.ndarray  # (B, Tq, 1): sqrt(|s_i|^2 + eps^2)
-    n_h: np.ndarray  # (B, Tk, 1): sqrt(|h_j|^2 + eps^2)
 
 
 class CosineScore(Score):
@@ -288,6 +259,7 @@ class CosineScore(Score):
 
     beta is a fixed constant (a hyper-parameter); eps (default 1e-8) only
     matters for vectors with |x| ~ eps.
+    Kernels: ``cosine_score_forward`` / ``cosine_score_backward``.
     """
 
     same_width = True
@@ -306,34 +278,18 @@ class CosineScore(Score):
 
     def forward(self, s, h):
         s, h = self.check_inputs(s, h)
-        eps2 = self.eps * self.eps
-        n_s = np.sqrt(np.sum(s * s, axis=-1, keepdims=True) + eps2)
-        s_hat = s / n_s
-        n_h = np.sqrt(np.sum(h * h, axis=-1, keepdims=True) + eps2)
-        h_hat = h / n_h
-        e = (s_hat @ h_hat.swapaxes(1, 2)) * self.beta
-        return e, CosineCache(s_hat=s_hat, h_hat=h_hat, n_s=n_s, n_h=n_h)
+        return select(s.dtype).cosine_score_forward(s, h, self.beta, self.eps)
 
-    def backward(self, de, cache: CosineCache):
-        s_hat, h_hat, n_s, n_h = cache
-        ds_hat = (de @ h_hat) * self.beta
-        dh_hat = (de.swapaxes(1, 2) @ s_hat) * self.beta
-        ds = (ds_hat - s_hat * np.sum(s_hat * ds_hat, axis=-1, keepdims=True)) / n_s
-        dh = (dh_hat - h_hat * np.sum(h_hat * dh_hat, axis=-1, keepdims=True)) / n_h
-        return ds, dh
+    def backward(self, de, cache: CosineScoreCache):
+        return select(de.dtype).cosine_score_backward(de, cache, self.beta)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, eps={self.eps}"
 
 
-class LocationCache(NamedTuple):
-    s: np.ndarray  # (B*Tq, Dq): the query rows
-    h_shape: tuple  # the keys' shape: dh is zero, of this shape
-    Tk: int  # scores kept: positions 0..Tk-1
-
-
 class LocationScore(Score):
-    """Location-based score (Luong, Pham & Manning 2015, eq. 9: a_t = softmax(W_a h_t)).
+    """Location-based score (Luong, Pham & Manning 2015, eq. 9: a_t = softmax(W_a h_t),
+    with h_t the decoder state: our query s).
 
     The weights come from the query alone: W_a maps a query to one score per
     source *position* 0..max_len-1; the keys only say how many positions exist.
@@ -353,6 +309,7 @@ class LocationScore(Score):
     max_len positions with positions >= Tk blocked.  Shorter sequences inside a
     padded batch are masked by ``Attention``'s key-padding mask.
     Init: W_a ~ U(-1/sqrt(Dq), 1/sqrt(Dq)).
+    Kernels: ``location_score_forward`` / ``location_score_backward``.
     """
 
     def __init__(self, d_query: int, max_len: int, *, dtype=np.float32, rng=None):
@@ -370,17 +327,11 @@ class LocationScore(Score):
 
     def forward(self, s, h):
         s, h = self.check_inputs(s, h)
-        (B, Tq, _), Tk = s.shape, h.shape[1]
-        s2 = s.reshape(-1, self.d_query)
-        e = (s2 @ self.W_a.data[:, :Tk]).reshape(B, Tq, Tk)
-        return e, LocationCache(s=s2, h_shape=h.shape, Tk=Tk)
+        return select(s.dtype).location_score_forward(s, h, self.W_a.data)
 
-    def backward(self, de, cache: LocationCache):
-        s2, h_shape, Tk = cache
-        de2 = de.reshape(-1, Tk)
-        self.W_a.grad[:, :Tk] += s2.T @ de2
-        ds = (de2 @ self.W_a.data[:, :Tk].T).reshape(*de.shape[:2], self.d_query)
-        dh = np.zeros(h_shape, dtype=de.dtype)
+    def backward(self, de, cache: LocationScoreCache):
+        ds, dh, dW_a = select(de.dtype).location_score_backward(de, cache, self.W_a.data)
+        self.W_a.grad += dW_a
         return ds, dh
 
     def extra_repr(self) -> str:

@@ -421,3 +421,41 @@ def test_parameter_names_and_state_dict():
     x = np.random.default_rng(0).standard_normal((1, 3, 4)).astype(np.float32)
     np.testing.assert_array_equal(fused(x), other(x))
     assert fused.astype(np.float64)(x.astype(np.float64)).dtype == np.float64
+
+
+@pytest.mark.parametrize("mode", ["self", "cross"])
+def test_the_cache_is_the_trace_of_the_equations(mode):
+    """The cache names every symbol of the docstring: q_s, k, v, e, alpha,
+    alpha_drop, context, C; e reaches alpha through the masked softmax.  The
+    fast kernels (float32) keep no e; the reference ones (and trace) do."""
+    from numtransformer.functional import softmax, split_heads
+    from numtransformer.kernels import use_kernels
+    from numtransformer.trace import reference_forward, trace_lines
+
+    rng = np.random.default_rng(3)
+    B, T, E, H = 2, 5, 6, 3
+    mha = make_mha(rng, E, H)
+    args, Tk = make_inputs(rng, mode, B, T, 4, E)
+    kpm = np.zeros((B, Tk), bool)
+    kpm[1, -1] = True
+    y, c = mha.forward(*args, key_padding_mask=kpm)
+    np.testing.assert_allclose(c.e, c.q_s @ c.k.swapaxes(-1, -2), rtol=1e-13)
+    np.testing.assert_array_equal(c.alpha, softmax(c.e, -1, kpm[:, None, None, :]))
+    assert c.alpha_drop is c.alpha and c.core.context is c.context
+    np.testing.assert_array_equal(split_heads(c.C, H), c.context)
+    np.testing.assert_array_equal(c.out_proj.x, c.C.reshape(B * T, E))
+
+    mha32 = mha.astype(np.float32)
+    args32 = tuple(a.astype(np.float32) for a in args)
+    if mode == "self":
+        args32 = (args32[0],)
+    y32, c32 = mha32.forward(*args32, key_padding_mask=kpm)
+    assert c32.e is None  # the fast kernel normalised the scores in place
+    with use_kernels("reference"):
+        y_ref, c_ref = mha32.forward(*args32, key_padding_mask=kpm)
+    assert c_ref.e.dtype == np.float32
+    np.testing.assert_allclose(y32, y_ref, rtol=1e-5, atol=1e-6)
+    lines = trace_lines(reference_forward(mha32, *args32, key_padding_mask=kpm)[1])
+    names = [line.split()[0] for line in lines]
+    for name in ("q_s", "k", "v", "e", "alpha", "alpha_drop", "context", "C", "out_proj.x"):
+        assert name in names, name
