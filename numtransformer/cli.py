@@ -352,7 +352,7 @@ def _cmd_trace(args) -> int:
     import numpy as np
 
     from .data import make_batch
-    from .trace import trace_lines
+    from .trace import reference_forward, trace_lines
     from .train import LMTrainer, Trainer
 
     if args.checkpoint:
@@ -367,7 +367,7 @@ def _cmd_trace(args) -> int:
         ids = np.array([trainer.tgt_tok.encode(source)[-trainer.cfg.context:]])
         if ids.size == 0:
             raise UserError("--text is empty")
-        logits, cache = model.forward(ids)
+        logits, cache = reference_forward(model, ids)
         title, header, predicted = repr(source), f"ids {ids[0].tolist()}", "next-character"
     else:
         source = args.text if args.text is not None else trainer.task.train[0][0]
@@ -376,7 +376,7 @@ def _cmd_trace(args) -> int:
         reference = trainer.task.train[0][1] if args.text is None else ""
         batch = make_batch([(trainer.src_tok.encode(source),
                              trainer.tgt_tok.encode(reference))])
-        logits, cache = model.forward(batch.src, batch.tgt_in)
+        logits, cache = reference_forward(model, batch.src, batch.tgt_in)
         title = repr(source) + (f" (teacher-forced target {reference!r})" if reference else "")
         header = f"src_ids {batch.src[0].tolist()}  tgt_in_ids {batch.tgt_in[0].tolist()}"
         predicted = "next-token"

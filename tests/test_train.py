@@ -270,7 +270,8 @@ def test_checkpoint_of_another_kind_is_refused(tmp_path):
 def test_trace_prints_every_named_intermediate(capsys):
     assert cli.main(["trace", "--values", "2"]) == 0
     out = capsys.readouterr().out
-    for name in ["encoder.layers[0].self_attn.q_s", "encoder.layers[0].self_attn.alpha",
+    for name in ["encoder.layers[0].self_attn.q_s", "encoder.layers[0].self_attn.e",
+                 "encoder.layers[0].self_attn.alpha", "encoder.layers[0].self_attn.C",
                  "decoder.layers[0].cross_attn.alpha", "residual_norm1.x_hat",
                  "residual_norm1.rstd", "generator.x"]:
         assert name in out, name
