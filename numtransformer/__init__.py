@@ -28,6 +28,7 @@ from .attention import (
     ScaledDotScore,
     causal_mask,
 )
+from . import fast, functional, kernels
 from .gradcheck import GradcheckReport, gradcheck
 from .layers import (
     GELU,
@@ -38,9 +39,12 @@ from .layers import (
     Linear,
     PositionwiseFeedForward,
     ReLU,
+    RMSNorm,
     Sigmoid,
+    SiLU,
     SinusoidalPositionalEncoding,
     Softmax,
+    SwiGLUFeedForward,
     Tanh,
     TiedLinear,
 )
@@ -57,6 +61,7 @@ __all__ = [
     "Linear", "Embedding", "ReLU", "GELU", "Tanh", "Sigmoid", "Softmax", "Dropout",
     "LayerNorm", "PositionwiseFeedForward", "SinusoidalPositionalEncoding",
     "LearnedPositionalEmbedding", "TiedLinear", "CrossEntropyLoss",
+    "RMSNorm", "SiLU", "SwiGLUFeedForward",
     "DotScore", "ScaledDotScore", "GeneralScore", "AdditiveScore", "ConcatScore",
     "CosineScore", "LocationScore", "Attention", "MultiHeadAttention", "causal_mask",
     "RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTMN",

@@ -24,9 +24,12 @@ from .layers import (
     Linear,
     PositionwiseFeedForward,
     ReLU,
+    RMSNorm,
     Sigmoid,
+    SiLU,
     SinusoidalPositionalEncoding,
     Softmax,
+    SwiGLUFeedForward,
     Tanh,
     TiedLinear,
 )
@@ -81,6 +84,14 @@ CASES: list[Case] = [
     Case("CrossEntropyLoss", lambda r: (
         CrossEntropyLoss(ignore_index=0, label_smoothing=0.1),
         (_x(r, 3, 4, 7), r.integers(0, 7, (3, 4))), {})),
+    Case("SiLU", lambda r: (SiLU(), (2 * _x(r, 3, 7),), {})),
+    Case("RMSNorm", lambda r: (RMSNorm(6, dtype=F64), (_x(r, 2, 3, 6),), {})),
+    Case("RMSNorm(no affine)", lambda r: (RMSNorm(5, elementwise_affine=False, dtype=F64),
+                                          (_x(r, 4, 5),), {})),
+    Case("SwiGLUFeedForward", lambda r: (SwiGLUFeedForward(6, 10, dtype=F64, rng=r),
+                                         (_x(r, 2, 3, 6),), {})),
+    Case("SwiGLUFeedForward(bias, dropout)", lambda r: (
+        SwiGLUFeedForward(5, 7, bias=True, dropout=0.2, dtype=F64, rng=r), (_x(r, 3, 5),), {})),
 ]
 
 

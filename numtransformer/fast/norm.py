@@ -8,6 +8,13 @@ turned into dx in place, and mean(dx_hat) = (dy . gamma) / n and
 mean(dx_hat * x_hat) = ((dy * x_hat) . gamma) / n are row dot products that
 reuse dy * x_hat for dgamma.  The sums over rows (dgamma, dbeta) run after,
 on one thread, as GEMVs.
+
+RMS norm the same way: ms = (x . x) / n is an einsum row dot product, x * r
+and gamma * x_hat are written into their fresh outputs, dx_hat is turned into
+dx in place, and mean(dx_hat * x_hat) = ((dy * x_hat) . gamma) / n reuses
+dy * x_hat for dgamma (a GEMV after the row blocks).  Measured, float32
+forward + backward kernels on 1024 rows, two cores: 2.1 -> 0.9 ms at n = 256,
+3.4 -> 2.7 ms at n = 688.
 """
 
 from __future__ import annotations
@@ -15,9 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 from .._parallel import column_sum, parallel_rows
-from ..functional.norm import LayerNormCache
+from ..functional.norm import LayerNormCache, RMSNormCache
 
-__all__ = ["layer_norm_forward", "layer_norm_backward"]
+__all__ = ["layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward"]
 
 
 def layer_norm_forward(x, gamma, beta, eps: float):
@@ -73,3 +80,49 @@ def layer_norm_backward(dy, cache: LayerNormCache, gamma):
         dgamma = column_sum(P)
         dbeta = column_sum(dy2)
     return dx.reshape(dy.shape), dgamma, dbeta
+
+
+def rms_norm_forward(x, gamma, eps: float):
+    n = x.shape[-1]
+    x2 = x.reshape(-1, n)  # one row per normalised group
+    x_hat2 = np.empty_like(x2)
+    r2 = np.empty((x2.shape[0], 1), x2.dtype)
+    y2 = x_hat2 if gamma is None else np.empty_like(x2)
+
+    def rows(b):  # the equations on a block of rows
+        xb = x2[b]
+        ms = np.einsum("ij,ij->i", xb, xb)[:, None] * (1.0 / n)
+        r = np.sqrt(ms + eps, out=r2[b])
+        np.divide(1.0, r, out=r)
+        x_hat = np.multiply(xb, r, out=x_hat2[b])
+        if gamma is not None:
+            np.multiply(x_hat, gamma, out=y2[b])
+
+    parallel_rows(rows, x2.shape[0], n)  # rows are independent: one block per thread
+    cache = RMSNormCache(x_hat=x_hat2.reshape(x.shape), r=r2.reshape(x.shape[:-1] + (1,)))
+    return y2.reshape(x.shape), cache
+
+
+def rms_norm_backward(dy, cache: RMSNormCache, gamma):
+    x_hat = cache.x_hat
+    n = x_hat.shape[-1]
+    dy2, x_hat2 = dy.reshape(-1, n), x_hat.reshape(-1, n)
+    r2 = cache.r.reshape(-1, 1)
+    P = None if gamma is None else np.empty_like(dy2)  # dy * x_hat, for dgamma
+    dx = np.empty_like(dy2)
+
+    def rows(b):  # dx on a block of rows (the row mean needs only its own row)
+        d, xh, o = dy2[b], x_hat2[b], dx[b]
+        if gamma is not None:
+            p = np.multiply(d, xh, out=P[b])
+            mean_dx_hat_x_hat = np.einsum("ij,j->i", p, gamma) * (1.0 / n)
+            np.multiply(d, gamma, out=o)  # dx_hat, turned into dx in place
+        else:
+            mean_dx_hat_x_hat = np.einsum("ij,ij->i", d, xh) * (1.0 / n)
+            o[...] = d  # dx_hat = dy
+        o -= xh * mean_dx_hat_x_hat[:, None]
+        o *= r2[b]
+
+    parallel_rows(rows, dy2.shape[0], n)
+    dgamma = None if gamma is None else column_sum(P)  # the sum over rows: one thread, one order
+    return dx.reshape(dy.shape), dgamma

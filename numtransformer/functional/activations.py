@@ -15,7 +15,9 @@ from scipy.special import erf
 __all__ = ["ActivationCache", "GELUCache",
            "relu_forward", "relu_backward", "gelu_forward", "gelu_backward",
            "tanh_forward", "tanh_backward", "sigmoid", "sigmoid_forward", "sigmoid_backward",
-           "softmax", "softmax_backward", "log_softmax"]
+           "softmax", "softmax_backward", "log_softmax",
+           "SiLUCache", "silu_forward", "silu_backward", "SwiGLUCache", "swiglu_forward",
+           "swiglu_backward"]
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -160,3 +162,68 @@ def log_softmax(x, axis: int = -1):
     m = x.max(axis=axis, keepdims=True)
     u = x - m
     return u - np.log(np.exp(u).sum(axis=axis, keepdims=True))
+
+
+class SiLUCache(NamedTuple):
+    x: np.ndarray  # the input
+    s: np.ndarray  # sigmoid(x)
+
+
+def silu_forward(x):
+    """Sigmoid-weighted linear unit, SiLU (Hendrycks & Gimpel, 2016; Elfwing et
+    al., 2017), also Swish-1 (Ramachandran et al., 2017: Swish with beta = 1),
+    as PyTorch's ``nn.SiLU``.
+
+        s = sigmoid(x)
+        y = x s
+    Returns (y, SiLUCache).
+    """
+    s = sigmoid(x)
+    y = x * s
+    return y, SiLUCache(x=x, s=s)
+
+
+def silu_backward(dy, cache: SiLUCache):
+    """The product rule on y = x s, with s' = s (1 - s) (``sigmoid_backward``):
+        y'(x) = s + x s (1 - s) = s (1 + x (1 - s))
+        dx    = dy s (1 + x (1 - s))
+    (The cache holds both x and s: y / x would lose s at x = 0.)
+    """
+    x, s = cache.x, cache.s
+    return dy * s * (1.0 + x * (1.0 - s))
+
+
+class SwiGLUCache(NamedTuple):
+    silu: SiLUCache  # cache of a = silu(g)
+    a: np.ndarray  # silu(g), the gate
+    u: np.ndarray  # the linear ("up") branch
+
+
+def swiglu_forward(g, u):
+    """The SwiGLU gated unit (Shazeer, 2020, "GLU Variants Improve Transformer",
+    sec. 2: SwiGLU(x, W, V) = Swish_1(x W) * (x V), inside
+    FFN_SwiGLU(x) = (Swish_1(x W) * x V) W_2), on the two projections:
+
+    Shapes: g (..., d_ff) = x W_gate, u (..., d_ff) = x W_up (same shape).
+
+        a = silu(g)            the gate
+        h = a * u              elementwise
+    Returns (h, SwiGLUCache).
+    """
+    a, silu_cache = silu_forward(g)
+    h = a * u
+    return h, SwiGLUCache(silu=silu_cache, a=a, u=u)
+
+
+def swiglu_backward(dh, cache: SwiGLUCache):
+    """The product rule through the gate: h = a * u depends on u directly and on
+    g through a, so
+        du = dh * a            (the partial of h_i in u_i is a_i)
+        da = dh * u            (the partial of h_i in a_i is u_i)
+        dg = silu_backward(da) = da s (1 + g (1 - s)),  s = sigmoid(g)
+    Returns (dg, du).
+    """
+    du = dh * cache.a
+    da = dh * cache.u
+    dg = silu_backward(da, cache.silu)
+    return dg, du

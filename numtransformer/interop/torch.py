@@ -135,6 +135,10 @@ def _layer_map(layer):
 
 
 def _norm_map(norm: LayerNorm):
+    if not isinstance(norm, LayerNorm):
+        raise TypeError(f"interop: a {type(norm).__name__} norm has no counterpart in "
+                        f"PyTorch's Transformer layers (they use LayerNorm); build the model "
+                        f"with norm='layernorm' to exchange weights")
     if norm.gamma is None:
         return []
     return [ParamMap("gamma", "weight", False, None), ParamMap("beta", "bias", False, None)]

@@ -1,12 +1,14 @@
 """Core layers: each a Module with an explicit forward and backward."""
 
-from .activations import GELU, ReLU, Sigmoid, Softmax, Tanh, get_activation, log_softmax, softmax
+from .activations import (GELU, ReLU, Sigmoid, SiLU, Softmax, Tanh, get_activation, log_softmax,
+                          softmax)
 from .dropout import Dropout
 from .embedding import Embedding
-from .feedforward import PositionwiseFeedForward
+from .feedforward import PositionwiseFeedForward, SwiGLUFeedForward
 from .layernorm import LayerNorm
 from .linear import Linear, TiedLinear
 from .norms import NORM_KINDS, make_norm
+from .rmsnorm import RMSNorm
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, sinusoid_table
 from .residual import SublayerConnection, SublayerConnectionCache
 
@@ -15,4 +17,5 @@ __all__ = [
     "LayerNorm", "PositionwiseFeedForward", "SinusoidalPositionalEncoding",
     "LearnedPositionalEmbedding", "softmax", "log_softmax", "sinusoid_table", "get_activation",
     "make_norm", "NORM_KINDS", "SublayerConnection", "SublayerConnectionCache",
+    "RMSNorm", "SiLU", "SwiGLUFeedForward",
 ]

@@ -15,12 +15,12 @@ import numpy as np
 
 from .. import fast
 from .._validate import check_float, check_mask
-from ..functional.activations import ActivationCache, GELUCache
+from ..functional.activations import ActivationCache, GELUCache, SiLUCache
 from ..kernels import select
 from ..module import Module
 
-__all__ = ["ReLU", "GELU", "Tanh", "Sigmoid", "Softmax", "softmax", "softmax_backward",
-           "log_softmax", "sigmoid", "get_activation", "ActivationCache", "GELUCache"]
+__all__ = ["ReLU", "GELU", "Tanh", "Sigmoid", "SiLU", "Softmax", "softmax", "softmax_backward",
+           "log_softmax", "sigmoid", "get_activation", "ActivationCache", "GELUCache", "SiLUCache"]
 
 
 def softmax(x: np.ndarray, axis: int = -1, mask: np.ndarray | None = None,
@@ -134,6 +134,24 @@ class Sigmoid(_Elementwise):
         return select(dy.dtype).sigmoid_backward(dy, cache)
 
 
+class SiLU(_Elementwise):
+    """Sigmoid-weighted linear unit, y = x sigmoid(x) (SiLU: Hendrycks & Gimpel,
+    2016, Elfwing et al., 2017; Swish-1: Ramachandran et al., 2017), as
+    PyTorch's ``nn.SiLU``; the gate of LLaMA's SwiGLU feed-forward.
+
+    Forward:   s = sigmoid(x);   y = x s
+    Backward (product rule, sigmoid' = s (1 - s)):
+        dx = dy s (1 + x (1 - s))
+    """
+
+    def forward(self, x):
+        x = self._check(x)
+        return select(x.dtype).silu_forward(x)
+
+    def backward(self, dy, cache: SiLUCache):
+        return select(dy.dtype).silu_backward(dy, cache)
+
+
 class SoftmaxCache(NamedTuple):
     y: np.ndarray  # the softmax output
 
@@ -169,13 +187,14 @@ class Softmax(Module):
 
 
 def get_activation(name: str) -> Module:
-    """``relu``, ``gelu`` (exact), ``gelu_tanh``, ``tanh`` or ``sigmoid``."""
+    """``relu``, ``gelu`` (exact), ``gelu_tanh``, ``tanh``, ``sigmoid`` or ``silu``."""
     table = {
         "relu": ReLU,
         "gelu": GELU,
         "gelu_tanh": lambda: GELU(approximate="tanh"),
         "tanh": Tanh,
         "sigmoid": Sigmoid,
+        "silu": SiLU,
     }
     if name not in table:
         raise ValueError(f"unknown activation {name!r}; expected one of {sorted(table)}")

@@ -1,4 +1,5 @@
-"""Position-wise feed-forward network of the Transformer."""
+"""Position-wise feed-forward networks of the Transformer: the 2017 one and
+LLaMA's SwiGLU."""
 
 from __future__ import annotations
 
@@ -7,10 +8,15 @@ from typing import NamedTuple
 import numpy as np
 
 from .._validate import as_rng, check_float, check_positive_int
+from ..functional.activations import SwiGLUCache
+from ..kernels import select
 from ..module import Module
 from .activations import get_activation
 from .dropout import Dropout
 from .linear import Linear
+
+__all__ = ["PositionwiseFeedForward", "FeedForwardCache", "SwiGLUFeedForward",
+           "SwiGLUFeedForwardCache", "SwiGLUCache"]
 
 
 class FeedForwardCache(NamedTuple):
@@ -68,3 +74,84 @@ class PositionwiseFeedForward(Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_ff={self.d_ff}, activation={self.activation!r}"
+
+
+class SwiGLUFeedForwardCache(NamedTuple):
+    gate_proj: tuple  # cache of g = x W_gate + b_gate
+    up_proj: tuple  # cache of u = x W_up + b_up
+    swiglu: SwiGLUCache  # cache of h = silu(g) * u
+    dropout: tuple  # cache of h' = dropout(h)
+    down_proj: tuple  # cache of y = h' W_down + b_down
+
+
+class SwiGLUFeedForward(Module):
+    """The SwiGLU feed-forward network (Shazeer, 2020, "GLU Variants Improve
+    Transformer", sec. 2: FFN_SwiGLU(x, W, V, W_2) = (Swish_1(x W) * x V) W_2),
+    LLaMA's MLP, applied to every position alike.
+
+    Shapes: x (..., d_model); W_gate, W_up (d_model, d_ff); W_down (d_ff, d_model).
+    No biases by default (the paper's and LLaMA's); ``bias=True`` gives each
+    projection one.
+
+    Forward:
+        g  = x W_gate + b_gate          (gate_proj)
+        u  = x W_up + b_up              (up_proj)
+        a  = silu(g) = g sigmoid(g)     the gate
+        h  = a * u                      elementwise
+        h' = dropout(h)                 (none in LLaMA: dropout=0.0, the default)
+        y  = h' W_down + b_down         (down_proj)
+
+    Backward (each line a child's backward or a kernel, in reverse order):
+        dh'  = down_proj.backward(dy)           (adds dW_down, db_down)
+        dh   = dropout.backward(dh')
+        du   = dh * a                           the product rule on h = a * u: each
+        da   = dh * u                           factor gets dh times the other
+        dg   = da s (1 + g (1 - s))             silu', with s = sigmoid(g)
+        dx   = gate_proj.backward(dg)           x feeds both projections, so the
+             + up_proj.backward(du)             gradients of the two paths add
+                                                (adds dW_gate, db_gate, dW_up, db_up)
+    The middle three lines are ``functional.swiglu_backward``.
+
+    The gate and up projections stay two GEMMs: one GEMM against
+    [W_gate | W_up] would need the two weights (and dg, du) concatenated on
+    every call, and measured slower (float32, 1024 rows, 256 -> 688, the
+    gate and up GEMMs forward and backward: 30-31 ms against 21-25 ms).
+
+    Parameter names map onto Hugging Face's ``LlamaMLP``: ``gate_proj.W`` is
+    ``gate_proj.weight`` transposed, ``up_proj.W`` is ``up_proj.weight``
+    transposed, ``down_proj.W`` is ``down_proj.weight`` transposed (our
+    ``Linear`` stores W as (D_in, D_out), torch's weight is (D_out, D_in));
+    HF's ``intermediate_size`` is d_ff.  Init as ``Linear``:
+    U(-1/sqrt(D_in), 1/sqrt(D_in)).
+    """
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool = False, dropout: float = 0.0,
+                 *, dtype=np.float32, rng=None):
+        self.d_model = check_positive_int(self, "d_model", d_model)
+        self.d_ff = check_positive_int(self, "d_ff", d_ff)
+        rng = as_rng(rng)
+        bias = bool(bias)
+        self.gate_proj = Linear(d_model, d_ff, bias=bias, dtype=dtype, rng=rng)
+        self.up_proj = Linear(d_model, d_ff, bias=bias, dtype=dtype, rng=rng)
+        self.dropout = Dropout(dropout, rng=rng.spawn(1)[0])
+        self.down_proj = Linear(d_ff, d_model, bias=bias, dtype=dtype, rng=rng)
+
+    def forward(self, x):
+        x = check_float(self, "x", x, dtype=self.gate_proj.W.dtype, min_ndim=1,
+                        last_dim=self.d_model, last_dim_name="d_model")
+        g, c_gate = self.gate_proj.forward(x)
+        u, c_up = self.up_proj.forward(x)
+        h, c_glu = select(x.dtype).swiglu_forward(g, u)
+        h_drop, c_drop = self.dropout.forward(h)
+        y, c_down = self.down_proj.forward(h_drop)
+        return y, SwiGLUFeedForwardCache(gate_proj=c_gate, up_proj=c_up, swiglu=c_glu,
+                                         dropout=c_drop, down_proj=c_down)
+
+    def backward(self, dy, cache: SwiGLUFeedForwardCache):
+        dh_drop = self.down_proj.backward(dy, cache.down_proj)
+        dh = self.dropout.backward(dh_drop, cache.dropout)
+        dg, du = select(dy.dtype).swiglu_backward(dh, cache.swiglu)
+        return self.gate_proj.backward(dg, cache.gate_proj) + self.up_proj.backward(du, cache.up_proj)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, d_ff={self.d_ff}, bias={self.gate_proj.b is not None}"

@@ -15,12 +15,14 @@ and the attributes ``dtype`` and ``eps``.
 from __future__ import annotations
 
 from .layernorm import LayerNorm
+from .rmsnorm import RMSNorm
 
 __all__ = ["make_norm", "check_norm", "NORM_KINDS"]
 
 # kind -> builder(d_model, eps, dtype)
 _NORMS = {
     "layernorm": lambda d_model, eps, dtype: LayerNorm(d_model, eps, dtype=dtype),
+    "rmsnorm": lambda d_model, eps, dtype: RMSNorm(d_model, eps, dtype=dtype),
 }
 
 NORM_KINDS = tuple(_NORMS)  # the names ``make_norm`` accepts
@@ -40,7 +42,9 @@ def make_norm(kind: str, d_model: int, eps: float, *, dtype):
     """A new norm of the given ``kind`` over the last axis of width ``d_model``.
 
     ``kind``: one of ``NORM_KINDS`` ("layernorm": ``LayerNorm(d_model, eps)``,
-    gamma = 1, beta = 0).  ``eps`` is added to the variance inside the square
-    root; ``dtype`` is the dtype of the norm's parameters and work.
+    gamma = 1, beta = 0; "rmsnorm": ``RMSNorm(d_model, eps)``, gamma = 1, no
+    beta).  ``eps`` is added to the variance (the mean square for RMSNorm)
+    inside the square root; ``dtype`` is the dtype of the norm's parameters
+    and work.
     """
     return _NORMS[check_norm("make_norm", kind)](d_model, eps, dtype)

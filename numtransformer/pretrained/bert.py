@@ -360,6 +360,9 @@ def hf_bert_name_map(model: BertModel) -> dict[str, tuple]:
     "qkv.T": ours (in_proj.W) is [query.T | key.T | value.T] side by side;
     "qkv": ours (in_proj.b) is [query | key | value] concatenated.
     """
+    if model.config.get("norm", "layernorm") != "layernorm":
+        raise ValueError(f"hf_bert_name_map: BERT's checkpoints hold LayerNorm weights and "
+                         f"biases; this model was built with norm={model.config['norm']!r}")
     m = {"embeddings.word.W": ("embeddings.word_embeddings.weight", "="),
          "embeddings.position.W": ("embeddings.position_embeddings.weight", "="),
          "embeddings.token_type.W": ("embeddings.token_type_embeddings.weight", "="),

@@ -97,3 +97,28 @@ def test_cross_entropy(lead, V, eps, reduction, some_ignored, dtype, seed):
     _, cache = same("cross_entropy_forward", z, y, -100, eps, reduction)
     dL = rng.standard_normal(lead).astype(dtype) if reduction == "none" else np.asarray(1.3)
     same("cross_entropy_backward", dL, cache, eps, reduction)
+
+
+@given(st.lists(dims, min_size=0, max_size=3), st.integers(1, 40), st.booleans(),
+       st.sampled_from([1e-6, 1e-5, 1.0]), dtypes, seeds)
+def test_rms_norm(lead, n, affine, eps, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((*lead, n)) * 3 + rng.standard_normal()).astype(dtype)
+    gamma = rng.standard_normal(n).astype(dtype) if affine else None
+    dy = rng.standard_normal((*lead, n)).astype(dtype)
+    _, cache = same("rms_norm_forward", x, gamma, eps)
+    same("rms_norm_backward", dy, cache, gamma)
+
+
+@given(st.lists(dims, min_size=1, max_size=4), st.booleans(), dtypes, seeds)
+def test_silu_and_swiglu(shape, strided, dtype, seed):
+    rng = np.random.default_rng(seed)
+    g = (rng.standard_normal(shape) * 30).astype(dtype)  # exp(-g) overflows for some
+    u = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    if strided:  # views that are not contiguous: the one-call path
+        g, u, dy = (np.concatenate([a, a], axis=-1)[..., ::2] for a in (g, u, dy))
+    _, cache = same("silu_forward", g)
+    same("silu_backward", dy, cache)
+    _, cache = same("swiglu_forward", g, u)
+    same("swiglu_backward", dy, cache)

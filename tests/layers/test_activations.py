@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from numtransformer import GELU, ReLU, Sigmoid, Softmax, Tanh, gradcheck
-from numtransformer.layers import log_softmax, softmax
+from numtransformer import GELU, ReLU, Sigmoid, SiLU, Softmax, Tanh, gradcheck
+from numtransformer.layers import get_activation, log_softmax, softmax
 from tests.helpers import away_from_zero, check_dtype_preserved, seeds
 
 shapes = st.lists(st.integers(1, 5), min_size=1, max_size=3)
@@ -97,3 +97,32 @@ def test_bad_input():
         Softmax()(np.zeros((2, 2)), mask=np.zeros((2, 2)))
     with pytest.raises(ValueError, match="approximate"):
         GELU("fast")
+
+
+@given(shape=shapes, scale=st.sampled_from([1.0, 4.0]), seed=seeds)
+def test_gradcheck_silu(shape, scale, seed):
+    rng = np.random.default_rng(seed)
+    gradcheck(SiLU(), scale * rng.standard_normal(shape), seed=seed).assert_passed()
+
+
+def test_silu_known_values_and_derivative():
+    x = np.array([-2.0, 0.0, 1.0, 40.0, -800.0])
+    s = 1 / (1 + np.exp(-x[:3]))
+    y, cache = SiLU().forward(x)
+    np.testing.assert_allclose(y[:3], x[:3] * s, rtol=1e-15)
+    assert y[3] == 40.0 and y[4] == 0.0  # the limits x and 0, no overflow warning
+    dx = SiLU().backward(np.ones_like(x), cache)
+    np.testing.assert_allclose(dx[:3], s * (1 + x[:3] * (1 - s)), rtol=1e-15)
+    assert dx[1] == 0.5 and dx[3] == 1.0 and dx[4] == 0.0  # silu'(0) = 1/2
+
+
+def test_silu_float32_and_get_activation():
+    x = np.array([-1e3, -1.5, 0.5, 1e3], np.float32)
+    check_dtype_preserved(SiLU(), x)
+    y, cache = SiLU().forward(x)
+    assert np.isfinite(y).all() and np.isfinite(SiLU().backward(np.ones_like(x), cache)).all()
+    assert isinstance(get_activation("silu"), SiLU)
+    with pytest.raises(TypeError, match="SiLU: x must be"):
+        SiLU()(np.arange(3))
+    with pytest.raises(ValueError, match="SiLU: x contains 1 NaN"):
+        SiLU()(np.array([np.nan, 1.0]))

@@ -181,8 +181,8 @@ def test_make_norm():
     norm = make_norm("layernorm", 6, 1e-7, dtype=F64)
     assert isinstance(norm, LayerNorm) and norm.eps == 1e-7 and norm.dtype == F64
     assert norm.normalized_shape == (6,) and norm.gamma.dtype == F64
-    assert NORM_KINDS == ("layernorm",)
-    for bad in ("rmsnorm", "LayerNorm", None, 3):
+    assert NORM_KINDS == ("layernorm", "rmsnorm")
+    for bad in ("batchnorm", "LayerNorm", None, 3):
         with pytest.raises(ValueError, match=r"make_norm: norm must be one of 'layernorm', "
-                                             rf"got {bad!r}"):
+                                             rf"'rmsnorm', got {bad!r}"):
             make_norm(bad, 6, 1e-5, dtype=F64)

@@ -360,15 +360,15 @@ def test_the_norm_argument_reaches_every_norm(monkeypatch):
 
 
 def test_bad_norm_is_named():
-    for build, who in [(lambda: TransformerEncoderLayer(8, 2, norm="rmsnorm"),
+    for build, who in [(lambda: TransformerEncoderLayer(8, 2, norm="batchnorm"),
                         "TransformerEncoderLayer"),
-                       (lambda: TransformerDecoderLayer(8, 2, norm="rmsnorm"),
+                       (lambda: TransformerDecoderLayer(8, 2, norm="batchnorm"),
                         "TransformerDecoderLayer"),
-                       (lambda: TransformerEncoder(1, 8, 2, norm="rmsnorm"), "TransformerEncoder"),
-                       (lambda: Transformer(5, 5, 8, 2, norm="rmsnorm"), "Transformer"),
-                       (lambda: TransformerLM(5, 8, 2, norm="rmsnorm"), "TransformerLM")]:
+                       (lambda: TransformerEncoder(1, 8, 2, norm="batchnorm"), "TransformerEncoder"),
+                       (lambda: Transformer(5, 5, 8, 2, norm="batchnorm"), "Transformer"),
+                       (lambda: TransformerLM(5, 8, 2, norm="batchnorm"), "TransformerLM")]:
         with pytest.raises(ValueError, match=f"^{who}: norm must be one of 'layernorm', "
-                                             f"got 'rmsnorm'"):
+                                             f"'rmsnorm', got 'batchnorm'"):
             build()
 
 

@@ -326,7 +326,7 @@ def test_norm_argument_and_parameter_names():
     assert {"embeddings.norm.gamma", "layers.1.norm1.beta", "layers.1.norm2.gamma"} <= set(
         model.state_dict())
     assert sum(isinstance(m, LayerNorm) for _, m in model.named_modules()) == 1 + 2 * 2
-    with pytest.raises(ValueError, match="^BertModel: norm must be one of 'layernorm', got 'rms'"):
+    with pytest.raises(ValueError, match="^BertModel: norm must be one of 'layernorm', 'rmsnorm', got 'rms'"):
         BertModel(**small_config(rng), norm="rms")
     with pytest.raises(ValueError, match="^BertEmbeddings: norm must be one of"):
         BertEmbeddings(11, 4, norm="rms")
