@@ -1,7 +1,11 @@
 """Recurrent cells: one time step of the tanh RNN, the LSTM and the GRU.
 
-Each cell splits its time step in two, so the unrolled ``RNN`` can hoist the
-input projection out of its time loop:
+The math lives in the step kernels of ``numtransformer.functional.recurrent``
+(``rnn_step_*``, ``lstm_step_*``, ``gru_step_*``: their docstrings state the
+equations and derive the backward line by line); the fast ones in
+``numtransformer.fast.recurrent``.  A cell holds the parameters and splits its
+time step in two, so the unrolled ``RNN`` can hoist the input projection out
+of its time loop:
 
     xw = x W_ih + b_ih                   the input projection (one GEMM for all gates)
     (h', [c']), step = cell.step(xw, h, [c])                 everything else
@@ -15,11 +19,10 @@ the previous state, and leaves the parameter gradients to the caller, who turns
 tanh RNN and the LSTM the two pre-activations are summed, so da_x = da_h; the
 GRU's candidate gate multiplies its hidden half by r, so they differ there.
 Both take an optional ``W_hh_T``: a contiguous copy of W_hh^T (``transposed_copy``)
-that an unrolled caller makes once for all T steps and uses in both directions
-(the step GEMMs are faster with it: see ``_Cell._recurrent``).
+that an unrolled caller makes once for all T steps and uses in both directions;
 ``step_backward`` also takes ``out=``, a (B, G*H) array (a view is fine) that
-receives da_x, so an unrolled caller can have it written straight into its
-(B, T, G*H) buffer.
+receives da_x.  The fast kernels use both (see ``numtransformer.fast.recurrent``);
+with the reference kernels W_hh_T is not needed and da_x is copied into ``out``.
 
 Weights are stored so the math reads as written, x W: ``W_ih`` (D, G*H),
 ``W_hh`` (H, G*H), biases (G*H,), with the G gates side by side in PyTorch's
@@ -38,27 +41,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._parallel import column_sum
+from .. import fast
 from .._validate import as_rng, check_float, check_float_dtype, check_positive_int
-from ..layers.activations import sigmoid
+from ..fast.recurrent import transposed_copy
+from ..functional.linear import linear_forward
+from ..functional.recurrent import GRUStep, LSTMStep, RNNStep
+from ..kernels import select
 from ..module import Module, Parameter
 
-__all__ = ["RNNCell", "LSTMCell", "GRUCell", "transposed_copy"]
-
-
-def transposed_copy(w: np.ndarray) -> np.ndarray:
-    """A C-contiguous copy of the 2-D w.T, the same values as ``np.ascontiguousarray(w.T)``.
-
-    The plain copy reads w down its columns; when a row of w is a multiple of
-    4 KiB long (H = 256 in float32: 1024 columns), every element of a column
-    falls in the same cache set and the copy runs ~20x slower than a straight
-    one (900 us for 256 x 1024 float32, measured).  Copying w first into a
-    buffer whose rows are 16 elements longer breaks that alignment: 200 us.
-    """
-    rows, cols = w.shape
-    padded = np.empty((rows, cols + 16), w.dtype)
-    padded[:, :cols] = w
-    return np.ascontiguousarray(padded[:, :cols].T)
+__all__ = ["RNNCell", "LSTMCell", "GRUCell", "transposed_copy", "RNNStep", "LSTMStep", "GRUStep"]
 
 
 def check_state(layer: Module, arg: str, s, shape: tuple, dtype) -> np.ndarray:
@@ -70,8 +61,30 @@ def check_state(layer: Module, arg: str, s, shape: tuple, dtype) -> np.ndarray:
     return s
 
 
+def loop_options(K, W_hh_T=None, out=None) -> dict:
+    """The keyword options an unrolled loop passes to the step kernels of ``K``:
+    the fast kernels take ``W_hh_T`` and ``out`` (``numtransformer.fast.recurrent``),
+    the reference kernels none."""
+    if K is not fast:
+        return {}
+    return {name: a for name, a in (("W_hh_T", W_hh_T), ("out", out)) if a is not None}
+
+
+def input_projection(x, W_ih, b_ih):
+    """xw = x W_ih + b_ih for every time step at once (one GEMM), and its LinearCache.
+
+    The reference ``linear_forward`` in both kernel modes: the fast one adds
+    the bias in place on the GEMM's output, in row blocks, which measured
+    2-4% slower over a whole float32 LSTM layer forward+backward (B=32, T=32,
+    E=128, H=256; 1 and 2 threads) than this fresh x W_ih + b_ih.  The same
+    numbers either way; the backward is ``K.linear_backward`` on this cache.
+    """
+    return linear_forward(x, W_ih, b_ih)
+
+
 class CellCache(NamedTuple):
     x: np.ndarray  # (B, D) the input
+    xw: tuple  # the LinearCache of xw = x W_ih + b_ih
     step: tuple  # the step cache (RNNStep, LSTMStep or GRUStep)
     given: tuple  # for each state argument (h[, c]): was it passed (so it gets a gradient)?
 
@@ -81,6 +94,7 @@ class _Cell(Module):
 
     n_gates: int = 1
     state_names: tuple = ("h",)
+    kernel: str = "rnn"  # the step kernels: {kernel}_step_forward / {kernel}_step_backward
 
     def __init__(self, input_size: int, hidden_size: int, *, dtype=np.float32, rng=None):
         self.input_size = check_positive_int(self, "input_size", input_size)
@@ -103,10 +117,10 @@ class _Cell(Module):
         states = tuple(np.zeros(shape, dtype) if s is None
                        else check_state(self, name, s, shape, dtype)
                        for name, s in zip(self.state_names, states))
-        xw = x @ self.W_ih.data + self.b_ih.data
+        xw, c_xw = select(dtype).linear_forward(x, self.W_ih.data, self.b_ih.data)
         new, step = self.step(xw, *states)
         out = new[0] if len(new) == 1 else new
-        return out, CellCache(x=x, step=step, given=given)
+        return out, CellCache(x=x, xw=c_xw, step=step, given=given)
 
     def backward(self, dout, cache: CellCache):
         """dout: dh (an array), or for the LSTM a tuple (dh, dc) where either may be None.
@@ -122,38 +136,41 @@ class _Cell(Module):
         x, step = cache.x, cache.step
         zeros = np.zeros((x.shape[0], self.hidden_size), x.dtype)
         da_x, da_h, dstates = self.step_backward(*(zeros if d is None else d for d in douts), step)
-        self.W_ih.grad += x.T @ da_x
-        self.b_ih.grad += column_sum(da_x)
-        self.W_hh.grad += step.h_prev.T @ da_h
-        self.b_hh.grad += column_sum(da_h)
-        dx = da_x @ self.W_ih.data.T
+        K = select(x.dtype)
+        dx, dW_ih, db_ih = K.linear_backward(da_x, cache.xw, self.W_ih.data)
+        dW_hh, db_hh = K.projection_grads(step.h_prev, da_h)
+        self.W_ih.grad += dW_ih
+        self.b_ih.grad += db_ih
+        self.W_hh.grad += dW_hh
+        self.b_hh.grad += db_hh
         grads = (dx,) + tuple(d for d, g in zip(dstates, cache.given) if g)
         return grads[0] if len(grads) == 1 else grads
 
-    def _recurrent(self, h_prev, W_hh_T):
-        """h_prev W_hh, the step's (B, H) x (H, G*H) GEMM.
+    def step(self, xw, *states, W_hh_T=None):
+        """xw = x W_ih + b_ih (B, G*H), the previous states (h[, c]) -> (new states, step cache).
 
-        With the caller's contiguous W_hh^T it is computed as h_prev (W_hh^T)^T,
-        the same product, which OpenBLAS splits better over two threads:
-        32 x 256 x 1024 float32 took 135 us this way against 193 us, and the
-        same on one thread (measured)."""
-        return h_prev @ (self.W_hh.data if W_hh_T is None else W_hh_T.T)
+        ``W_hh_T``: a contiguous copy of W_hh^T made once by an unrolled caller
+        (used by the fast kernels)."""
+        K = select(xw.dtype)
+        forward = getattr(K, f"{self.kernel}_step_forward")
+        return forward(xw, *states, self.W_hh.data, self.b_hh.data, **loop_options(K, W_hh_T))
 
-    def _transposed_W_hh(self, W_hh_T):
-        """W_hh^T for dh_prev = da W_hh^T: the caller's contiguous copy, made once for
-        all T steps (a transposed operand makes this small GEMM ~30% slower), or a view."""
-        return self.W_hh.data.T if W_hh_T is None else W_hh_T
+    def step_backward(self, *args, W_hh_T=None, out=None):
+        """(dh[, dc], step cache) -> (da_x, da_h, d(previous states)); parameter
+        gradients are left to the caller.  ``out``: a (B, G*H) array that receives
+        da_x (the returned da_x is then ``out``)."""
+        *dstates, cache = args
+        K = select(dstates[0].dtype)
+        backward = getattr(K, f"{self.kernel}_step_backward")
+        da_x, da_h, dprev = backward(*dstates, cache, self.W_hh.data,
+                                     **loop_options(K, W_hh_T, out))
+        if out is not None and da_x is not out:  # the reference kernels make a fresh da_x
+            out[...] = da_x
+            da_x, da_h = out, (out if da_h is da_x else da_h)
+        return da_x, da_h, dprev
 
     def extra_repr(self) -> str:
         return f"input_size={self.input_size}, hidden_size={self.hidden_size}"
-
-
-# -- tanh RNN ---------------------------------------------------------------------------------
-
-
-class RNNStep(NamedTuple):
-    h_prev: np.ndarray  # (B, H) the previous hidden state
-    h: np.ndarray  # (B, H) the new hidden state
 
 
 class RNNCell(_Cell):
@@ -161,16 +178,18 @@ class RNNCell(_Cell):
 
     Shapes: x (B, D), h_prev (B, H); W_ih (D, H), W_hh (H, H), b_ih, b_hh (H,).
 
-    Forward:
-        a = x W_ih + b_ih + h_prev W_hh + b_hh
-        h = tanh(a)
+    Forward (``linear_forward``, then ``rnn_step_forward``):
+        xw = x W_ih + b_ih
+        a  = xw + h_prev W_hh + b_hh
+        h  = tanh(a)
 
-    Backward (dh: the gradient reaching h, from the output and from step t+1):
+    Backward (dh: the gradient reaching h, from the output and from step t+1;
+    ``rnn_step_backward`` derives each line):
         da      = dh (1 - h^2)
         dh_prev = da W_hh^T
-        dW_ih  += x^T da          db_ih += sum_b da
-        dW_hh  += h_prev^T da     db_hh += sum_b da
+        dW_hh  += h_prev^T da     db_hh += sum_b da      (projection_grads)
         dx      = da W_ih^T
+        dW_ih  += x^T da          db_ih += sum_b da      (linear_backward)
 
     ``forward(x, h=None)`` -> h'.  h defaults to zeros; when it is passed,
     ``backward(dh', cache)`` returns (dx, dh), otherwise dx.
@@ -180,45 +199,10 @@ class RNNCell(_Cell):
 
     n_gates = 1
     state_names = ("h",)
+    kernel = "rnn"
 
     def forward(self, x, h=None):
         return self._forward(x, (h,))
-
-    def step(self, xw, h_prev, *, W_hh_T=None):
-        """xw = x W_ih + b_ih (B, H) -> ((h,), RNNStep)."""
-        a = self._recurrent(h_prev, W_hh_T)
-        a += xw
-        a += self.b_hh.data
-        h = np.tanh(a, out=a)
-        return (h,), RNNStep(h_prev=h_prev, h=h)
-
-    def step_backward(self, dh, cache: RNNStep, *, W_hh_T=None, out=None):
-        """-> (da_x, da_h, (dh_prev,)); parameter gradients are left to the caller."""
-        h = cache.h
-        da = np.multiply(h, h, out=out)
-        np.subtract(1, da, out=da)
-        da *= dh  # da = dh (1 - h^2)
-        dh_prev = da @ self._transposed_W_hh(W_hh_T)
-        return da, da, (dh_prev,)
-
-
-# -- LSTM -------------------------------------------------------------------------------------
-
-
-class LSTMStep(NamedTuple):
-    h_prev: np.ndarray  # (B, H) previous hidden state
-    c_prev: np.ndarray  # (B, H) previous cell state
-    gates: np.ndarray  # (B, 4H) [i, f, g, o] side by side (the properties below are views)
-    tanh_c: np.ndarray  # (B, H) tanh of the new cell state
-
-    def _gate(self, k: int) -> np.ndarray:
-        H = self.tanh_c.shape[-1]
-        return self.gates[:, k * H:(k + 1) * H]
-
-    i = property(lambda self: self._gate(0), doc="(B, H) input gate")
-    f = property(lambda self: self._gate(1), doc="(B, H) forget gate")
-    g = property(lambda self: self._gate(2), doc="(B, H) candidate cell")
-    o = property(lambda self: self._gate(3), doc="(B, H) output gate")
 
 
 class LSTMCell(_Cell):
@@ -228,25 +212,26 @@ class LSTMCell(_Cell):
     Shapes: x (B, D), h_prev, c_prev (B, H); W_ih (D, 4H), W_hh (H, 4H),
     b_ih, b_hh (4H,); the four column blocks are the gates i, f, g, o.
 
-    Forward:
+    Forward (``linear_forward``, then ``lstm_step_forward``):
         a = x W_ih + b_ih + h_prev W_hh + b_hh        (B, 4H) = [a_i, a_f, a_g, a_o]
         i = sigmoid(a_i)    f = sigmoid(a_f)    g = tanh(a_g)    o = sigmoid(a_o)
         c = f * c_prev + i * g
         h = o * tanh(c)
 
     Backward (dh, dc: the gradients reaching h and c from the output and from
-    step t+1 -- both must be carried between steps):
+    step t+1 -- both must be carried between steps; ``lstm_step_backward``
+    derives each line):
         do      = dh * tanh(c)
-        dc      = dc + dh * o * (1 - tanh(c)^2)       the total gradient of c
-        di      = dc * g
-        df      = dc * c_prev
-        dg      = dc * i
-        dc_prev = dc * f
+        dc_t    = dc + dh * o * (1 - tanh(c)^2)       the total gradient of c
+        di      = dc_t * g
+        df      = dc_t * c_prev
+        dg      = dc_t * i
+        dc_prev = dc_t * f
         da      = [di, df, dg, do] * [i (1 - i), f (1 - f), 1 - g^2, o (1 - o)]
         dh_prev = da W_hh^T
-        dW_ih  += x^T da          db_ih += sum_b da
-        dW_hh  += h_prev^T da     db_hh += sum_b da
+        dW_hh  += h_prev^T da     db_hh += sum_b da   (each bias block from its own gate)
         dx      = da W_ih^T
+        dW_ih  += x^T da          db_ih += sum_b da
 
     ``forward(x, h=None, c=None)`` -> (h', c').  Missing states are zeros;
     ``backward((dh', dc'), cache)`` (either may be None) returns dx followed by
@@ -257,85 +242,32 @@ class LSTMCell(_Cell):
 
     n_gates = 4
     state_names = ("h", "c")
+    kernel = "lstm"
 
     def forward(self, x, h=None, c=None):
         return self._forward(x, (h, c))
 
-    def step(self, xw, h_prev, c_prev, *, W_hh_T=None):
-        """xw = x W_ih + b_ih (B, 4H) -> ((h, c), LSTMStep)."""
-        H = self.hidden_size
-        a = self._recurrent(h_prev, W_hh_T)
-        a += xw
-        a += self.b_hh.data  # a = xw + h_prev W_hh + b_hh
-        # the gates in place on a's column blocks: i, f, g, o are views of a.
-        # tanh(a_g) = 2 sigmoid(2 a_g) - 1, so one sigmoid pass over all of a
-        # makes the four gates (one contiguous pass instead of three strided ones)
-        i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-        g *= 2.0
-        sigmoid(a, out=a)
-        g *= 2.0
-        g -= 1.0
-        c = f * c_prev
-        c += i * g
-        tanh_c = np.tanh(c)
-        h = o * tanh_c
-        return (h, c), LSTMStep(h_prev=h_prev, c_prev=c_prev, gates=a, tanh_c=tanh_c)
-
-    def step_backward(self, dh, dc, cache: LSTMStep, *, W_hh_T=None, out=None):
-        """-> (da_x, da_h, (dh_prev, dc_prev)); parameter gradients are left to the caller.
-
-        The four gate gradients are written into the column blocks of one
-        (B, 4H) array, ``out`` when given, and multiplied there by the four
-        gate derivatives, themselves made in one pass over all of ``gates``
-        (s (1 - s), then the g block replaced by 1 - g^2): 15 array passes where
-        the gate-by-gate formulas and a concatenation took 23.
-        """
-        H = self.hidden_size
-        gates, tanh_c = cache.gates, cache.tanh_c
-        i, f, g, o = cache.i, cache.f, cache.g, cache.o
-        dc = dc + dh * o * (1 - tanh_c * tanh_c)  # the total gradient of c
-        da = np.empty_like(gates) if out is None else out
-        np.multiply(dc, g, out=da[:, :H])  # di
-        np.multiply(dc, cache.c_prev, out=da[:, H:2 * H])  # df
-        np.multiply(dc, i, out=da[:, 2 * H:3 * H])  # dg
-        np.multiply(dh, tanh_c, out=da[:, 3 * H:])  # do
-        deriv = np.subtract(1, gates)
-        deriv *= gates  # s (1 - s) for the sigmoid gates i, f, o
-        tanh_deriv = deriv[:, 2 * H:3 * H]
-        np.multiply(g, g, out=tanh_deriv)
-        np.subtract(1, tanh_deriv, out=tanh_deriv)  # 1 - g^2 for the tanh gate
-        da *= deriv
-        dc_prev = dc * f
-        dh_prev = da @ self._transposed_W_hh(W_hh_T)
-        return da, da, (dh_prev, dc_prev)
-
-
-# -- GRU --------------------------------------------------------------------------------------
-
-
-class GRUStep(NamedTuple):
-    h_prev: np.ndarray  # (B, H) previous hidden state
-    r: np.ndarray  # (B, H) reset gate
-    z: np.ndarray  # (B, H) update gate
-    n: np.ndarray  # (B, H) candidate state
-    hn: np.ndarray  # (B, H) h_prev W_hn + b_hn, the hidden half of n's pre-activation
-
 
 class GRUCell(_Cell):
-    """One step of the GRU (Cho et al., 2014), as ``torch.nn.GRUCell``.
+    """One step of the GRU as ``torch.nn.GRUCell``: PyTorch's variant of the GRU
+    of Cho et al. (2014), with the reset gate applied AFTER the matrix product,
+    r * (h_prev W_hn + b_hn), where Cho et al. apply it to the state before the
+    product, (r * h_prev) W_hn.  The two are different functions (weights do
+    not carry over between them); this is the one of PyTorch and cuDNN.
 
     Shapes: x (B, D), h_prev (B, H); W_ih (D, 3H), W_hh (H, 3H),
     b_ih, b_hh (3H,); the three column blocks are the gates r, z, n.
     PyTorch keeps the input and hidden biases apart because b_hn sits inside
     r * (...); both are kept here so weights move unchanged.
 
-    Forward (xw = x W_ih + b_ih = [x_r, x_z, x_n], hw = h_prev W_hh + b_hh = [h_r, h_z, hn]):
+    Forward (xw = x W_ih + b_ih = [x_r, x_z, x_n], hw = h_prev W_hh + b_hh = [h_r, h_z, hn];
+    ``gru_step_forward``):
         r = sigmoid(x_r + h_r)
         z = sigmoid(x_z + h_z)
         n = tanh(x_n + r * hn)
         h = (1 - z) * n + z * h_prev
 
-    Backward (dh: the gradient reaching h):
+    Backward (dh: the gradient reaching h; ``gru_step_backward`` derives each line):
         dn      = dh * (1 - z)
         dz      = dh * (h_prev - n)
         da_n    = dn * (1 - n^2)                 gradient of n's pre-activation
@@ -357,32 +289,7 @@ class GRUCell(_Cell):
 
     n_gates = 3
     state_names = ("h",)
+    kernel = "gru"
 
     def forward(self, x, h=None):
         return self._forward(x, (h,))
-
-    def step(self, xw, h_prev, *, W_hh_T=None):
-        """xw = x W_ih + b_ih (B, 3H) -> ((h,), GRUStep)."""
-        H = self.hidden_size
-        hw = self._recurrent(h_prev, W_hh_T)
-        hw += self.b_hh.data
-        r = sigmoid(xw[:, :H] + hw[:, :H])
-        z = sigmoid(xw[:, H:2 * H] + hw[:, H:2 * H])
-        hn = hw[:, 2 * H:]
-        n = np.tanh(xw[:, 2 * H:] + r * hn)
-        h = (1 - z) * n + z * h_prev
-        return (h,), GRUStep(h_prev=h_prev, r=r, z=z, n=n, hn=hn)
-
-    def step_backward(self, dh, cache: GRUStep, *, W_hh_T=None, out=None):
-        """-> (da_x, da_h, (dh_prev,)); parameter gradients are left to the caller."""
-        h_prev, r, z, n, hn = cache.h_prev, cache.r, cache.z, cache.n, cache.hn
-        dn = dh * (1 - z)
-        dz = dh * (h_prev - n)
-        da_n = dn * (1 - n * n)
-        dr = da_n * hn
-        da_r = dr * r * (1 - r)
-        da_z = dz * z * (1 - z)
-        da_x = np.concatenate([da_r, da_z, da_n], axis=1, out=out)
-        da_h = np.concatenate([da_r, da_z, da_n * r], axis=1)
-        dh_prev = dh * z + da_h @ self._transposed_W_hh(W_hh_T)
-        return da_x, da_h, (dh_prev,)

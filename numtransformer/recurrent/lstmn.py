@@ -7,27 +7,34 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._parallel import column_sum
 from .._validate import as_rng, check_float, check_float_dtype, check_positive_int
-from ..layers.activations import sigmoid, softmax
+from ..kernels import select
 from ..module import Module, Parameter
+from .cells import input_projection
 
 __all__ = ["LSTMN"]
 
 
 class LSTMNCache(NamedTuple):
     x: np.ndarray  # (B, T, D) the input
+    xq: tuple  # LinearCache of x W_x (the input's share of every query)
+    xz: tuple  # LinearCache of x W_ih + b (the input's share of every gate pre-activation)
     h: np.ndarray  # (B, T, H) hidden tape h_0 .. h_{T-1}
     c: np.ndarray  # (B, T, H) memory (cell) tape c_0 .. c_{T-1}
     h_tilde: np.ndarray  # (B, T, H) adaptive summaries of the hidden tape, h~_t
     c_tilde: np.ndarray  # (B, T, H) adaptive summaries of the memory tape, c~_t
     s: np.ndarray  # (B, T, T) intra-attention weights, s[:, t, i] for i in the window
-    u: list  # per step t >= 1: (B, n_t, A) tanh(k_i + q_t) for the n_t slots read
-    i: np.ndarray  # (B, T, H) input gates
-    f: np.ndarray  # (B, T, H) forget gates
-    g: np.ndarray  # (B, T, H) candidate cells c^_t
-    o: np.ndarray  # (B, T, H) output gates
-    tanh_c: np.ndarray  # (B, T, H) tanh(c_t)
+    steps: list  # per step t: its LSTMNStep (the read, the energy, the LSTM gates)
+
+    def _gates(self, k: int) -> np.ndarray:
+        return np.stack([st.lstm._gate(k) for st in self.steps], axis=1)
+
+    i = property(lambda self: self._gates(0), doc="(B, T, H) input gates")
+    f = property(lambda self: self._gates(1), doc="(B, T, H) forget gates")
+    g = property(lambda self: self._gates(2), doc="(B, T, H) candidate cells c^_t")
+    o = property(lambda self: self._gates(3), doc="(B, T, H) output gates")
+    tanh_c = property(lambda self: np.stack([st.lstm.tanh_c for st in self.steps], axis=1),
+                      doc="(B, T, H) tanh(c_t)")
 
 
 class LSTMN(Module):
@@ -96,6 +103,11 @@ class LSTMN(Module):
     The model is causal: step t never reads steps >= t, so trailing padding
     never changes the real steps (mask the padded outputs in the loss).
     ``window=1`` reads only the last state (s = 1), which is exactly an LSTM.
+
+    The code: one kernel call per step each way, ``lstmn_step_forward`` /
+    ``lstmn_step_backward`` (``numtransformer.functional.recurrent``), which
+    call the shared kernels for each part: ``additive_energy_*`` for a_ti,
+    ``softmax`` / ``softmax_backward`` for s_t, the LSTM step on (h~_t, c~_t).
     """
 
     def __init__(self, input_size: int, hidden_size: int, attention_size: int | None = None,
@@ -133,34 +145,25 @@ class LSTMN(Module):
         if T == 0:
             raise ValueError(f"LSTMN: x has no time steps (shape {x.shape})")
         H, A = self.hidden_size, self.attention_size
-        x2 = x.reshape(B * T, D)
-        xq = (x2 @ self.W_x.data).reshape(B, T, A)  # x_t W_x, the input's share of q_t
-        xz = (x2 @ self.W_ih.data + self.b.data).reshape(B, T, 4 * H)  # x_t W_ih + b
+        K = select(dtype)
+        xq, c_xq = K.linear_forward(x, self.W_x.data)  # x_t W_x for all t, the input's share of q_t
+        xz, c_xz = input_projection(x, self.W_ih.data, self.b.data)  # x_t W_ih + b for all t
         h, c, h_tilde, c_tilde = (np.zeros((B, T, H), dtype) for _ in range(4))
-        i, f, g, o, tanh_c = (np.empty((B, T, H), dtype) for _ in range(5))
         k = np.empty((B, T, A), dtype)
         s = np.zeros((B, T, T), dtype)
-        u = [None] * T
+        h_tilde_prev = np.zeros((B, H), dtype)  # h~_{-1}: the first query reads nothing
+        steps = []
         for t in range(T):
-            if t > 0:  # at t = 0 the tape is empty: h~_0 = c~_0 = 0
-                lo = self._first_slot(t)
-                q = xq[:, t] + h_tilde[:, t - 1] @ self.W_ht.data
-                u[t] = np.tanh(k[:, lo:t] + q[:, None, :])
-                a = u[t] @ self.v.data
-                s[:, t, lo:t] = softmax(a, axis=-1)
-                h_tilde[:, t] = np.einsum("bi,bih->bh", s[:, t, lo:t], h[:, lo:t])
-                c_tilde[:, t] = np.einsum("bi,bih->bh", s[:, t, lo:t], c[:, lo:t])
-            z = xz[:, t] + h_tilde[:, t] @ self.W_hh.data
-            i[:, t] = sigmoid(z[:, :H])
-            f[:, t] = sigmoid(z[:, H:2 * H])
-            g[:, t] = np.tanh(z[:, 2 * H:3 * H])
-            o[:, t] = sigmoid(z[:, 3 * H:])
-            c[:, t] = f[:, t] * c_tilde[:, t] + i[:, t] * g[:, t]
-            tanh_c[:, t] = np.tanh(c[:, t])
-            h[:, t] = o[:, t] * tanh_c[:, t]
-            k[:, t] = h[:, t] @ self.W_h.data
-        cache = LSTMNCache(x=x, h=h, c=c, h_tilde=h_tilde, c_tilde=c_tilde, s=s, u=u,
-                           i=i, f=f, g=g, o=o, tanh_c=tanh_c)
+            lo = self._first_slot(t)  # t = 0: the tape is empty, h~_0 = c~_0 = 0
+            (h[:, t], c[:, t], k[:, t]), step = K.lstmn_step_forward(
+                xq[:, t], xz[:, t], k[:, lo:t], h[:, lo:t], c[:, lo:t], h_tilde_prev,
+                self.W_ht.data, self.v.data, self.W_hh.data, self.W_h.data)
+            s[:, t, lo:t] = step.s
+            h_tilde[:, t], c_tilde[:, t] = step.h_tilde, step.c_tilde
+            h_tilde_prev = step.h_tilde
+            steps.append(step)
+        cache = LSTMNCache(x=x, xq=c_xq, xz=c_xz, h=h, c=c, h_tilde=h_tilde, c_tilde=c_tilde,
+                           s=s, steps=steps)
         return (h, c, s), cache
 
     def backward(self, dout, cache: LSTMNCache):
@@ -169,64 +172,52 @@ class LSTMN(Module):
             raise ValueError(f"LSTMN.backward: got {len(douts)} upstream gradients, "
                              f"expected at most 3 (d_h, d_c, d_s)")
         d_h, d_c, d_s = douts + (None,) * (3 - len(douts))
-        x, h, c, s, u = cache.x, cache.h, cache.c, cache.s, cache.u
-        i, f, g, o, tanh_c = cache.i, cache.f, cache.g, cache.o, cache.tanh_c
+        x, h, c, s = cache.x, cache.h, cache.c, cache.s
         B, T, D = x.shape
         H, A = self.hidden_size, self.attention_size
         for name, d, shape in (("d_h", d_h, h.shape), ("d_c", d_c, c.shape), ("d_s", d_s, s.shape)):
             if d is not None and d.shape != shape:
                 raise ValueError(f"LSTMN.backward: {name} has shape {d.shape}, expected {shape}")
         dtype = x.dtype
+        K = select(dtype)
         # copies: later reads add into dh and dc, and dout must not change
         dh = np.zeros((B, T, H), dtype) if d_h is None else d_h.astype(dtype, copy=True)
         dc = np.zeros((B, T, H), dtype) if d_c is None else d_c.astype(dtype, copy=True)
         dk = np.zeros((B, T, A), dtype)
-        dq = np.zeros((B, T, A), dtype)
+        dq = np.empty((B, T, A), dtype)
         dz = np.empty((B, T, 4 * H), dtype)
-        v, W_h, W_hh, W_ht = self.v.data, self.W_h.data, self.W_hh.data, self.W_ht.data
         dv = np.zeros(A, dtype)
+        dh_tilde_next = np.zeros((B, H), dtype)  # nothing reads h~_{T-1}
         for t in reversed(range(T)):
-            dh_t = dh[:, t] + dk[:, t] @ W_h.T
-            i_t, f_t, g_t, o_t, tc_t = i[:, t], f[:, t], g[:, t], o[:, t], tanh_c[:, t]
-            do = dh_t * tc_t
-            dc_t = dc[:, t] + dh_t * o_t * (1 - tc_t * tc_t)
-            di = dc_t * g_t
-            df = dc_t * cache.c_tilde[:, t]
-            dg = dc_t * i_t
-            dc_tilde = dc_t * f_t
-            dz[:, t] = np.concatenate([di * i_t * (1 - i_t), df * f_t * (1 - f_t),
-                                       dg * (1 - g_t * g_t), do * o_t * (1 - o_t)], axis=1)
-            dh_tilde = dz[:, t] @ W_hh.T
-            if t + 1 < T:
-                dh_tilde += dq[:, t + 1] @ W_ht.T
-            if t > 0:
-                lo = self._first_slot(t)
-                s_t = s[:, t, lo:t]
-                ds = (np.einsum("bh,bih->bi", dh_tilde, h[:, lo:t])
-                      + np.einsum("bh,bih->bi", dc_tilde, c[:, lo:t]))
-                if d_s is not None:
-                    ds = ds + d_s[:, t, lo:t]
-                dh[:, lo:t] += s_t[:, :, None] * dh_tilde[:, None, :]
-                dc[:, lo:t] += s_t[:, :, None] * dc_tilde[:, None, :]
-                da = s_t * (ds - np.sum(ds * s_t, axis=-1, keepdims=True))
-                dv += np.einsum("bi,bia->a", da, u[t])
-                dp = da[:, :, None] * v * (1 - u[t] * u[t])
-                dk[:, lo:t] += dp
-                dq[:, t] = dp.sum(axis=1)
+            lo = self._first_slot(t)
+            ds = None if d_s is None else d_s[:, t, lo:t]
+            dz[:, t], dq[:, t], dv_t, dh_mem, dc_mem, dk_mem, dh_tilde_next = \
+                K.lstmn_step_backward(dh[:, t], dc[:, t], dk[:, t], dh_tilde_next, ds,
+                                      cache.steps[t], self.W_ht.data, self.W_hh.data,
+                                      self.W_h.data)
+            dv += dv_t
+            dh[:, lo:t] += dh_mem  # every slot read gets gradient from every later read
+            dc[:, lo:t] += dc_mem
+            dk[:, lo:t] += dk_mem
 
-        h_tilde_prev = np.zeros_like(cache.h_tilde)
-        h_tilde_prev[:, 1:] = cache.h_tilde[:, :-1]
         N = B * T
-        x2, dq2, dz2 = x.reshape(N, D), dq.reshape(N, A), dz.reshape(N, 4 * H)
+        h_tilde_prev = np.zeros_like(cache.h_tilde)  # h~_prev[:, t] = h~_{t-1}, h~_{-1} = 0
+        h_tilde_prev[:, 1:] = cache.h_tilde[:, :-1]
+        dx_q, dW_x, _ = K.linear_backward(dq, cache.xq, self.W_x.data, has_bias=False)
+        dx_z, dW_ih, db = K.linear_backward(dz, cache.xz, self.W_ih.data)
+        dW_hh, _ = K.projection_grads(cache.h_tilde.reshape(N, H), dz.reshape(N, 4 * H),
+                                      has_bias=False)
+        dW_ht, _ = K.projection_grads(h_tilde_prev.reshape(N, H), dq.reshape(N, A),
+                                      has_bias=False)
+        dW_h, _ = K.projection_grads(h.reshape(N, H), dk.reshape(N, A), has_bias=False)
         self.v.grad += dv
-        self.W_h.grad += h.reshape(N, H).T @ dk.reshape(N, A)
-        self.W_ht.grad += h_tilde_prev.reshape(N, H).T @ dq2
-        self.W_x.grad += x2.T @ dq2
-        self.W_ih.grad += x2.T @ dz2
-        self.b.grad += column_sum(dz2)
-        self.W_hh.grad += cache.h_tilde.reshape(N, H).T @ dz2
-        dx = dq2 @ self.W_x.data.T + dz2 @ self.W_ih.data.T
-        return dx.reshape(B, T, D)
+        self.W_h.grad += dW_h
+        self.W_ht.grad += dW_ht
+        self.W_x.grad += dW_x
+        self.W_ih.grad += dW_ih
+        self.b.grad += db
+        self.W_hh.grad += dW_hh
+        return dx_q + dx_z
 
     def extra_repr(self) -> str:
         window = "" if self.window is None else f", window={self.window}"

@@ -6,22 +6,33 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._parallel import column_sum
+from .. import fast
 from .._validate import as_rng, check_float, check_positive_int, check_probability
+from ..kernels import select
 from ..layers.dropout import Dropout
 from ..module import Module
-from .cells import GRUCell, LSTMCell, RNNCell, check_state, transposed_copy
+from .cells import (GRUCell, LSTMCell, RNNCell, check_state, input_projection, loop_options,
+                    transposed_copy)
 
-__all__ = ["RNN"]
+__all__ = ["RNN", "StackStep"]
 
 _CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
 
 
 class DirectionCache(NamedTuple):
     x: np.ndarray  # (B, T, D_l) the layer input in this direction's time order
+    xw: tuple  # the LinearCache of xw = x W_ih + b_ih (all T steps)
     steps: list  # T step caches of the cell (h_prev, gates, ...)
     rev: np.ndarray | None  # (B, T) the per-sequence reversal index (reverse direction only)
-    W_hh_T: np.ndarray  # contiguous W_hh^T, made once for the forward and backward steps
+    W_hh_T: np.ndarray | None  # contiguous W_hh^T for the fast kernels, made once (else None)
+
+
+class StackStep(NamedTuple):
+    """The cache of ``RNN.step``: one time step through every layer."""
+    inputs: list  # per layer l: (B, D_l) the layer's input x^(l)_t (after dropout for l >= 1)
+    xw: list  # per layer: the LinearCache of x^(l)_t W_ih + b_ih
+    drops: list  # per layer l >= 1: the DropoutCache of x^(l)_t
+    steps: list  # per layer: the cell's step cache (h_prev, gates, ...)
 
 
 class LayerCache(NamedTuple):
@@ -110,8 +121,23 @@ class RNN(Module):
     cells.{k}.W_hh = weight_hh_l{l}[_reverse].T, cells.{k}.b_ih = bias_ih_l{l}[_reverse],
     cells.{k}.b_hh = bias_hh_l{l}[_reverse] (the suffix _reverse for d = 1).
 
-    Sources: Elman (1990); LSTM: Hochreiter & Schmidhuber (1997); GRU: Cho et
-    al. (2014); BPTT: Werbos (1990); bidirectional: Schuster & Paliwal (1997).
+    Stepping by hand (a decoder's loop; unidirectional RNNs only):
+        h_top, states, cache = rnn.step(x_t, states)       states: per layer (h,) or (h, c)
+        dx_t, dstates_prev = rnn.step_backward(dh_top, dstates, cache)
+    runs one time step through every layer (dropout between layers as in
+    forward) and adds the parameter gradients of that step; T steps equal
+    ``forward`` over the T steps, outputs and gradients.
+
+    The code: the step math is the kernels of ``numtransformer.functional.recurrent``
+    (``rnn_step_*``, ``lstm_step_*``, ``gru_step_*``: the equations and their
+    derivations), chosen by ``select(dtype)``; the input projection is one
+    ``linear_forward`` for all T steps (``cells.input_projection``), its
+    backward one ``linear_backward``,
+    and dW_hh, db_hh one ``projection_grads`` over all B*T rows.
+
+    Sources: Elman (1990); LSTM: Hochreiter & Schmidhuber (1997); GRU: PyTorch's
+    variant of Cho et al. (2014) (the reset gate after the matrix product, see
+    ``GRUCell``); BPTT: Werbos (1990); bidirectional: Schuster & Paliwal (1997).
     """
 
     def __init__(self, cell_type: str, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -199,13 +225,15 @@ class RNN(Module):
         if rev is not None:
             x = _gather_time(x, rev)
         B, T, D = x.shape
-        GH = cell.W_ih.shape[1]  # explicit, not -1: an empty batch (B = 0) has no size to infer
-        xw = (x.reshape(B * T, D) @ cell.W_ih.data + cell.b_ih.data).reshape(B, T, GH)
+        K = select(x.dtype)
+        xw, c_xw = input_projection(x, cell.W_ih.data, cell.b_ih.data)  # all T steps: one GEMM
         y = np.empty((B, T, self.hidden_size), x.dtype)
-        W_hh_T = transposed_copy(cell.W_hh.data)
+        W_hh_T = transposed_copy(cell.W_hh.data) if K is fast else None
+        step_forward = getattr(K, f"{cell.kernel}_step_forward")
+        options = loop_options(K, W_hh_T)
         steps = []
         for t in range(T):
-            new, step = cell.step(xw[:, t], *state, W_hh_T=W_hh_T)
+            new, step = step_forward(xw[:, t], *state, cell.W_hh.data, cell.b_hh.data, **options)
             if pad is None:
                 state = new
                 y[:, t] = new[0]
@@ -216,7 +244,7 @@ class RNN(Module):
             steps.append(step)
         if rev is not None:
             y = _gather_time(y, rev)
-        return y, state, DirectionCache(x=x, steps=steps, rev=rev, W_hh_T=W_hh_T)
+        return y, state, DirectionCache(x=x, xw=c_xw, steps=steps, rev=rev, W_hh_T=W_hh_T)
 
     # -- backward ---------------------------------------------------------------------------
     def backward(self, dout, cache: RNNCache):
@@ -267,6 +295,8 @@ class RNN(Module):
             dy = _gather_time(dy, rev)
         B, T, D = x.shape
         GH = cell.W_hh.shape[1]
+        K = select(x.dtype)
+        step_backward = getattr(K, f"{cell.kernel}_step_backward")
         da_x = np.empty((B, T, GH), x.dtype)
         da_h = None  # stays None while the cell returns da_h = da_x (tanh RNN, LSTM): one copy
         for t in reversed(range(T)):
@@ -274,9 +304,11 @@ class RNN(Module):
             if pad is not None:
                 p = pad[:, t, None]
                 dnew = tuple(np.where(p, 0, dn) for dn in dnew)
-            # the cell writes da_x of step t straight into da_x[:, t]
-            dax_t, dah_t, dprev = cell.step_backward(*dnew, steps[t], W_hh_T=cache.W_hh_T,
-                                                     out=da_x[:, t])
+            # the fast kernels write da_x of step t straight into da_x[:, t]
+            options = loop_options(K, cache.W_hh_T, out=da_x[:, t])
+            dax_t, dah_t, dprev = step_backward(*dnew, steps[t], cell.W_hh.data, **options)
+            if "out" not in options:
+                da_x[:, t] = dax_t
             if pad is not None:
                 dprev = tuple(np.where(p, ds, dp) for ds, dp in zip(dstate, dprev))
             dstate = dprev
@@ -284,19 +316,98 @@ class RNN(Module):
                 if da_h is None:
                     da_h = np.empty((B, T, GH), x.dtype)
                 da_h[:, t] = dah_t
-        h_prev = np.stack([s.h_prev for s in steps], axis=1)
-        x2, h_prev2 = x.reshape(B * T, D), h_prev.reshape(B * T, self.hidden_size)
-        da_x2 = da_x.reshape(B * T, GH)
-        da_h2 = da_x2 if da_h is None else da_h.reshape(B * T, GH)
-        db_x = column_sum(da_x2)
-        cell.W_ih.grad += x2.T @ da_x2
-        cell.b_ih.grad += db_x
-        cell.W_hh.grad += h_prev2.T @ da_h2
-        cell.b_hh.grad += db_x if da_h is None else column_sum(da_h2)
-        dx = (da_x2 @ cell.W_ih.data.T).reshape(B, T, D)
+        h_prev = np.stack([s.h_prev for s in steps], axis=1).reshape(B * T, self.hidden_size)
+        dx, dW_ih, db_ih = K.linear_backward(da_x, cache.xw, cell.W_ih.data)
+        if da_h is None:  # da_h = da_x (tanh RNN, LSTM): db_hh = db_ih, no second sum
+            dW_hh, _ = K.projection_grads(h_prev, da_x.reshape(B * T, GH), has_bias=False)
+            db_hh = db_ih
+        else:
+            dW_hh, db_hh = K.projection_grads(h_prev, da_h.reshape(B * T, GH))
+        cell.W_ih.grad += dW_ih
+        cell.b_ih.grad += db_ih
+        cell.W_hh.grad += dW_hh
+        cell.b_hh.grad += db_hh
         if rev is not None:
             dx = _gather_time(dx, rev)
         return dx, dstate
+
+    # -- stepping one time step at a time ---------------------------------------------------
+    def step(self, x_t, states=None):
+        """One time step through every layer of a unidirectional RNN (a decoder's loop).
+
+        x_t (B, D); states: per layer a tuple (h,) -- (h, c) for "lstm" -- of
+        (B, H) arrays, or None for zeros (the whole list, or one layer's entry).
+        Returns (h_top, new_states, cache): h_top (B, H) the top layer's new h,
+        new_states in the format of ``states``, cache a ``StackStep``.
+            x^(0) = x_t ;  x^(l) = dropout(h^(l-1)_t) for l >= 1
+            h^(l)_t[, c^(l)_t] = cell_l.step(x^(l) W_ih + b_ih, h^(l)_{t-1}[, c^(l)_{t-1}])
+        Stepping T times from the same states equals ``forward`` over the T
+        steps (without lengths), its outputs and its gradients.  Inputs are not
+        re-validated (a per-step call).
+        """
+        if self.bidirectional:
+            raise ValueError("RNN.step: a bidirectional RNN cannot be stepped one time step "
+                             "at a time (its backward direction needs the whole sequence)")
+        K = select(x_t.dtype)
+        B = x_t.shape[0]
+        if states is None:
+            states = [None] * self.num_layers
+        new_states, inputs, xws, drops, steps = [], [], [], [], []
+        inp = x_t
+        for layer, cell in enumerate(self.cells):
+            if layer > 0:
+                inp, drop = self.dropout.forward(inp)
+                drops.append(drop)
+            state = states[layer]
+            if state is None:
+                state = tuple(np.zeros((B, self.hidden_size), x_t.dtype)
+                              for _ in range(self._n_states))
+            xw, c_xw = K.linear_forward(inp, cell.W_ih.data, cell.b_ih.data)
+            new, step = getattr(K, f"{cell.kernel}_step_forward")(
+                xw, *state, cell.W_hh.data, cell.b_hh.data)
+            inputs.append(inp)
+            xws.append(c_xw)
+            new_states.append(new)
+            steps.append(step)
+            inp = new[0]
+        return inp, new_states, StackStep(inputs=inputs, xw=xws, drops=drops, steps=steps)
+
+    def step_backward(self, dh_top, dstates, cache: StackStep):
+        """The backward of ``step``; parameter gradients are added to ``p.grad``.
+
+        dh_top (B, H) or None: the gradient reaching the top layer's new h from
+        outside the recurrence (the decoder's output); dstates: per layer
+        (dh[, dc]) carried back from step t+1 (the dstates_prev that
+        ``step_backward`` of step t+1 returned), or None for zeros (the whole
+        list, one layer's entry, or one array).  Returns (dx_t, dstates_prev).
+            da_x, da_h, dprev^(l) = cell step backward(dh^(l) + dx^(l+1), dc^(l))
+            dx^(l), dW_ih, db_ih  = linear_backward(da_x)          (through dropout below the top)
+            dW_hh, db_hh          = projection_grads(h^(l)_{t-1}, da_h)
+        """
+        L = self.num_layers
+        if dstates is None:
+            dstates = [None] * L
+        K = select(cache.inputs[0].dtype)
+        dprev = [None] * L
+        dinp = dh_top
+        for layer in reversed(range(L)):
+            cell, step = self.cells[layer], cache.steps[layer]
+            h_prev = step.h_prev
+            ds = dstates[layer]
+            ds = (None,) * self._n_states if ds is None else tuple(ds)
+            ds = tuple(np.zeros_like(h_prev) if d is None else d for d in ds)
+            dh = ds[0] if dinp is None else ds[0] + dinp
+            da_x, da_h, dprev[layer] = getattr(K, f"{cell.kernel}_step_backward")(
+                dh, *ds[1:], step, cell.W_hh.data)
+            dinp, dW_ih, db_ih = K.linear_backward(da_x, cache.xw[layer], cell.W_ih.data)
+            dW_hh, db_hh = K.projection_grads(h_prev, da_h)
+            cell.W_ih.grad += dW_ih
+            cell.b_ih.grad += db_ih
+            cell.W_hh.grad += dW_hh
+            cell.b_hh.grad += db_hh
+            if layer > 0:
+                dinp = self.dropout.backward(dinp, cache.drops[layer - 1])
+        return dinp, dprev
 
     def extra_repr(self) -> str:
         return (f"{self.cell_type!r}, input_size={self.input_size}, "
