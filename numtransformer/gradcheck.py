@@ -67,13 +67,15 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from .kernels import use_kernels
 from .module import Module
 
-__all__ = ["gradcheck", "GradcheckReport", "TensorCheck", "numerical_gradient", "relu_margin"]
+__all__ = ["gradcheck", "GradcheckReport", "TensorCheck", "numerical_gradient", "relu_margin",
+           "Case"]
 
 _STEP = 2.0**-13  # ~1.2e-4; a power of two (see _step)
 _NOISE_SAMPLES = 5  # entries per tensor whose stencil is also taken at 2h
@@ -444,3 +446,17 @@ def _gradcheck(module, inputs, threshold, seed, max_entries, forward_kwargs) -> 
                                           error, amax, floored=bool(floor > scale),
                                           noise=noise))
     return report
+
+
+class Case(NamedTuple):
+    """One named gradient check: ``build(rng) -> (module, inputs, kwargs)``.
+
+    ``build`` makes a float64 module and its inputs at small sizes from the
+    generator it is given; ``kwargs`` are the forward's keyword arguments,
+    plus ``max_entries`` where the check should sample large tensors.  The cases
+    of every layer live in ``numtransformer.cases``, and ``numtransformer
+    gradcheck`` runs them all: ``gradcheck(module, *inputs, **kwargs)``.
+    """
+
+    name: str
+    build: Callable[[np.random.Generator], tuple]  # rng -> (module, inputs, kwargs)

@@ -13,7 +13,7 @@ def test_gradcheck_command_covers_every_layer_and_passes(capsys):
     # table is in the README; here every layer must be among its cases, and
     # the command must pass on a cheap subset.  Each layer's backward is also
     # checked by its own hypothesis-drawn gradcheck in the suite.
-    from numtransformer.selfcheck import all_cases
+    from numtransformer.cases import all_cases
 
     out = "\n" + "\n".join(case.name for case in all_cases()) + "\n"
     for layer in ["Linear", "Embedding", "ReLU", "GELU", "GELU(tanh)", "Tanh", "Sigmoid",

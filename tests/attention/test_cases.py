@@ -1,12 +1,11 @@
-"""The attention package's cases for ``numtransformer gradcheck``."""
+"""The attention package's cases for ``numtransformer gradcheck``
+(``numtransformer.cases.attention``)."""
 
 import numpy as np
 import pytest
 
 from numtransformer import gradcheck
-from numtransformer.attention.cases import gradcheck_cases
-
-CASES = gradcheck_cases()
+from numtransformer.cases.attention import CASES
 
 
 def test_names_are_unique_and_cover_the_package():

@@ -421,9 +421,8 @@ def test_train_memnn_rejects_bad_arguments():
 
 def test_gradcheck_cases_for_the_cli_pass():
     from numtransformer.gradcheck import gradcheck
-    from numtransformer.models.memnn_cases import gradcheck_cases
+    from numtransformer.cases.memnn import CASES as cases
 
-    cases = gradcheck_cases()
     assert len(cases) == 7 and all(c.name.startswith("MemN2N(") for c in cases)
     for i, case in enumerate(cases):
         model, inputs, kwargs = case.build(np.random.default_rng([0, i]))

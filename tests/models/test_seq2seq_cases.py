@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 
 from numtransformer.gradcheck import gradcheck
-from numtransformer.models.seq2seq_cases import gradcheck_cases
-
-CASES = gradcheck_cases()
+from numtransformer.cases.seq2seq import CASES
 
 
 def test_names_are_unique_and_cover_every_score():

@@ -128,9 +128,9 @@ def test_importing_the_package_never_imports_torch():
 def test_gradcheck_cli_cases_build():
     """The cases numtransformer.interop offers to ``numtransformer gradcheck`` (the same
     classes are gradient-checked above; here: each case builds and runs forward)."""
-    from numtransformer.interop.cases import gradcheck_cases
+    from numtransformer.cases.interop import CASES
 
-    for i, case in enumerate(gradcheck_cases()):
+    for i, case in enumerate(CASES):
         module, inputs, kwargs = case.build(np.random.default_rng(i))
         kwargs = {k: v for k, v in kwargs.items() if k != "max_entries"}
         out = module(*inputs, **kwargs)

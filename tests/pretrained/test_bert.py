@@ -300,10 +300,10 @@ def test_matches_torch_reimplementation_and_gradients(seed):
 def test_gradcheck_cli_cases_build():
     """The cases numtransformer.pretrained offers to ``numtransformer gradcheck`` (the same
     classes are gradient-checked above; here: each case builds and runs forward)."""
-    from numtransformer.pretrained.cases import gradcheck_cases
+    from numtransformer.cases.pretrained import CASES
 
     names = []
-    for i, case in enumerate(gradcheck_cases()):
+    for i, case in enumerate(CASES):
         module, inputs, kwargs = case.build(np.random.default_rng(i))
         kwargs = {k: v for k, v in kwargs.items() if k != "max_entries"}
         out = module(*inputs, **kwargs)

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 
 from numtransformer.gradcheck import gradcheck
-from numtransformer.recurrent.cases import gradcheck_cases
-
-CASES = gradcheck_cases()
+from numtransformer.cases.recurrent import CASES
 
 
 def test_names_are_unique():

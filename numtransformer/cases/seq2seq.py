@@ -1,4 +1,4 @@
-"""float64 gradient-check cases of the RNN seq2seq family, for ``numtransformer gradcheck``.
+"""Gradient-check cases of the RNN seq2seq family (``numtransformer/models/seq2seq.py``).
 
 Each decoder with each score function (input feeding on and off), the
 attention-free decoder, the Bahdanau decoder, the encoders (stacked
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .seq2seq import BahdanauDecoder, Encoder, LuongDecoder, Seq2Seq
+from ..gradcheck import Case
+from ..models import BahdanauDecoder, Encoder, LuongDecoder, Seq2Seq
 
 F64 = np.float64
 _SCORES = ("dot", "scaled_dot", "general", "additive", "cosine", "location")
@@ -72,33 +73,28 @@ def _model(**kw):
     return build
 
 
-def gradcheck_cases() -> list:
-    from ..selfcheck import Case
+def _luong_tag(score, feed):
+    return f"{score or 'no attention'}, {'input feeding' if feed else 'no feeding'}"
 
-    cases = []
-    for score in _SCORES + (None,):
-        for feed in (True, False):
-            tag = f"{score or 'no attention'}, {'input feeding' if feed else 'no feeding'}"
-            cases.append(Case(f"LuongDecoder({tag})", _luong(score, feed)))
-    cases.append(Case("LuongDecoder(general, lstm, 2 layers, input feeding)",
-                      _luong("general", True, L=2)))
-    cases.append(Case("LuongDecoder(dot, gru, 2 layers, no feeding)",
-                      _luong("dot", False, cell="gru", L=2)))
-    cases.append(Case("BahdanauDecoder(gru)", _bahdanau("gru")))
-    cases.append(Case("BahdanauDecoder(lstm)", _bahdanau("lstm")))
-    cases.append(Case("Encoder(lstm, 2 layers, bidirectional)",
-                      _encoder("lstm", num_layers=2, bidirectional=True)))
-    cases.append(Case("Encoder(gru)", _encoder("gru")))
-    cases.append(Case("Encoder(lstmn)", _encoder("lstmn")))
-    cases.append(Case("Seq2Seq(luong dot, bidirectional lstm)",
-                      _model(bidirectional=True, score="dot")))
-    cases.append(Case("Seq2Seq(luong general, gru, 2 layers)",
-                      _model(cell="gru", num_layers=2, score="general")))
-    cases.append(Case("Seq2Seq(luong additive, gru, no feeding)",
-                      _model(cell="gru", score="additive", input_feeding=False)))
-    cases.append(Case("Seq2Seq(bahdanau, bidirectional gru)",
-                      _model(attention="bahdanau", cell="gru", bidirectional=True)))
-    cases.append(Case("Seq2Seq(no attention, lstm)", _model(attention="none")))
-    cases.append(Case("Seq2Seq(luong general, lstmn encoder)",
-                      _model(encoder_cell="lstmn", score="general")))
-    return cases
+
+CASES: list[Case] = [
+    *[Case(f"LuongDecoder({_luong_tag(score, feed)})", _luong(score, feed))
+      for score in _SCORES + (None,) for feed in (True, False)],
+    Case("LuongDecoder(general, lstm, 2 layers, input feeding)", _luong("general", True, L=2)),
+    Case("LuongDecoder(dot, gru, 2 layers, no feeding)", _luong("dot", False, cell="gru", L=2)),
+    Case("BahdanauDecoder(gru)", _bahdanau("gru")),
+    Case("BahdanauDecoder(lstm)", _bahdanau("lstm")),
+    Case("Encoder(lstm, 2 layers, bidirectional)",
+         _encoder("lstm", num_layers=2, bidirectional=True)),
+    Case("Encoder(gru)", _encoder("gru")),
+    Case("Encoder(lstmn)", _encoder("lstmn")),
+    Case("Seq2Seq(luong dot, bidirectional lstm)", _model(bidirectional=True, score="dot")),
+    Case("Seq2Seq(luong general, gru, 2 layers)",
+         _model(cell="gru", num_layers=2, score="general")),
+    Case("Seq2Seq(luong additive, gru, no feeding)",
+         _model(cell="gru", score="additive", input_feeding=False)),
+    Case("Seq2Seq(bahdanau, bidirectional gru)",
+         _model(attention="bahdanau", cell="gru", bidirectional=True)),
+    Case("Seq2Seq(no attention, lstm)", _model(attention="none")),
+    Case("Seq2Seq(luong general, lstmn encoder)", _model(encoder_cell="lstmn", score="general")),
+]

@@ -1,12 +1,13 @@
-"""Gradient-check cases of the recurrent layers for ``numtransformer gradcheck``."""
+"""Gradient-check cases of the recurrent layers (``numtransformer/recurrent/``): each
+cell with initial states; ``RNN`` with lengths and initial states, one layer and
+stacked + bidirectional for each cell type; ``LSTMN``."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .cells import GRUCell, LSTMCell, RNNCell
-from .lstmn import LSTMN
-from .rnn import RNN
+from ..gradcheck import Case
+from ..recurrent import LSTMN, RNN, GRUCell, LSTMCell, RNNCell
 
 F64 = np.float64
 
@@ -41,20 +42,14 @@ def _lstmn(D, H, T, **options):
     return build
 
 
-def gradcheck_cases() -> list:
-    """float64 cases: each cell with initial states; RNN with lengths and initial
-    states, one layer and stacked + bidirectional for each cell type; LSTMN."""
-    from ..selfcheck import Case
-
-    cases = [
-        Case("RNNCell", _cell(RNNCell, 1)),
-        Case("LSTMCell", _cell(LSTMCell, 2)),
-        Case("GRUCell", _cell(GRUCell, 1)),
-    ]
-    for cell_type in ("rnn", "lstm", "gru"):
-        cases.append(Case(f"RNN({cell_type}, lengths)", _rnn(cell_type)))
-        cases.append(Case(f"RNN({cell_type}, 2 layers, bidirectional, dropout=0.2, lengths)",
-                          _rnn(cell_type, num_layers=2, bidirectional=True, dropout=0.2)))
-    cases.append(Case("LSTMN", _lstmn(3, 3, attention_size=4, T=5)))
-    cases.append(Case("LSTMN(window=2)", _lstmn(3, 2, window=2, T=4)))
-    return cases
+CASES: list[Case] = [
+    Case("RNNCell", _cell(RNNCell, 1)),
+    Case("LSTMCell", _cell(LSTMCell, 2)),
+    Case("GRUCell", _cell(GRUCell, 1)),
+    *[case for cell_type in ("rnn", "lstm", "gru") for case in (
+        Case(f"RNN({cell_type}, lengths)", _rnn(cell_type)),
+        Case(f"RNN({cell_type}, 2 layers, bidirectional, dropout=0.2, lengths)",
+             _rnn(cell_type, num_layers=2, bidirectional=True, dropout=0.2)))],
+    Case("LSTMN", _lstmn(3, 3, attention_size=4, T=5)),
+    Case("LSTMN(window=2)", _lstmn(3, 2, window=2, T=4)),
+]
