@@ -1,0 +1,454 @@
+"""LoRA: a frozen Linear plus a trainable low-rank update (Hu et al., 2021)."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from .._validate import as_rng, check_float, check_positive_int, check_probability
+from ..functional.lora import LoRACache
+from ..kernels import select
+from ..module import Module, Parameter
+from .linear import Linear
+
+__all__ = ["LoRALinear", "LoRACache", "apply_lora", "remove_lora", "lora_parameters",
+           "adapter_state_dict", "load_adapter_state_dict"]
+
+LORA_INITS = ("gaussian", "kaiming")
+
+# Parents known to read their Linear children's weights directly (``child.W.data``
+# into a kernel) instead of calling ``child.forward`` / ``child.backward``: a
+# LoRALinear there would be bypassed, so ``apply_lora`` refuses them by name.
+# Matched by class name because layers never import attention (see DESIGN.md).
+_READS_CHILD_WEIGHTS = ("MultiHeadAttention",)
+
+
+class FrozenTensor:
+    """What ``LoRALinear.W`` / ``.b`` return: the frozen base's ``shape`` and
+    ``dtype`` (a parent may check those, as PositionwiseFeedForward checks
+    ``linear1.W.dtype``) but no ``data`` or ``grad``.  A parent that read its
+    child's weight array and ran its own GEMM would skip the adapter, so that
+    read fails here, by name, instead of silently computing the base alone."""
+
+    __slots__ = ("_owner", "_name")
+
+    def __init__(self, owner: "LoRALinear", name: str):
+        self._owner = owner
+        self._name = name
+
+    def _array(self) -> np.ndarray:
+        return self._owner.W0 if self._name == "W" else self._owner.b0
+
+    @property
+    def shape(self) -> tuple:
+        return self._array().shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._array().dtype
+
+    @property
+    def size(self) -> int:
+        return self._array().size
+
+    def __getattr__(self, attr):
+        if attr in ("data", "grad"):
+            raise AttributeError(
+                f"LoRALinear: {self._name}.{attr} was read directly; the frozen base is "
+                f"W0/b0 and the trainable adapter A, B, so a parent that reads its Linear "
+                f"child's {self._name}.{attr} and runs its own kernel would bypass the "
+                f"adapter. LoRA wraps only Linear children that their parent calls through "
+                f"forward/backward (not MultiHeadAttention's in_proj/q_proj/k_proj/v_proj/"
+                f"out_proj)")
+        raise AttributeError(f"FrozenTensor has no attribute {attr!r}")
+
+    def __repr__(self) -> str:
+        return f"FrozenTensor({self._name}, shape={self.shape}, dtype={self.dtype})"
+
+
+class LoRALinear(Module):
+    """A ``Linear`` with its weight and bias frozen and a trainable low-rank
+    update: LoRA (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language
+    Models", sec. 4.1, eq. 3, h = W0 x + B A x, with the update scaled by
+    alpha / r).
+
+    Shapes: x (..., D_in); W0 (D_in, D_out), b0 (D_out,) the frozen base (this
+    library's Linear layout, y = x W + b); A (D_in, r), B (r, D_out) the
+    adapter; y (..., D_out).  scale = alpha / r.
+
+    Forward (``functional.lora_forward``):
+        y0  = x W0 + b0
+        x_d = dropout(x)          the adapter branch only (as loralib and peft)
+        u   = x_d A
+        y   = y0 + (scale u) B
+    Backward (``functional.lora_backward``; derived there line by line):
+        dB += (scale u)^T dy
+        du  = scale dy B^T
+        dA += x_d^T du
+        dx  = dy W0^T + dropout'(du A^T)
+    No dW0, db0: the base is frozen.
+
+    Init: B = 0, so the wrapped layer starts equal to its base (the paper's
+    "zero for B"); A ~ N(0, 1/r^2) (``init="gaussian"``: the paper's "random
+    Gaussian", with the standard deviation 1/r of peft's
+    ``init_lora_weights="gaussian"``), or ``init="kaiming"``: A ~ U(-1/sqrt(D_in),
+    1/sqrt(D_in)), what loralib and peft do by default (torch's
+    ``kaiming_uniform_(a=sqrt(5))``, nn.Linear's init).  alpha defaults to r
+    (scale 1: the paper sets alpha to the first r it tries and does not tune it).
+
+    Frozen means: W0 and b0 are plain arrays, not Parameters, so they are not in
+    ``named_parameters()`` / ``parameters()``: no optimizer built from the
+    parameters updates (or weight-decays) them, no backward adds a gradient to
+    them, ``gradcheck`` sees A and B only, and ``num_parameters()`` is
+    r (D_in + D_out).  ``Module.astype`` still casts them: it sets ``m.dtype`` on
+    every module holding one, and ``LoRALinear.dtype`` is a property whose setter
+    casts W0 and b0.  ``W`` and ``b`` are ``FrozenTensor`` stand-ins: their
+    ``shape`` and ``dtype`` are the base's, reading their ``data`` raises (a
+    parent that computes with its child's weight itself would bypass the
+    adapter).
+
+    ``state_dict()`` is ``Module``'s: the parameters, i.e. A and B alone (for a
+    LoRA'd model: every parameter apply_lora did not wrap, and the adapters; the
+    wrapped bases' weights are not in it, as they are not trainable: keep the base
+    model's checkpoint, or call ``remove_lora(model, merge=True)`` for a plain
+    model with the update folded in).  ``adapter_state_dict()`` holds A and B
+    only, in any tree.
+
+    ``merge()`` folds the update into the base, W0 <- W0 + scale A B, and sets
+    ``merged``: forward is then the plain affine map x W0 + b0 (one GEMM, no
+    dropout), and backward returns dx = dy W0^T but gives A and B no gradient
+    (the adapter branch did not run: as in loralib and peft, a merged layer is
+    for inference).  ``unmerge()`` subtracts the same product, W0 <- W0 - scale
+    A B: the round trip restores W0 up to one rounding per entry.
+    """
+
+    def __init__(self, base: Linear, r: int, alpha: float | None = None,
+                 dropout: float = 0.0, *, init: str = "gaussian", rng=None):
+        if not isinstance(base, Linear):
+            raise TypeError(f"LoRALinear: base must be a Linear, got {type(base).__name__}")
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        self.r = check_positive_int(self, "r", r)
+        if self.r > min(self.in_features, self.out_features):
+            # A B has rank <= min(D_in, D_out) whatever r is: a larger r only adds parameters
+            raise ValueError(
+                f"LoRALinear: r must be <= min(in_features, out_features) = "
+                f"{min(self.in_features, self.out_features)}, got {self.r}")
+        if alpha is None:
+            alpha = float(self.r)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer,
+                                                             np.floating)):
+            raise TypeError(f"LoRALinear: alpha must be a number, got {type(alpha).__name__}")
+        if not (math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"LoRALinear: alpha must be a finite number > 0, got {alpha}")
+        if init not in LORA_INITS:
+            raise ValueError(f"LoRALinear: init must be one of {', '.join(map(repr, LORA_INITS))}, "
+                             f"got {init!r}")
+        self.alpha = float(alpha)
+        self.scale = self.alpha / self.r  # a Python float: no float64 promotion in float32
+        self.dropout = check_probability(self, "dropout", dropout)
+        self.init = init
+        rng = as_rng(rng)
+        dtype = base.W.dtype
+        self.W0 = base.W.data.copy()  # frozen: a plain array, not a Parameter
+        self.b0 = None if base.b is None else base.b.data.copy()
+        if init == "gaussian":
+            A = rng.standard_normal((self.in_features, self.r)) * (1.0 / self.r)
+        else:
+            bound = 1.0 / math.sqrt(self.in_features)
+            A = rng.uniform(-bound, bound, (self.in_features, self.r))
+        self.A = Parameter(A.astype(dtype))
+        self.B = Parameter(np.zeros((self.r, self.out_features), dtype))
+        self.rng = rng.spawn(1)[0]  # the adapter dropout's own stream
+        self.merged = False
+        self.__dict__["dtype"] = dtype  # in vars(self): Module.astype sets it (see dtype)
+
+    # -- the frozen base ----------------------------------------------------------------
+    @property
+    def dtype(self) -> np.dtype:
+        return self.A.dtype
+
+    @dtype.setter
+    def dtype(self, dtype) -> None:
+        """Module.astype casts the parameters (A, B), then sets ``m.dtype`` on every
+        module with a ``dtype`` attribute: here that casts the frozen W0 and b0."""
+        dtype = np.dtype(dtype)
+        self.W0 = self.W0.astype(dtype)
+        if self.b0 is not None:
+            self.b0 = self.b0.astype(dtype)
+        self.__dict__["dtype"] = dtype
+
+    @property
+    def W(self) -> FrozenTensor:
+        return FrozenTensor(self, "W")
+
+    @property
+    def b(self) -> FrozenTensor | None:
+        return None if self.b0 is None else FrozenTensor(self, "b")
+
+    # -- the contract -------------------------------------------------------------------
+    def forward(self, x):
+        x = check_float(self, "x", x, dtype=self.A.dtype, min_ndim=1,
+                        last_dim=self.in_features, last_dim_name="in_features")
+        K = select(x.dtype)
+        if self.merged:
+            return K.linear_forward(x, self.W0, self.b0)
+        return K.lora_forward(x, self.W0, self.b0, self.A.data, self.B.data, self.scale,
+                              self.dropout, self.rng, self.training)
+
+    def backward(self, dy, cache):
+        K = select(dy.dtype)
+        if not isinstance(cache, LoRACache):  # merged: y = x W0 + b0, only dx flows
+            dx, _, _ = K.linear_backward(dy, cache, self.W0, False)
+            return dx
+        dx, dA, dB = K.lora_backward(dy, cache, self.W0, self.A.data, self.B.data, self.scale)
+        self.A.grad += dA
+        self.B.grad += dB
+        return dx
+
+    # -- merging ------------------------------------------------------------------------
+    def delta(self) -> np.ndarray:
+        """The update scale A B, (D_in, D_out), in the layer's dtype."""
+        return (self.scale * self.A.data) @ self.B.data
+
+    def merge(self) -> "LoRALinear":
+        """W0 <- W0 + scale A B; forward then skips the adapter (see the class docstring)."""
+        if self.merged:
+            raise ValueError("LoRALinear.merge: already merged (call unmerge first)")
+        self.W0 = self.W0 + self.delta()
+        self.merged = True
+        return self
+
+    def unmerge(self) -> "LoRALinear":
+        """W0 <- W0 - scale A B: undoes ``merge`` (up to one rounding per entry)."""
+        if not self.merged:
+            raise ValueError("LoRALinear.unmerge: not merged")
+        self.W0 = self.W0 - self.delta()
+        self.merged = False
+        return self
+
+    def to_linear(self, merge: bool = True) -> Linear:
+        """A plain ``Linear`` with W = W0 + scale A B (``merge=True``) or the base W0."""
+        lin = Linear(self.in_features, self.out_features, bias=self.b0 is not None,
+                     dtype=self.dtype, rng=0)
+        if merge:
+            W = self.W0 if self.merged else self.W0 + self.delta()
+        else:
+            W = self.W0 - self.delta() if self.merged else self.W0
+        lin.W.data = np.array(W, copy=True)
+        if self.b0 is not None:
+            lin.b.data = self.b0.copy()
+        return lin
+
+    # -- the adapters alone ---------------------------------------------------------------
+    def adapter_state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """{"A": ..., "B": ...}: copies of the adapter (see ``adapter_state_dict``)."""
+        return adapter_state_dict(self)
+
+    def load_adapter_state_dict(self, state_dict, strict: bool = True) -> dict:
+        return load_adapter_state_dict(self, state_dict, strict)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.b0 is not None}, r={self.r}, alpha={self.alpha:g}, "
+                f"dropout={self.dropout}, merged={self.merged}")
+
+
+# -- whole models ----------------------------------------------------------------------------
+
+
+def _lora_modules(module: Module) -> list[tuple[str, LoRALinear]]:
+    return [(name, m) for name, m in module.named_modules() if isinstance(m, LoRALinear)]
+
+
+def _key(path: str, attr: str) -> str:
+    return f"{path}.{attr}" if path else attr
+
+
+def lora_parameters(module: Module) -> list[tuple[str, Parameter]]:
+    """``(dotted.name, Parameter)`` of every adapter's A and B in the tree, for an
+    optimizer that should train the adapters alone: ``AdamW(lora_parameters(model))``
+    (the other parameters of the model, not wrapped by apply_lora, keep their
+    values though their grads still accumulate)."""
+    return [(_key(path, attr), getattr(m, attr)) for path, m in _lora_modules(module)
+            for attr in ("A", "B")]
+
+
+def adapter_state_dict(module: Module) -> "OrderedDict[str, np.ndarray]":
+    """Copies of the adapters alone: ``path.A``, ``path.B`` for every LoRALinear in
+    the tree (their dotted paths as in ``state_dict``).  r is A's second dim;
+    alpha, dropout and the target names are configuration, kept by the caller
+    (as peft's adapter_config.json)."""
+    return OrderedDict((name, p.data.copy()) for name, p in lora_parameters(module))
+
+
+def load_adapter_state_dict(module: Module, state_dict, strict: bool = True) -> dict:
+    """Copy adapters saved by ``adapter_state_dict`` into the tree's LoRALinears.
+
+    Shapes must match (every offending key is named); with ``strict`` a missing
+    or unexpected key is an error too.  A merged layer is unmerged, loaded and
+    merged again, so its W0 holds the new update.  Returns
+    ``{"missing_keys": [...], "unexpected_keys": [...]}``.
+    """
+    who = f"{type(module).__name__}.load_adapter_state_dict"
+    own = OrderedDict(lora_parameters(module))
+    if not own:
+        raise ValueError(f"{who}: the module holds no LoRALinear")
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    problems = []
+    if strict and missing:
+        problems.append("missing keys: " + ", ".join(missing))
+    if strict and unexpected:
+        problems.append("unexpected keys: " + ", ".join(unexpected))
+    arrays = {}
+    for key, p in own.items():
+        if key not in state_dict:
+            continue
+        value = np.asarray(state_dict[key])
+        if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+            problems.append(f"{key}: expected a numeric array, got dtype {value.dtype}")
+        elif value.shape != p.shape:
+            problems.append(f"{key}: expected shape {p.shape}, got {value.shape}")
+        elif not np.isfinite(value).all():
+            problems.append(f"{key}: contains NaN/inf")
+        else:
+            arrays[key] = value
+    if problems:
+        raise ValueError(f"{who}: " + "; ".join(problems))
+    for path, m in _lora_modules(module):
+        keys = {attr: _key(path, attr) for attr in ("A", "B")}
+        if not any(k in arrays for k in keys.values()):
+            continue
+        was_merged = m.merged
+        if was_merged:
+            m.unmerge()
+        for attr, key in keys.items():
+            if key in arrays:
+                getattr(m, attr).data = arrays[key].astype(m.dtype, copy=True)
+        if was_merged:
+            m.merge()
+    return {"missing_keys": missing, "unexpected_keys": unexpected}
+
+
+def _find_children(module: Module, wanted) -> list[tuple]:
+    """Every child slot ``(path, parent, attr, index, child)`` (index None for a plain
+    attribute, i for item i of a list or tuple attribute) with ``wanted(path, attr,
+    child)``."""
+    found = []
+    for path, parent in module.named_modules():
+        for attr, value in vars(parent).items():
+            if isinstance(value, Module):
+                if wanted(_key(path, attr), attr, value):
+                    found.append((_key(path, attr), parent, attr, None, value))
+            elif isinstance(value, (list, tuple)):
+                for i, item in enumerate(value):
+                    if isinstance(item, Module) and wanted(_key(path, f"{attr}.{i}"), attr, item):
+                        found.append((_key(path, f"{attr}.{i}"), parent, attr, i, item))
+    order = {path: i for i, (path, _) in enumerate(module.named_modules())}
+    return sorted(found, key=lambda slot: order.get(slot[0], len(order)))  # the tree's order
+
+
+def _replace(found: list[tuple], new: dict) -> list[str]:
+    """Put ``new[id(child)]`` into every slot of ``found``; returns their paths."""
+    for path, parent, attr, index, child in found:
+        if index is None:
+            setattr(parent, attr, new[id(child)])
+            continue
+        value = getattr(parent, attr)
+        if isinstance(value, list):
+            value[index] = new[id(child)]
+        else:
+            items = list(value)
+            items[index] = new[id(child)]
+            setattr(parent, attr, type(value)(items))
+    return [path for path, *_ in found]
+
+
+def apply_lora(module: Module, targets, r: int, alpha: float | None = None,
+               dropout: float = 0.0, *, init: str = "gaussian", rng=None) -> list[str]:
+    """Replace the named ``Linear`` children of ``module``'s tree by ``LoRALinear``
+    wrappers (in place); returns the dotted paths wrapped.
+
+    ``targets``: names matched against each child's attribute name (``"linear1"``
+    matches every FFN's first layer, as peft's ``target_modules``) or its full
+    dotted path (``"layers.0.ffn.linear2"``).  Every target must match at least one
+    child; a match that is not a plain ``Linear`` (a TiedLinear, an already
+    wrapped layer, a whole block) is refused by name.
+
+    The wrapped layer must be called through its ``forward``/``backward`` by its
+    parent.  PositionwiseFeedForward (``linear1``, ``linear2``),
+    SwiGLUFeedForward (``gate_proj``, ``up_proj``, ``down_proj``) and output
+    ``Linear`` layers are; ``MultiHeadAttention`` is not (it runs the linear
+    kernels on ``in_proj.W.data`` / ``out_proj.W.data`` itself, and fuses the
+    q/k/v columns), so its projections are refused.  A Linear whose weight is
+    tied to another parameter is refused too (the wrapper's frozen copy would
+    drift from the trained original).  Each wrapper's A is drawn from its own
+    stream of ``rng``.
+    """
+    who = "apply_lora"
+    if not isinstance(module, Module):
+        raise TypeError(f"{who}: module must be a Module, got {type(module).__name__}")
+    if isinstance(targets, str):
+        targets = (targets,)
+    targets = tuple(targets)
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(f"{who}: targets must be a non-empty list of names, got {targets!r}")
+    rng = as_rng(rng)
+    owners: dict[int, list[str]] = {}
+    for name, p in module._named_parameters_all():
+        owners.setdefault(id(p), []).append(name)
+    hit = {t: 0 for t in targets}
+
+    def wanted(path, attr, child):
+        names = [t for t in targets if t == attr or t == path]
+        for t in names:
+            hit[t] += 1
+        return bool(names)
+
+    def check(path, parent, child, paths):
+        if isinstance(child, LoRALinear):
+            raise ValueError(f"{who}: {path!r} is already a LoRALinear")
+        if type(child) is not Linear:
+            raise TypeError(f"{who}: {path!r} is a {type(child).__name__}, not a Linear")
+        reader = next((c.__name__ for c in type(parent).__mro__
+                       if c.__name__ in _READS_CHILD_WEIGHTS), None)
+        if reader is not None:
+            raise TypeError(
+                f"{who}: {path!r} belongs to a {reader}, which runs its projections' "
+                f"kernels on their weights directly (not through their forward/backward), "
+                f"so a LoRA wrapper there would be bypassed")
+        for pname in ("W", "b"):
+            p = getattr(child, pname)
+            others = [n for n in owners.get(id(p), []) if n not in
+                      {_key(q, pname) for q in paths}]
+            if p is not None and others:
+                raise ValueError(f"{who}: {path}.{pname} is tied to {', '.join(others)}; "
+                                 f"a frozen copy would drift from it")
+
+    found = _find_children(module, wanted)
+    unmatched = [t for t, n in hit.items() if n == 0]
+    if unmatched:
+        linears = [name for name, m in module.named_modules() if type(m) is Linear]
+        raise ValueError(f"{who}: no child named {', '.join(map(repr, unmatched))} "
+                         f"(Linear children: {', '.join(linears) or 'none'})")
+    for path, parent, _, _, child in found:  # every check before any change
+        check(path, parent, child, [q for q, *_, c in found if c is child])
+    new = {}
+    for _, _, _, _, child in found:  # a Linear shared by two parents gets one wrapper
+        if id(child) not in new:
+            new[id(child)] = LoRALinear(child, r, alpha, dropout, init=init,
+                                        rng=rng.spawn(1)[0])
+    return _replace(found, new)
+
+
+def remove_lora(module: Module, merge: bool = True) -> list[str]:
+    """Replace every ``LoRALinear`` in the tree by a plain ``Linear`` (in place):
+    W = W0 + scale A B with ``merge=True`` (peft's ``merge_and_unload``), the base
+    W0 otherwise.  The model's ``state_dict`` keys are then those it had before
+    ``apply_lora``.  Returns the dotted paths replaced."""
+    found = _find_children(module, lambda path, attr, child: isinstance(child, LoRALinear))
+    new = {id(child): child.to_linear(merge) for *_, child in found}
+    return _replace(found, new)

@@ -1,0 +1,437 @@
+"""LoRA (Hu et al., 2021): the kernel pair, LoRALinear, apply_lora and the adapters'
+state; the base stays frozen (no gradient, not in the optimizer, bytes unchanged)."""
+
+import copy
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import numtransformer as nt
+from numtransformer import (AdamW, CrossEntropyLoss, Linear, LoRALinear, MultiHeadAttention,
+                            PositionwiseFeedForward, SwiGLUFeedForward, TiedLinear,
+                            TransformerLM, adapter_state_dict, apply_lora, gradcheck,
+                            load_adapter_state_dict, lora_parameters, remove_lora)
+from numtransformer import functional as F
+from numtransformer.functional.lora import LoRACache
+from tests.helpers import check_dtype_preserved, seeds
+
+
+def make_lora(d_in, d_out, r, *, bias=True, alpha=None, dropout=0.0, dtype=np.float64, seed=0,
+              random_b=True):
+    """A LoRALinear whose B is drawn too (B = 0 at init would make dA = 0 and hide it)."""
+    rng = np.random.default_rng(seed)
+    lora = LoRALinear(Linear(d_in, d_out, bias=bias, dtype=dtype, rng=seed), r, alpha, dropout,
+                      rng=seed + 1)
+    if random_b:
+        lora.B.data[...] = rng.standard_normal(lora.B.shape).astype(dtype)
+    return lora
+
+
+@st.composite
+def shapes(draw):
+    d_in, d_out = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    r = draw(st.integers(1, min(d_in, d_out)))
+    lead = draw(st.lists(st.integers(1, 3), min_size=0, max_size=2))
+    return lead, d_in, d_out, r
+
+
+# -- gradients -------------------------------------------------------------------------------
+
+
+@given(shape=shapes(), bias=st.booleans(), alpha=st.sampled_from([None, 0.5, 16.0]),
+       dropout=st.sampled_from([0.0, 0.4]), seed=seeds)
+def test_gradcheck_sees_A_and_B_and_the_base_gets_nothing(shape, bias, alpha, dropout, seed):
+    lead, d_in, d_out, r = shape
+    lora = make_lora(d_in, d_out, r, bias=bias, alpha=alpha, dropout=dropout, seed=seed % 1000)
+    rng = np.random.default_rng(seed)
+    lora.A.data[...] = rng.standard_normal(lora.A.shape)
+    x = rng.standard_normal((*lead, d_in))
+    report = gradcheck(lora, x, seed=seed)
+    report.assert_passed()
+    assert [t.name for t in report.tensors] == ["input[0]", "A", "B"]
+    # the frozen base: not a parameter, never written by forward/backward
+    W0, b0 = lora.W0.copy(), None if lora.b0 is None else lora.b0.copy()
+    y, cache = lora.forward(x)
+    lora.backward(rng.standard_normal(y.shape), cache)
+    assert lora.W0.tobytes() == W0.tobytes()
+    assert b0 is None or lora.b0.tobytes() == b0.tobytes()
+    assert [n for n, _ in lora.named_parameters()] == ["A", "B"]
+
+
+@given(d_model=st.integers(1, 5), d_ff=st.integers(1, 6), r=st.integers(1, 3),
+       activation=st.sampled_from(["gelu", "tanh"]), dropout=st.sampled_from([0.0, 0.3]),
+       swiglu=st.booleans(), seed=seeds)
+def test_lora_feedforward_gradchecks(d_model, d_ff, r, activation, dropout, swiglu, seed):
+    r = min(r, d_model, d_ff)
+    rng = np.random.default_rng(seed)
+    if swiglu:
+        ffn = SwiGLUFeedForward(d_model, d_ff, bias=True, dropout=dropout, dtype=np.float64,
+                                rng=seed)
+        targets = ("gate_proj", "up_proj", "down_proj")
+    else:
+        ffn = PositionwiseFeedForward(d_model, d_ff, activation, dropout, dtype=np.float64,
+                                      rng=seed)
+        targets = ("linear1", "linear2")
+    assert apply_lora(ffn, targets, r=r, alpha=2.0, dropout=dropout, rng=seed) == list(targets)
+    for _, p in ffn.named_parameters():
+        p.data[...] = rng.standard_normal(p.shape)
+    names = [n for n, _ in ffn.named_parameters()]
+    assert names == [f"{t}.{ab}" for t in targets for ab in "AB"]
+    x = rng.standard_normal((2, d_model))
+    gradcheck(ffn, x, seed=seed).assert_passed()
+
+
+# -- the kernel is the equations -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5])
+def test_kernel_forward_and_backward_are_the_equations(p):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 5))
+    W0, b0 = rng.standard_normal((5, 4)), rng.standard_normal(4)
+    A, B = rng.standard_normal((5, 2)), rng.standard_normal((2, 4))
+    s = 0.75
+    y, cache = F.lora_forward(x, W0, b0, A, B, s, p, np.random.default_rng(1))
+    assert isinstance(cache, LoRACache)
+    mask = np.ones((6, 5)) if cache.dropout.mask is None else cache.dropout.mask
+    xd = x.reshape(6, 5) * mask
+    np.testing.assert_allclose(y.reshape(6, 4), x.reshape(6, 5) @ W0 + b0 + s * xd @ A @ B,
+                               rtol=1e-13, atol=1e-13)
+    dy = rng.standard_normal(y.shape)
+    dx, dA, dB = F.lora_backward(dy, cache, W0, A, B, s)
+    dy2 = dy.reshape(6, 4)
+    np.testing.assert_allclose(dB, s * (xd @ A).T @ dy2, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(dA, s * xd.T @ dy2 @ B.T, rtol=1e-13, atol=1e-13)
+    expect_dx = dy2 @ W0.T + (s * dy2 @ B.T @ A.T) * mask  # the mask on the adapter path only
+    np.testing.assert_allclose(dx.reshape(6, 5), expect_dx, rtol=1e-13, atol=1e-13)
+    if p:
+        assert (mask == 0).any() and (mask != 0).any()
+
+
+def test_starts_equal_to_its_base_and_dropout_touches_the_adapter_only():
+    rng = np.random.default_rng(0)
+    base = Linear(6, 4, dtype=np.float64, rng=0)
+    lora = LoRALinear(base, 3, alpha=8.0, dropout=0.5, rng=1)
+    assert not lora.B.data.any() and lora.A.data.any()
+    x = rng.standard_normal((5, 6))
+    np.testing.assert_array_equal(lora(x), base(x))  # B = 0: the base, even with dropout on
+    lora.B.data[...] = rng.standard_normal(lora.B.shape)
+    y, cache = lora.forward(x)
+    delta = (lora.scale * (x * cache.dropout.mask) @ lora.A.data) @ lora.B.data
+    np.testing.assert_allclose(y - base(x), delta, rtol=1e-12, atol=1e-12)
+    lora.eval()
+    y_eval, cache = lora.forward(x)
+    assert cache.dropout.mask is None
+    np.testing.assert_allclose(y_eval, base(x) + 8.0 / 3 * x @ lora.A.data @ lora.B.data,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_init_options():
+    base = Linear(400, 300, rng=0)
+    g = LoRALinear(base, 4, rng=0)
+    assert abs(g.A.data.std() - 1 / 4) < 0.01  # N(0, 1/r^2), peft's "gaussian"
+    k = LoRALinear(base, 4, init="kaiming", rng=0)
+    assert np.abs(k.A.data).max() <= 1 / 20 and np.abs(k.A.data).max() > 0.049
+    assert g.alpha == 4.0 and g.scale == 1.0  # alpha defaults to r
+    assert not g.B.data.any() and not k.B.data.any()
+
+
+# -- parameters, dtype, errors ---------------------------------------------------------------
+
+
+@given(shape=shapes(), bias=st.booleans())
+def test_trainable_parameter_count(shape, bias):
+    _, d_in, d_out, r = shape
+    lora = LoRALinear(Linear(d_in, d_out, bias=bias, rng=0), r, rng=0)
+    assert lora.num_parameters() == r * (d_in + d_out)
+    assert lora.A.shape == (d_in, r) and lora.B.shape == (r, d_out)
+    assert list(lora.state_dict()) == ["A", "B"]
+
+
+def test_trainable_count_of_a_lora_model():
+    lm = TransformerLM(11, d_model=8, nhead=2, num_layers=2, dim_feedforward=12, dropout=0.0,
+                       max_len=6, tie_output=False, rng=0)
+    total = lm.num_parameters()
+    wrapped = apply_lora(lm, ("linear1", "linear2", "generator"), r=2, rng=0)
+    assert wrapped == ["blocks.0.ffn.linear1", "blocks.0.ffn.linear2",
+                       "blocks.1.ffn.linear1", "blocks.1.ffn.linear2", "generator"]
+    adapters = sum(p.size for _, p in lora_parameters(lm))
+    assert adapters == 2 * 2 * ((8 + 12) + (12 + 8)) + 2 * (8 + 11)
+    frozen = 2 * (8 * 12 + 12 + 12 * 8 + 8) + (8 * 11 + 11)
+    assert lm.num_parameters() == total - frozen + adapters
+
+
+def test_dtype_preserved_float32():
+    rng = np.random.default_rng(0)
+    lora = make_lora(5, 3, 2, dtype=np.float32, dropout=0.2)
+    x = rng.standard_normal((2, 4, 5)).astype(np.float32)
+    check_dtype_preserved(lora, x)
+    assert lora.A.grad.dtype == np.float32 and lora.B.grad.dtype == np.float32
+    assert lora.W.dtype == np.float32 and lora.dtype == np.float32
+    lora.merge()
+    check_dtype_preserved(lora, x)
+    assert lora.W0.dtype == np.float32
+
+
+def test_astype_casts_the_frozen_base_too():
+    lora = make_lora(4, 3, 2, dtype=np.float32)
+    ffn = PositionwiseFeedForward(4, 5, rng=0)
+    apply_lora(ffn, ["linear1"], r=2)
+    for m in (lora, ffn):
+        m.astype(np.float64)
+    assert lora.W0.dtype == lora.b0.dtype == lora.A.dtype == np.float64
+    assert ffn.linear1.W0.dtype == ffn.linear1.dtype == np.float64
+    x = np.random.default_rng(0).standard_normal((2, 4))
+    assert ffn(x).dtype == np.float64
+    clone = copy.deepcopy(lora)
+    assert clone.W0 is not lora.W0 and np.array_equal(clone.W0, lora.W0)
+
+
+def test_named_errors():
+    base = Linear(4, 3, rng=0)
+    with pytest.raises(ValueError, match="LoRALinear: r must be >= 1, got 0"):
+        LoRALinear(base, 0)
+    with pytest.raises(ValueError, match=r"r must be <= min\(in_features, out_features\) = 3"):
+        LoRALinear(base, 4)
+    with pytest.raises(TypeError, match="LoRALinear: r must be an int"):
+        LoRALinear(base, 2.0)
+    for alpha in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="LoRALinear: alpha must be a finite number > 0"):
+            LoRALinear(base, 2, alpha)
+    with pytest.raises(TypeError, match="LoRALinear: alpha must be a number"):
+        LoRALinear(base, 2, "8")
+    with pytest.raises(ValueError, match=r"LoRALinear: dropout must be in \[0, 1\]"):
+        LoRALinear(base, 2, dropout=1.5)
+    with pytest.raises(ValueError, match="LoRALinear: init must be one of"):
+        LoRALinear(base, 2, init="zeros")
+    emb = nt.Embedding(5, 4, rng=0)
+    for not_linear in (TiedLinear(emb.W), LoRALinear(base, 2), emb):
+        with pytest.raises(TypeError, match="LoRALinear: base must be a Linear, got "
+                           + type(not_linear).__name__):
+            LoRALinear(not_linear, 1)
+    lora = LoRALinear(base, 2)
+    with pytest.raises(ValueError, match="LoRALinear: x has last dim 5, expected in_features=4"):
+        lora(np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match="already merged"):
+        lora.merge().merge()
+    with pytest.raises(ValueError, match="not merged"):
+        lora.unmerge().unmerge()
+
+
+def test_apply_lora_errors_and_nothing_changes_on_error():
+    ffn = PositionwiseFeedForward(4, 6, rng=0)
+    with pytest.raises(ValueError, match=r"apply_lora: no child named 'q_proj' "
+                                         r"\(Linear children: linear1, linear2\)"):
+        apply_lora(ffn, ("linear1", "q_proj"), r=2)
+    assert type(ffn.linear1) is Linear  # refused before any change
+    with pytest.raises(TypeError, match="apply_lora: 'act' is a ReLU, not a Linear"):
+        apply_lora(ffn, ["act"], r=1)
+    apply_lora(ffn, "linear1", r=2)
+    with pytest.raises(ValueError, match="apply_lora: 'linear1' is already a LoRALinear"):
+        apply_lora(ffn, "linear1", r=2)
+    with pytest.raises(ValueError, match="apply_lora: targets must be a non-empty list"):
+        apply_lora(ffn, [], r=2)
+    with pytest.raises(ValueError, match="LoRALinear: r must be <= min"):
+        apply_lora(ffn, "linear2", r=5)
+    lm = TransformerLM(7, d_model=4, nhead=2, num_layers=1, dim_feedforward=6, max_len=4, rng=0)
+    with pytest.raises(TypeError, match="apply_lora: 'generator' is a TiedLinear, not a Linear"):
+        apply_lora(lm, ["generator"], r=1)
+
+
+class _Shared(nt.Module):
+    def __init__(self, lin):
+        self.a = lin
+        self.b = Linear(3, 3, rng=1)
+        self.b.W = lin.W  # a tied weight
+
+
+def test_apply_lora_refuses_a_tied_weight():
+    m = _Shared(Linear(3, 3, rng=0))
+    with pytest.raises(ValueError, match=r"apply_lora: a\.W is tied to b\.W"):
+        apply_lora(m, ["a"], r=1)
+
+
+def test_attention_projections_are_refused_and_a_bypass_fails_by_name():
+    """MultiHeadAttention runs the linear kernels on in_proj.W.data / out_proj.W.data
+    itself, so a wrapper there would be bypassed: apply_lora refuses it, and a wrapper
+    put there by hand fails at the first forward instead of computing the base alone."""
+    mha = MultiHeadAttention(8, 2, rng=0)
+    for target in ("in_proj", "out_proj"):
+        with pytest.raises(TypeError, match=f"apply_lora: '{target}' belongs to a "
+                                            "MultiHeadAttention"):
+            apply_lora(mha, [target], r=2)
+    lm = TransformerLM(7, d_model=4, nhead=2, num_layers=1, dim_feedforward=6, max_len=4, rng=0)
+    with pytest.raises(TypeError, match="'blocks.0.self_attn.out_proj' belongs to a "
+                                        "MultiHeadAttention"):
+        apply_lora(lm, ["out_proj"], r=2)
+    mha.out_proj = LoRALinear(mha.out_proj, 2, rng=0)
+    x = np.random.default_rng(0).standard_normal((1, 3, 8)).astype(np.float32)
+    with pytest.raises(AttributeError, match=r"LoRALinear: [Wb]\.data was read directly"):
+        mha(x, x, x)
+
+
+# -- merge / unmerge -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_merge_unmerge_round_trip(dtype):
+    rng = np.random.default_rng(5)
+    lora = make_lora(9, 7, 3, alpha=6.0, dropout=0.3, dtype=dtype, seed=2)
+    lora.eval()  # merged forward has no dropout: compare with the eval forward
+    x = rng.standard_normal((4, 9)).astype(dtype)
+    y_unmerged = lora(x)
+    W0 = lora.W0.copy()
+    delta = lora.delta()
+    lora.merge()
+    assert lora.merged
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(lora.W0, W0 + delta, rtol=0, atol=0)
+    np.testing.assert_allclose(lora(x), y_unmerged, rtol=0, atol=50 * eps * max(1, np.abs(
+        y_unmerged).max()))
+    lora.unmerge()
+    assert not lora.merged
+    # one rounding of W0 + D, one of (W0 + D) - D: half an ulp of |W0| + |D| each
+    bound = eps * (np.abs(W0) + np.abs(delta))
+    assert (np.abs(lora.W0 - W0) <= bound).all()
+    np.testing.assert_allclose(lora(x), y_unmerged, rtol=0,
+                               atol=50 * eps * max(1, np.abs(y_unmerged).max()))
+
+
+def test_merged_backward_gives_dx_and_no_adapter_gradient():
+    rng = np.random.default_rng(1)
+    lora = make_lora(5, 4, 2, seed=3)
+    lora.eval()
+    x = rng.standard_normal((3, 5))
+    y, cache = lora.forward(x)
+    dy = rng.standard_normal(y.shape)
+    dx = lora.backward(dy, cache)
+    lora.zero_grad()
+    lora.merge()
+    ym, cm = lora.forward(x)
+    np.testing.assert_allclose(ym, y, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(lora.backward(dy, cm), dx, rtol=1e-13, atol=1e-13)
+    assert not lora.A.grad.any() and not lora.B.grad.any()
+
+
+def test_remove_lora_merges_into_plain_linears_with_the_old_keys():
+    rng = np.random.default_rng(2)
+    ffn = PositionwiseFeedForward(4, 6, activation="gelu", dtype=np.float64, rng=0)
+    keys = list(ffn.state_dict())
+    apply_lora(ffn, ["linear1", "linear2"], r=2, rng=1)
+    for _, p in lora_parameters(ffn):
+        p.data[...] = rng.standard_normal(p.shape)
+    x = rng.standard_normal((3, 4))
+    y = ffn(x)
+    unmerged = copy.deepcopy(ffn)
+    ffn.linear2.merge()  # a merged one is folded as it is
+    assert remove_lora(ffn) == ["linear1", "linear2"]
+    assert type(ffn.linear1) is Linear and list(ffn.state_dict()) == keys
+    np.testing.assert_allclose(ffn(x), y, rtol=1e-12, atol=1e-12)
+    remove_lora(unmerged, merge=False)
+    base = PositionwiseFeedForward(4, 6, activation="gelu", dtype=np.float64, rng=0)
+    for k, v in base.state_dict().items():
+        np.testing.assert_array_equal(unmerged.state_dict()[k], v)
+
+
+# -- the adapters' state ---------------------------------------------------------------------
+
+
+def test_adapter_state_dict_round_trip():
+    rng = np.random.default_rng(4)
+
+    def build():
+        ffn = PositionwiseFeedForward(4, 6, dtype=np.float64, rng=0)  # the same base
+        apply_lora(ffn, ["linear1", "linear2"], r=2, rng=rng.integers(1 << 30))
+        return ffn
+
+    trained = build()
+    for _, p in lora_parameters(trained):
+        p.data[...] = rng.standard_normal(p.shape)
+    sd = adapter_state_dict(trained)
+    assert list(sd) == ["linear1.A", "linear1.B", "linear2.A", "linear2.B"]
+    assert trained.linear1.adapter_state_dict().keys() == {"A", "B"}
+    fresh = build()
+    x = rng.standard_normal((2, 4))
+    assert not np.allclose(fresh(x), trained(x))
+    fresh.linear2.merge()  # loading into a merged layer re-merges the new update
+    assert load_adapter_state_dict(fresh, sd) == {"missing_keys": [], "unexpected_keys": []}
+    assert fresh.linear2.merged
+    np.testing.assert_allclose(fresh(x), trained(x), rtol=1e-12, atol=1e-12)
+    sd["linear1.A"][0, 0] += 1.0  # a copy: the model is untouched
+    assert trained.linear1.A.data[0, 0] != sd["linear1.A"][0, 0]
+    bad = dict(sd)
+    del bad["linear2.B"]
+    bad["linear1.A"] = np.zeros((4, 3))
+    bad["extra.A"] = np.zeros(2)
+    with pytest.raises(ValueError, match=r"missing keys: linear2\.B; unexpected keys: "
+                                         r"extra\.A; linear1\.A: expected shape \(4, 2\), "
+                                         r"got \(4, 3\)"):
+        load_adapter_state_dict(fresh, bad)
+    with pytest.raises(ValueError, match="holds no LoRALinear"):
+        load_adapter_state_dict(Linear(2, 2), {})
+    lora = trained.linear1
+    lora.load_adapter_state_dict({"A": np.ones((4, 2)), "B": np.ones((2, 6))})
+    assert (lora.A.data == 1).all() and lora.A.dtype == np.float64
+
+
+# -- training moves the adapters alone -----------------------------------------------------
+
+
+def test_adamw_on_a_lora_ffn_changes_only_A_and_B():
+    rng = np.random.default_rng(0)
+    ffn = PositionwiseFeedForward(6, 10, activation="gelu", dropout=0.1, rng=0)
+    apply_lora(ffn, ["linear1", "linear2"], r=2, alpha=4.0, dropout=0.1, rng=1)
+    frozen = {n: (m.W0.tobytes(), m.b0.tobytes()) for n, m in
+              (("linear1", ffn.linear1), ("linear2", ffn.linear2))}
+    start = adapter_state_dict(ffn)
+    opt = AdamW(ffn.parameters(), lr=1e-2, weight_decay=0.1)  # decay would move W0 if seen
+    assert len(opt.params) == 4
+    x = rng.standard_normal((8, 6)).astype(np.float32)
+    target = rng.standard_normal((8, 6)).astype(np.float32)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        y, cache = ffn.forward(x)
+        losses.append(float(((y - target) ** 2).mean()))
+        ffn.backward((2.0 / y.size) * (y - target), cache)
+        opt.step()
+    assert losses[-1] < losses[0]
+    for n, m in (("linear1", ffn.linear1), ("linear2", ffn.linear2)):
+        assert (m.W0.tobytes(), m.b0.tobytes()) == frozen[n]
+    for k, v in adapter_state_dict(ffn).items():
+        assert not np.array_equal(v, start[k]), k
+
+
+def test_adamw_on_lora_parameters_of_a_language_model():
+    """Only the adapters are given to the optimizer: every other parameter of the
+    model and every frozen base keeps its bytes, and the loss goes down."""
+    rng = np.random.default_rng(1)
+    lm = TransformerLM(11, d_model=8, nhead=2, num_layers=1, dim_feedforward=16, dropout=0.0,
+                       max_len=8, tie_output=False, rng=0)
+    apply_lora(lm, ["linear1", "linear2", "generator"], r=2, alpha=4.0, rng=2)
+    lora_names = {n for n, _ in lora_parameters(lm)}
+    before = lm.state_dict()
+    bases = {n: m.W0.tobytes() for n, m in lm.named_modules() if isinstance(m, LoRALinear)}
+    opt = AdamW(lora_parameters(lm), lr=3e-2)
+    loss_fn = CrossEntropyLoss()
+    ids = rng.integers(0, 11, (4, 8))
+    losses = []
+    for _ in range(15):
+        lm.zero_grad()
+        logits, cache = lm.forward(ids[:, :-1])
+        loss, lcache = loss_fn.forward(logits, ids[:, 1:])
+        losses.append(float(loss))
+        lm.backward(loss_fn.backward(1.0, lcache), cache)
+        opt.step()
+    assert losses[-1] < losses[0]
+    after = lm.state_dict()
+    for name, value in before.items():
+        if name in lora_names:
+            assert not np.array_equal(after[name], value), name
+        else:
+            assert after[name].tobytes() == value.tobytes(), name
+    for n, m in lm.named_modules():
+        if isinstance(m, LoRALinear):
+            assert m.W0.tobytes() == bases[n]
