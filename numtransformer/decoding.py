@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data.tokenizers import BOS_ID, EOS_ID
 from .layers.activations import log_softmax
+from .tokens import BOS_ID, EOS_ID
 
-__all__ = ["greedy_decode", "beam_search", "Hypothesis", "length_penalty", "sample"]
+__all__ = ["greedy_decode", "decode_with_attention", "beam_search", "Hypothesis",
+           "length_penalty", "sample"]
 
 
 def greedy_decode(model, src_ids, src_pad_mask=None, max_len: int = 50,
@@ -46,6 +47,47 @@ def greedy_decode(model, src_ids, src_pad_mask=None, max_len: int = 50,
         if done.all():
             break
     return out
+
+
+def decode_with_attention(model, src_ids, src_pad_mask=None, max_len: int = 50,
+                          bos_id: int = BOS_ID, eos_id: int = EOS_ID):
+    """Greedy decoding that also returns, per source, the attention matrix of
+    its output, for plotting.
+
+    ``model`` is a decoder whose state records one (B, S) array of attention
+    weights per step in ``state.attention`` (``Seq2Seq``; ``Seq2Seq``'s method
+    of the same name calls this).  Returns a list of (tokens, weights), one per
+    source: tokens as ``greedy_decode`` gives them, weights (n_out, S_b) with
+    row i the attention while emitting output i (the final <eos> included when
+    emitted), S_b the source's real length; weights is None when the model
+    has no attention (an empty ``state.attention``).  Runs in eval mode and
+    restores the model's mode.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        state = model.start_decoding(src_ids, src_pad_mask)
+        B = state.batch_size
+        tokens = np.full(B, bos_id, dtype=np.int64)
+        out, n_steps = [[] for _ in range(B)], np.zeros(B, dtype=np.intp)
+        done = np.zeros(B, dtype=bool)
+        for _ in range(max_len):
+            tokens = np.argmax(model.decode_step(state, tokens), axis=-1)
+            n_steps[~done] += 1
+            for b in np.flatnonzero(~done):
+                if tokens[b] == eos_id:
+                    done[b] = True
+                else:
+                    out[b].append(int(tokens[b]))
+            if done.all():
+                break
+    finally:
+        model.train(was_training)
+    S = np.asarray(src_ids).shape[1]
+    lengths = np.full(B, S) if src_pad_mask is None else S - src_pad_mask.sum(axis=1)
+    weights = np.stack(state.attention, axis=1) if state.attention else None
+    return [(out[b], None if weights is None else weights[b, :n_steps[b], :lengths[b]])
+            for b in range(B)]
 
 
 def length_penalty(length: int, alpha: float) -> float:

@@ -5,7 +5,7 @@ of the layer tree:
     attention.py   numtransformer/attention/
     recurrent.py   numtransformer/recurrent/
     transformer.py numtransformer/models/transformer.py, layers/residual.py
-    seq2seq.py     numtransformer/models/seq2seq.py
+    seq2seq.py     numtransformer/models/seq2seq/
     memnn.py       numtransformer/models/memnn.py
     interop.py     numtransformer/interop/
     pretrained.py  numtransformer/pretrained/

@@ -1,4 +1,4 @@
-"""Gradient-check cases of the RNN seq2seq family (``numtransformer/models/seq2seq.py``).
+"""Gradient-check cases of the RNN seq2seq family (``numtransformer/models/seq2seq/``).
 
 Each decoder with each score function (input feeding on and off), the
 attention-free decoder, the Bahdanau decoder, the encoders (stacked

@@ -21,9 +21,7 @@ import tempfile
 from collections import Counter
 from typing import Iterable, Sequence
 
-PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
-SPECIALS = (PAD, BOS, EOS, UNK)
-PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+from ..tokens import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID, SPECIALS, UNK, UNK_ID  # noqa: F401
 
 __all__ = ["Tokenizer", "CharTokenizer", "WordTokenizer", "load_tokenizer",
            "PAD_ID", "BOS_ID", "EOS_ID", "UNK_ID", "SPECIALS"]
