@@ -35,6 +35,11 @@ class StackStep(NamedTuple):
     steps: list  # per layer: the cell's step cache (h_prev, gates, ...)
 
 
+class StepGrads(NamedTuple):
+    """What ``RNN.step_backward(..., grads=...)`` collects for ``add_step_grads``."""
+    layers: list  # per layer: [(x^(l)_t, da_x, h^(l)_{t-1}, da_h) for each step]
+
+
 class LayerCache(NamedTuple):
     directions: tuple  # one DirectionCache per direction
     dropout: tuple | None  # the DropoutCache of this layer's output (all layers but the last)
@@ -372,8 +377,9 @@ class RNN(Module):
             inp = new[0]
         return inp, new_states, StackStep(inputs=inputs, xw=xws, drops=drops, steps=steps)
 
-    def step_backward(self, dh_top, dstates, cache: StackStep):
-        """The backward of ``step``; parameter gradients are added to ``p.grad``.
+    def step_backward(self, dh_top, dstates, cache: StackStep, *, grads=None):
+        """The backward of ``step``; parameter gradients are added to ``p.grad``
+        (or, with ``grads``, collected for ``add_step_grads``).
 
         dh_top (B, H) or None: the gradient reaching the top layer's new h from
         outside the recurrence (the decoder's output); dstates: per layer
@@ -383,6 +389,14 @@ class RNN(Module):
             da_x, da_h, dprev^(l) = cell step backward(dh^(l) + dx^(l+1), dc^(l))
             dx^(l), dW_ih, db_ih  = linear_backward(da_x)          (through dropout below the top)
             dW_hh, db_hh          = projection_grads(h^(l)_{t-1}, da_h)
+
+        A decoder's loop calls this T times; the weight gradients of one step
+        are (H, B) x (B, G*H) products, small enough that BLAS runs them far
+        below its speed.  ``grads=self.new_step_grads()`` defers them: each call
+        then computes only dx^(l) = da_x W_ih^T and keeps (x^(l), da_x,
+        h^(l)_{t-1}, da_h); ``add_step_grads(grads)`` after the loop sums all
+        steps in one product per weight, dW = sum_t x_t^T da_t = X^T DA with
+        the steps' rows stacked (the same sums, in another order).
         """
         L = self.num_layers
         if dstates is None:
@@ -399,15 +413,42 @@ class RNN(Module):
             dh = ds[0] if dinp is None else ds[0] + dinp
             da_x, da_h, dprev[layer] = getattr(K, f"{cell.kernel}_step_backward")(
                 dh, *ds[1:], step, cell.W_hh.data)
-            dinp, dW_ih, db_ih = K.linear_backward(da_x, cache.xw[layer], cell.W_ih.data)
-            dW_hh, db_hh = K.projection_grads(h_prev, da_h)
+            if grads is not None:
+                grads.layers[layer].append((cache.inputs[layer], da_x, h_prev, da_h))
+                dinp = da_x @ cell.W_ih.data.T  # dx = da_x W_ih^T; dW_ih waits for the sum
+            else:
+                dinp, dW_ih, db_ih = K.linear_backward(da_x, cache.xw[layer], cell.W_ih.data)
+                dW_hh, db_hh = K.projection_grads(h_prev, da_h)
+                cell.W_ih.grad += dW_ih
+                cell.b_ih.grad += db_ih
+                cell.W_hh.grad += dW_hh
+                cell.b_hh.grad += db_hh
+            if layer > 0:
+                dinp = self.dropout.backward(dinp, cache.drops[layer - 1])
+        return dinp, dprev
+
+    def new_step_grads(self) -> "StepGrads":
+        """An empty collector for ``step_backward(..., grads=...)``."""
+        return StepGrads(layers=[[] for _ in self.cells])
+
+    def add_step_grads(self, grads: "StepGrads") -> None:
+        """Add the weight gradients collected over all steps, one product per weight:
+            dW_ih, db_ih = projection_grads([x_1; ...; x_T], [da_x,1; ...; da_x,T])
+            dW_hh, db_hh = projection_grads([h_0; ...; h_{T-1}], [da_h,1; ...; da_h,T])
+        """
+        for layer, cell in enumerate(self.cells):
+            rows = grads.layers[layer]
+            if not rows:
+                continue
+            K = select(rows[0][1].dtype)
+            X, DA_x, H_prev, DA_h = (np.concatenate(part) for part in zip(*rows))
+            dW_ih, db_ih = K.projection_grads(X, DA_x)
+            dW_hh, db_hh = K.projection_grads(H_prev, DA_h)
             cell.W_ih.grad += dW_ih
             cell.b_ih.grad += db_ih
             cell.W_hh.grad += dW_hh
             cell.b_hh.grad += db_hh
-            if layer > 0:
-                dinp = self.dropout.backward(dinp, cache.drops[layer - 1])
-        return dinp, dprev
+            rows.clear()
 
     def extra_repr(self) -> str:
         return (f"{self.cell_type!r}, input_size={self.input_size}, "

@@ -119,3 +119,40 @@ def test_step_defaults_and_errors():
     assert dx.shape == (4, 3) and len(dprev) == 2
     with pytest.raises(ValueError, match="RNN.step: a bidirectional RNN"):
         RNN("gru", 3, 2, bidirectional=True).step(x.astype(np.float32))
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
+@given(B=st.integers(1, 3), T=st.integers(1, 5), num_layers=st.integers(1, 3),
+       dtype=st.sampled_from([np.float64, np.float32]), seed=seeds)
+def test_deferred_step_grads_equal_per_step_grads(cell_type, B, T, num_layers, dtype, seed):
+    """step_backward(..., grads=...) + add_step_grads gives the per-step gradients
+    (the same sums in another order): dx and the carried states exactly, the
+    weight gradients to rounding."""
+    rng = np.random.default_rng(seed)
+    rnn = RNN(cell_type, 3, 4, num_layers=num_layers, dtype=dtype, rng=seed)
+    x = rng.standard_normal((B, T, 3)).astype(dtype)
+    dh = rng.standard_normal((B, T, 4)).astype(dtype)
+    results = []
+    for defer in (False, True):
+        rnn.zero_grad()
+        caches, states = [], None
+        for t in range(T):
+            _, states, cache = rnn.step(x[:, t], states)
+            caches.append(cache)
+        grads = rnn.new_step_grads() if defer else None
+        dstates, dxs = None, []
+        for t in reversed(range(T)):
+            dx, dstates = rnn.step_backward(dh[:, t], dstates, caches[t], grads=grads)
+            dxs.append(dx)
+        if defer:
+            rnn.add_step_grads(grads)
+            assert all(not rows for rows in grads.layers)  # consumed
+        results.append((dxs, [d for layer in dstates for d in layer],
+                        [p.grad.copy() for p in rnn.parameters()]))
+    (dx0, ds0, g0), (dx1, ds1, g1) = results
+    for a, b in zip(dx0 + ds0, dx1 + ds1):
+        np.testing.assert_array_equal(a, b)
+    tol = 1e-13 if dtype == np.float64 else 1e-5
+    for a, b in zip(g0, g1):
+        assert b.dtype == dtype
+        np.testing.assert_allclose(b, a, rtol=tol, atol=tol * max(1.0, float(np.abs(a).max())))

@@ -83,7 +83,7 @@ class BahdanauDecoder(_RNNDecoder):
         do        = dropout_out.backward(dlogits W_s^T)             dW_s, db_s
         dz        = do (1 - o^2);  [dS; dC; dX] = dz W_o^T           dW_o, db_o
         for t = T-1 .. 0 (ds_{t-1} collects step t's query gradient):
-            [dx_t'; dc_t'], ds_{t-1} = RNN.step_backward(dS_t, ds_t)   adds the cells' dW, db
+            [dx_t'; dc_t'], ds_{t-1} = RNN.step_backward(dS_t, ds_t)   the cells' dW, db: below
             dX_t   += dx_t' ;  dc_t = dC_t + dc_t'
             de_t, dM_t = attention_backward(dc_t):
                 dalpha_t = dc_t M^T ;  dM_t = alpha_t^T dc_t        c_t = alpha_t M
@@ -92,8 +92,10 @@ class BahdanauDecoder(_RNNDecoder):
                 dv_a_t  = sum_{b,j} de_tj t_tj
                 dz_tj   = de_tj v_a (1 - t_tj^2)                    z_tj = sq_t + hk_j
                 dsq_t   = sum_j dz_tj ;  dhk_t = dz_t               sq_t was broadcast over j
-            ds_{t-1} += dsq_t W_q^T ;  dW_q += s_{t-1}^T dsq_t       linear_backward
+            ds_{t-1} += dsq_t W_q^T
             dM += dM_t ;  dhk += dhk_t ;  dv_a += dv_a_t
+        dW_q = sum_t s_{t-1}^T dsq_t = S_prev^T DSQ                  one projection_grads
+        the cells' dW, db: RNN.add_step_grads, one product per weight over all steps
         dM  += dhk W_k^T ;  dW_k = M^T dhk                           one linear_backward
         dE  += embed.backward(dropout_in.backward(dX))
     ``backward`` returns (dM, dh0, dc0) for an LSTM, (dM, dh0) otherwise.
@@ -162,23 +164,30 @@ class BahdanauDecoder(_RNNDecoder):
         dM = np.zeros((B, S, D), self.dtype)
         dhk = np.zeros((B, S, self.score.d_attn), self.dtype)
         dv_a = np.zeros_like(v_a.data)
-        dW_q = np.zeros_like(W_q.data)
+        # the weight gradients of the recurrence and of W_q are summed over all
+        # steps after the loop, one product each (a step's own are tiny GEMMs)
+        rnn_grads = self.rnn.new_step_grads()
+        queries, dqueries = [], []
         dstates = None  # step T-1's carried state gradients: zeros
         for t in reversed(range(T)):
             step = cache.steps[t]
-            dinp, dstates = self.rnn.step_backward(dS[:, t], dstates, step.stack)
+            dinp, dstates = self.rnn.step_backward(dS[:, t], dstates, step.stack,
+                                                   grads=rnn_grads)
             dX[:, t] += dinp[:, :E]
             dc = dC[:, t] + dinp[:, E:]
             de, dM_t = K.attention_backward(dc[:, None, :], step.attention)
             dsq, dhk_t, dv_a_t = K.additive_energy_backward(de, step.energy)
-            ds_prev, dW_q_t, _ = K.linear_backward(dsq[:, 0], step.query, W_q.data,
-                                                   has_bias=False)
+            ds_prev = dsq[:, 0] @ W_q.data.T  # ds_{t-1} += dsq_t W_q^T
+            queries.append(step.query.x)
+            dqueries.append(dsq[:, 0])
             top = dstates[-1]
             dstates[-1] = (top[0] + ds_prev,) + tuple(top[1:])
             dM += dM_t
             dhk += dhk_t
             dv_a += dv_a_t
-            dW_q += dW_q_t
+        self.rnn.add_step_grads(rnn_grads)
+        dW_q, _ = K.projection_grads(np.concatenate(queries), np.concatenate(dqueries),
+                                     has_bias=False)
         dM_k, dW_k, _ = K.linear_backward(dhk, cache.keys, W_k.data, has_bias=False)
         dM += dM_k
         W_q.grad += dW_q

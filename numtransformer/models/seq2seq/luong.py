@@ -88,7 +88,8 @@ class LuongDecoder(_RNNDecoder):
             (input feeding) [dx_t; dfeed_{t-1}], dstates_{t-1}
                     = RNN.step_backward(ds_t, dstates_t)      dstates: per layer (dh[, dc])
         (without) dx, dh0, dc0 = RNN.backward(dS)                 BPTT
-        (RNN.step_backward and RNN.backward add the cells' parameter gradients)
+        (RNN.backward adds the cells' parameter gradients; after the stepped loop,
+        RNN.add_step_grads adds them for all steps at once)
         no attention: dh0[L - 1] += sum_t dc_t
         dE += embed.backward(dropout_in.backward(dx))
     ``backward(dlogits, cache)`` returns (dM, dh0, dc0) for an LSTM, (dM, dh0)
@@ -180,6 +181,7 @@ class LuongDecoder(_RNNDecoder):
             dstates = None  # step T-1's carried state gradients: zeros
             dfeed = np.zeros((B, H), self.dtype)
             dc_sum = np.zeros((B, H), self.dtype)
+            rnn_grads = self.rnn.new_step_grads()  # the cells' dW: one product after the loop
             for t in reversed(range(T)):
                 step = cache.steps[t]
                 ds_t = ds_tilde[:, t] + dfeed
@@ -192,9 +194,11 @@ class LuongDecoder(_RNNDecoder):
                     dq, dk, dv = self.attention.backward(dc[:, None, :], step.attention)
                     ds = ds + dq[:, 0]
                     dM += dk + dv
-                dinp, dstates = self.rnn.step_backward(ds, dstates, step.stack)
+                dinp, dstates = self.rnn.step_backward(ds, dstates, step.stack,
+                                                       grads=rnn_grads)
                 dx[:, t] = dinp[:, :self.embed_dim]
                 dfeed = dinp[:, self.embed_dim:]
+            self.rnn.add_step_grads(rnn_grads)
         else:
             dz = ds_tilde * (1 - s_tilde * s_tilde)
             dCS = self.W_c.backward(dz, cache.W_c)
