@@ -6,9 +6,10 @@
 
     L = sum_k sum(out_k * G_k)          (G_k ~ N(0, 1), fixed by ``seed``)
 
-for every float input (named ``input[i]``) and every parameter (named by its
-dotted name).  Everything runs in float64 on a deep copy of the module, so the
-caller's parameters, gradients and random generators are left untouched.
+for every float input (named ``input[i]``) and every trainable parameter (named
+by its dotted name; a frozen one, ``requires_grad=False``, is not checked).
+Everything runs in float64 on a deep copy of the module, so the caller's
+parameters, gradients and random generators are left untouched.
 
 Numerical derivative: the fourth-order central stencil
 
@@ -58,8 +59,9 @@ It also catches mistakes a plain comparison misses: parameter gradients
 *overwritten* instead of accumulated (backward runs again with ``p.grad``
 pre-filled with random values, and ``grad - prefill`` must equal the first
 result), a backward that changes its cache (a second call with the same cache
-must give the same gradients), and any input, keyword array, parameter or
-upstream gradient modified in place.
+must give the same gradients), any input, keyword array, parameter or
+upstream gradient modified in place, and a frozen parameter whose grad a
+backward pass added to.
 """
 
 from __future__ import annotations
@@ -312,8 +314,11 @@ def _gradcheck(module, inputs, threshold, seed, max_entries, forward_kwargs) -> 
     watched = {f"input[{i}]": x for i, x in enumerate(inputs) if isinstance(x, np.ndarray)}
     watched.update({f"keyword argument {k!r}": v for k, v in forward_kwargs.items()
                     if isinstance(v, np.ndarray)})
-    params = list(module.named_parameters())
-    watched.update({f"parameter {n}": p.data for n, p in params})
+    params = list(module.named_parameters(trainable_only=True))
+    # frozen parameters (requires_grad=False) are not checked, but must stay
+    # unchanged and get nothing added to their grads
+    frozen = [(n, p) for n, p in module.named_parameters() if not p.requires_grad]
+    watched.update({f"parameter {n}": p.data for n, p in module.named_parameters()})
     snapshot = {k: v.copy() for k, v in watched.items()}
 
     generators = _generators(module)
@@ -348,7 +353,14 @@ def _gradcheck(module, inputs, threshold, seed, max_entries, forward_kwargs) -> 
     def run_backward(prefill):
         for pname, p in params:
             p.grad = np.zeros(p.shape) if prefill is None else prefill[pname].copy()
+        for _, p in frozen:
+            p.grad = np.zeros(p.shape)
         returned = _as_tuple(module.backward(dout, cache))
+        for pname, p in frozen:
+            problem = (f"{pname}: frozen (requires_grad=False), but backward added to "
+                       f"its grad")
+            if (p.grad.shape != p.shape or p.grad.any()) and problem not in report.problems:
+                report.problems.append(problem)
         return returned, {pname: p.grad.copy() for pname, p in params}
 
     grads, pgrads = run_backward(None)

@@ -19,6 +19,26 @@ Every layer and every model in numtransformer follows one contract::
   ``dout`` (ReLU returns the array its cache keeps; Dropout in eval returns its
   input).  Never modify them in place: write ``h = h + r``, not ``h += r``.
 
+Frozen parameters.  ``Parameter(data, requires_grad=False)`` (or
+``p.requires_grad_(False)``, or ``m.requires_grad_(False)`` for every parameter
+of a subtree) marks a tensor as frozen, as PyTorch's ``requires_grad=False``.
+A frozen parameter is still a parameter of its module: it is listed by
+``named_parameters()`` / ``parameters()`` (pass ``trainable_only=True`` for the
+trainable ones alone, as ``trainable_parameters()`` does), saved by
+``state_dict()``, loaded by ``load_state_dict`` (strict keys included), cast by
+``astype``, written to checkpoints and exchanged with PyTorch.  What skips it:
+the optimizers (no update, no weight decay, no state: ``optim.Optimizer``),
+``clip_grad_norm`` / ``global_grad_norm``, and ``gradcheck`` (which checks the
+trainable tensors and reports a problem if a backward pass added anything to a
+frozen one's grad).  A backward pass should not add to a frozen parameter's
+grad: ``LoRALinear`` computes no gradient for its frozen base at all.  (Layers
+that do not look at the flag still add theirs; that gradient is ignored by
+everything above, but costs its GEMM.)  Freezing leaves ``grad`` as it is;
+``zero_grad`` zeroes frozen and trainable grads alike.  The flag itself is not
+part of the state (nor is it in PyTorch's ``state_dict``): the code that builds
+a model sets it (``LoRALinear`` freezes its base), and a loaded state dict
+keeps each parameter's flag as it was.
+
 Input checks.  A public ``forward`` validates what it is given (dtype, rank,
 widths, ids in range, masks) and scans float inputs for NaN/inf.  The scan is
 O(N), so it runs only in the *outermost* forward: when a module's forward runs
@@ -72,15 +92,16 @@ def _track_depth(forward):
 
 
 class Parameter:
-    """A trainable tensor: ``data`` and its accumulated gradient ``grad``.
+    """A tensor of a module: ``data``, its accumulated gradient ``grad``, and
+    ``requires_grad`` (True: trainable; False: frozen, see the module docstring).
 
     ``grad`` always has the shape and dtype of ``data``.  Backward passes add to
     it (``p.grad += ...``); ``zero_grad`` resets it.
     """
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "grad", "requires_grad")
 
-    def __init__(self, data):
+    def __init__(self, data, requires_grad: bool = True):
         data = np.array(data, copy=True)
         if data.dtype not in (np.float32, np.float64):
             raise TypeError(
@@ -88,6 +109,7 @@ class Parameter:
             )
         self.data = data
         self.grad = np.zeros_like(data)
+        self.requires_grad = _check_flag("Parameter", requires_grad)
 
     @property
     def shape(self) -> tuple:
@@ -104,6 +126,11 @@ class Parameter:
     def zero_grad(self) -> None:
         self.grad[...] = 0
 
+    def requires_grad_(self, requires_grad: bool = True) -> "Parameter":
+        """Freeze (False) or unfreeze (True) this parameter; returns ``self``."""
+        self.requires_grad = _check_flag("Parameter.requires_grad_", requires_grad)
+        return self
+
     def astype(self, dtype) -> "Parameter":
         """Cast data and grad in place (the object identity is kept, so ties survive)."""
         self.data = self.data.astype(dtype)
@@ -111,7 +138,14 @@ class Parameter:
         return self
 
     def __repr__(self) -> str:
-        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+        frozen = "" if self.requires_grad else ", requires_grad=False"
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype}{frozen})"
+
+
+def _check_flag(who: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{who}: requires_grad must be a bool, got {type(value).__name__}")
+    return bool(value)
 
 
 class Module:
@@ -185,19 +219,38 @@ class Module:
 
         yield from walk(self, "", {id(self)})
 
-    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
-        """Yield ``(dotted.name, Parameter)``; a shared parameter appears once."""
+    def named_parameters(self, trainable_only: bool = False) -> Iterator[tuple[str, Parameter]]:
+        """Yield ``(dotted.name, Parameter)``; a shared parameter appears once.
+        Frozen parameters (``requires_grad=False``) are included unless
+        ``trainable_only``."""
         seen: set[int] = set()
         for name, p in self._named_parameters_all():
             if id(p) not in seen:
                 seen.add(id(p))
-                yield name, p
+                if p.requires_grad or not trainable_only:
+                    yield name, p
 
-    def parameters(self) -> list[Parameter]:
-        return [p for _, p in self.named_parameters()]
+    def parameters(self, trainable_only: bool = False) -> list[Parameter]:
+        return [p for _, p in self.named_parameters(trainable_only)]
 
-    def num_parameters(self) -> int:
-        return sum(p.size for p in self.parameters())
+    def trainable_parameters(self) -> list[tuple[str, Parameter]]:
+        """``(dotted.name, Parameter)`` of the parameters with ``requires_grad``:
+        what an optimizer updates (``AdamW(model.trainable_parameters())``)."""
+        return list(self.named_parameters(trainable_only=True))
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Entries of every parameter (tied ones once); of the trainable ones alone
+        with ``trainable_only``."""
+        return sum(p.size for p in self.parameters(trainable_only))
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """Freeze (False) or unfreeze (True) every parameter of this subtree (as
+        torch's ``Module.requires_grad_``); returns ``self``.  Grads are left as
+        they are."""
+        flag = _check_flag(f"{type(self).__name__}.requires_grad_", requires_grad)
+        for p in self.parameters():
+            p.requires_grad = flag
+        return self
 
     def zero_grad(self) -> None:
         for p in self.parameters():

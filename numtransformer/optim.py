@@ -18,6 +18,14 @@ arrays.  ``state_dict()`` is a flat dict of numpy
 arrays (the step count and one moment array per parameter and kind), so a
 ``.npz`` checkpoint can hold it and a resumed run continues bit for bit.
 Updates happen in place in the parameters' dtype: float32 stays float32.
+
+Frozen parameters (``requires_grad=False``, see ``module.py``) are skipped,
+whether they came with a Module or were listed explicitly: an optimizer holds
+every parameter it is given (``opt.params``, ``zero_grad``), but ``step()``
+updates only those trainable at that step (no update, no weight decay, no
+moment state is created for a frozen one; one unfrozen later is trained from
+then on, with fresh zero moments), as ``torch.optim`` skips a tensor with no
+gradient.  ``clip_grad_norm`` and ``global_grad_norm`` skip them too.
 """
 
 from __future__ import annotations
@@ -78,13 +86,17 @@ class Optimizer:
     def params(self) -> list[Parameter]:
         return [p for _, p in self.named_params]
 
+    def trainable(self) -> list[tuple[str, Parameter]]:
+        """``(name, Parameter)`` of the parameters a step updates now (``requires_grad``)."""
+        return [(name, p) for name, p in self.named_params if p.requires_grad]
+
     def zero_grad(self) -> None:
         for p in self.params:
             p.zero_grad()
 
     def step(self) -> None:
         self.step_count += 1
-        for name, p in self.named_params:
+        for name, p in self.trainable():
             self._update(name, p)
 
     def _update(self, name: str, p: Parameter) -> None:  # pragma: no cover - abstract
@@ -176,8 +188,9 @@ class Adam(Optimizer):
     tensor of that step.  Each parameter is updated by the ``adam_update``
     kernel that ``kernels.select`` picks for its dtype, and the result is
     copied back into ``p.data`` and the state arrays.  When the fast kernels
-    are selected and every parameter has one dtype, the step is instead one
-    pass over flat buffers holding every parameter (``fast.FlatAdam``: it
+    are selected and every trainable parameter has one dtype, the step is
+    instead one pass over flat buffers holding every trainable parameter (frozen
+    ones are not packed; ``fast.FlatAdam``: it
     rebinds ``p.data``, ``p.grad`` and the state arrays to views of four flat
     buffers, updates them in chunks on the configured threads, and packs again
     whenever something rebinds one of them), with the same numbers as the
@@ -203,25 +216,29 @@ class Adam(Optimizer):
         return (float(self.lr), self.beta1, self.beta2, self.eps, self.weight_decay,
                 self.decoupled)
 
-    def _common_dtype(self):
+    @staticmethod
+    def _common_dtype(named_params):
         """The parameters' one dtype (data and grad), or None when they mix dtypes."""
-        dtype = self.named_params[0][1].dtype
-        for _, p in self.named_params:
+        dtype = named_params[0][1].dtype
+        for _, p in named_params:
             if p.data.dtype != dtype or p.grad.dtype != dtype:
                 return None
         return dtype
 
     def step(self) -> None:
         self.step_count += 1
+        active = self.trainable()  # frozen parameters are neither packed nor updated
+        if not active:
+            return
         m_state, v_state = self.state["m"], self.state["v"]
-        flat = self._flat.current(self.named_params, m_state, v_state)
-        dtype = flat[0].dtype if flat is not None else self._common_dtype()
+        flat = self._flat.current(active, m_state, v_state)
+        dtype = flat[0].dtype if flat is not None else self._common_dtype(active)
         if dtype is not None and select(dtype) is fast:
             if flat is None:
-                flat = self._flat.pack(self.named_params, m_state, v_state)
+                flat = self._flat.pack(active, m_state, v_state)
             self._flat.step(flat, self.step_count, *self._hyper(), chunk=self._chunk)
             return
-        for name, p in self.named_params:
+        for name, p in active:
             self._update(name, p)
 
     def _update(self, name, p):
@@ -235,8 +252,13 @@ class Adam(Optimizer):
         v[...] = v_new
 
     def zero_grad(self) -> None:
-        if not self._flat.zero_grad(self.named_params, self.state["m"], self.state["v"]):
+        active = self.trainable()
+        if not active or not self._flat.zero_grad(active, self.state["m"], self.state["v"]):
             super().zero_grad()
+            return
+        for _, p in self.named_params:  # the flat buffer holds the trainable grads only
+            if not p.requires_grad:
+                p.zero_grad()
 
 
 class AdamW(Adam):
@@ -256,9 +278,12 @@ class AdamW(Adam):
 
 
 def global_grad_norm(params: Iterable[Parameter]) -> float:
-    """sqrt(sum over all parameters of sum(grad^2)), accumulated as a Python float."""
+    """sqrt(sum over all trainable parameters of sum(grad^2)), accumulated as a
+    Python float; frozen parameters (``requires_grad=False``) are skipped."""
     total = 0.0
     for p in params:
+        if not p.requires_grad:
+            continue
         g = p.grad.reshape(-1)
         total += float(np.dot(g, g))
     return math.sqrt(total)
@@ -268,9 +293,10 @@ def clip_grad_norm(params: Iterable[Parameter], max_norm: float) -> float:
     """Scale all gradients by min(1, max_norm / (norm + 1e-6)) (global norm
     clipping, as ``torch.nn.utils.clip_grad_norm_``); returns the norm before
     clipping.  A non-finite norm is returned unchanged and nothing is scaled,
-    so the caller can stop on it.
+    so the caller can stop on it.  Frozen parameters are neither counted nor
+    scaled.
     """
-    params = list(params)
+    params = [p for p in params if p.requires_grad]
     norm = global_grad_norm(params)
     if math.isfinite(norm):
         coef = max_norm / (norm + 1e-6)

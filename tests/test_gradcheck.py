@@ -278,3 +278,49 @@ def test_relu_margin_sees_every_relu_and_restores_the_dropout_streams():
     assert ffn.dropout.rng.bit_generator.state == before  # gradcheck then sees the same masks
     assert relu_margin(nt.Tanh(), x) == np.inf
     assert nt.ReLU.forward is not None and "relu_margin" not in repr(nt.ReLU.forward)
+
+
+# -- frozen parameters ------------------------------------------------------------------------
+
+
+def test_frozen_parameters_are_not_checked_but_watched():
+    lin = Linear(3, 4, dtype=np.float64, rng=0)
+    x = np.random.default_rng(0).standard_normal((2, 3))
+
+    class FrozenAware(Linear):  # a backward that honours the flag
+        def backward(self, dy, cache):
+            dx = dy @ self.W.data.T
+            if self.W.requires_grad:
+                self.W.grad += cache.x.T @ dy
+            if self.b.requires_grad:
+                self.b.grad += dy.sum(axis=0)
+            return dx
+
+    good = FrozenAware(3, 4, dtype=np.float64, rng=0)
+    good.W.requires_grad_(False)
+    report = gradcheck(good, x)
+    report.assert_passed()
+    assert [t.name for t in report.tensors] == ["input[0]", "b"]
+    # a backward that adds to a frozen parameter's grad is named
+    lin.W.requires_grad_(False)
+    report = gradcheck(lin, x)
+    assert not report.passed and [t.name for t in report.tensors] == ["input[0]", "b"]
+    assert report.problems == ["W: frozen (requires_grad=False), but backward added to its grad"]
+    assert "problem: W: frozen" in report.table()
+    # the caller's module is untouched: flags, grads
+    assert not lin.W.requires_grad and not lin.W.grad.any()
+
+
+def test_a_frozen_parameter_modified_in_place_is_caught():
+    class Drifts(Linear):
+        def forward(self, x):
+            self.W.data[0, 0] += 1.0  # wrong: the frozen weight moves
+            return super().forward(x)
+
+        def backward(self, dy, cache):
+            return dy @ self.W.data.T
+
+    m = Drifts(2, 2, bias=False, dtype=np.float64, rng=0)
+    m.W.requires_grad_(False)
+    report = gradcheck(m, np.ones((1, 2)))
+    assert "parameter W was modified in place by forward or backward" in report.problems

@@ -183,3 +183,87 @@ def test_a_subclass_calling_super_forward_still_checks_for_nan():
 
     with pytest.raises(ValueError, match="NaN"):
         MyLinear(2, 2, rng=0)(np.full((1, 2), np.nan, np.float32))
+
+
+# -- frozen parameters (requires_grad=False) ----------------------------------------------
+
+
+def test_parameter_requires_grad_flag():
+    p = Parameter(np.ones(3))
+    assert p.requires_grad is True
+    q = Parameter(np.ones(3), requires_grad=False)
+    assert q.requires_grad is False and q.grad.shape == (3,)
+    assert q.requires_grad_(True) is q and q.requires_grad
+    assert "requires_grad" not in repr(q) and "requires_grad=False" in repr(
+        q.requires_grad_(False))
+    with pytest.raises(TypeError, match="Parameter: requires_grad must be a bool, got int"):
+        Parameter(np.ones(2), requires_grad=1)
+    with pytest.raises(TypeError, match="Parameter.requires_grad_: requires_grad must be a bool"):
+        p.requires_grad_("no")
+    import copy
+    import pickle
+    for clone in (copy.deepcopy(q), pickle.loads(pickle.dumps(q))):
+        assert clone.requires_grad is False and np.array_equal(clone.data, q.data)
+
+
+def test_frozen_parameters_stay_in_the_tree_state_and_casts():
+    net = Net(tie=True)
+    everything = [n for n, _ in net.named_parameters()]
+    total = net.num_parameters()
+    assert net.layers[0].requires_grad_(False) is net.layers[0]
+    net.head.b.requires_grad_(False)
+    frozen = ["layers.0.proj.W", "layers.0.proj.b", "layers.0.norm.gamma",
+              "layers.0.norm.beta", "head.b"]
+    assert [n for n, _ in net.named_parameters()] == everything  # still parameters
+    trainable = [n for n, _ in net.named_parameters(trainable_only=True)]
+    assert trainable == [n for n in everything if n not in frozen]
+    assert [n for n, _ in net.trainable_parameters()] == trainable
+    assert len(net.parameters(trainable_only=True)) == len(trainable)
+    assert net.num_parameters() == total
+    assert net.num_parameters(trainable_only=True) == total - (16 + 4 + 4 + 4 + 2)
+    # state_dict: every name, frozen or not; a strict load round-trips and keeps the flags
+    sd = net.state_dict()
+    assert list(sd) == list(Net(tie=True).state_dict())
+    other = Net(tie=True)
+    other.layers[0].requires_grad_(False)
+    other.head.b.requires_grad_(False)
+    for p in other.parameters():
+        p.data[...] = 7.0
+    assert other.load_state_dict(sd) == {"missing_keys": [], "unexpected_keys": []}
+    for (n, p), (_, q) in zip(net.named_parameters(), other.named_parameters()):
+        assert np.array_equal(p.data, q.data) and p.requires_grad == q.requires_grad, n
+    with pytest.raises(ValueError, match="missing keys: layers.0.proj.W"):
+        other.load_state_dict({k: v for k, v in sd.items() if k != "layers.0.proj.W"})
+    # astype casts frozen parameters too and keeps the flag
+    net.astype(np.float64)
+    assert all(p.dtype == np.float64 for p in net.parameters())
+    assert not net.layers[0].proj.W.requires_grad and net.layers[1].proj.W.requires_grad
+    # unfreeze the whole tree
+    net.requires_grad_()
+    assert net.num_parameters(trainable_only=True) == total
+    with pytest.raises(TypeError, match="Net.requires_grad_: requires_grad must be a bool"):
+        net.requires_grad_(None)
+
+
+def test_zero_grad_zeroes_frozen_grads_too_and_freezing_keeps_grads():
+    net = Net()
+    for p in net.parameters():
+        p.grad += 1
+    net.requires_grad_(False)
+    assert all((p.grad == 1).all() for p in net.parameters())  # freezing leaves grads
+    net.zero_grad()
+    assert all(not p.grad.any() for p in net.parameters())
+
+
+def test_a_frozen_parameter_survives_a_checkpoint(tmp_path):
+    from numtransformer.checkpoint import load_checkpoint, save_checkpoint
+
+    net = Net()
+    net.head.requires_grad_(False)
+    for i, p in enumerate(net.parameters()):
+        p.data[...] = i
+    save_checkpoint(str(tmp_path / "net.npz"), net, {"kind": "net"})
+    other = Net()
+    other.head.requires_grad_(False)
+    other.load_state_dict(load_checkpoint(str(tmp_path / "net.npz")).params)
+    assert np.array_equal(other.head.W.data, net.head.W.data) and (other.head.W.data == 9).all()

@@ -302,3 +302,160 @@ def test_updates_land_in_the_parameters_own_arrays(mode, make):
         other.step()
         other.step()
     np.testing.assert_allclose(p.data, ref.data, rtol=1e-15, atol=0)
+
+
+# -- frozen parameters (requires_grad=False) are skipped -----------------------------------
+
+
+optimizers = pytest.mark.parametrize("make", [
+    lambda ps: SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1),
+    lambda ps: Adam(ps, lr=0.1, weight_decay=0.1),
+    lambda ps: AdamW(ps, lr=0.1, weight_decay=0.1)], ids=["SGD", "Adam", "AdamW"])
+
+
+@kernel_modes
+@optimizers
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_frozen_parameters_given_explicitly_are_skipped(mode, make, dtype):
+    """Skipped silently, as torch.optim skips a tensor without a gradient: no
+    update (no weight decay either), no state; the others step as without them,
+    on the fast flat-buffer path too, where the frozen ones are not packed."""
+    rng = np.random.default_rng(0)
+    shapes = [(4, 3), (3,), (2, 5), (5,)]
+    starts = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(4)]
+    ps = [Parameter(s) for s in starts]
+    ps[1].requires_grad_(False)
+    ps[3].requires_grad_(False)
+    alone = [Parameter(starts[0]), Parameter(starts[2])]
+    opt, ref = make(ps), make(alone)
+    frozen_arrays = [(ps[i].data, ps[i].grad) for i in (1, 3)]
+    for g in grads:
+        for p, gi in zip(ps, g):
+            p.grad[...] = gi  # a frozen grad that is not zero must be ignored too
+        alone[0].grad[...], alone[1].grad[...] = g[0], g[2]
+        with use_kernels(mode):
+            opt.step()
+            ref.step()
+    for i in (1, 3):
+        assert ps[i].data.tobytes() == starts[i].tobytes()
+        data, grad = frozen_arrays[i // 2]
+        assert ps[i].data is data and ps[i].grad is grad  # never packed, never rebound
+    assert ps[0].data.tobytes() == alone[0].data.tobytes()
+    assert ps[2].data.tobytes() == alone[1].data.tobytes()
+    for kind in opt.state.values():
+        assert set(kind) <= {"0", "2"}
+    assert opt.step_count == 4 and len(opt.params) == 4
+    assert [n for n, _ in opt.trainable()] == ["0", "2"]
+    with use_kernels(mode):
+        opt.zero_grad()
+    assert all(not p.grad.any() for p in ps)  # every grad it holds, frozen ones too
+
+
+@kernel_modes
+def test_freezing_and_unfreezing_between_steps(mode):
+    """A parameter frozen mid-run stops moving and keeps its moments; one unfrozen
+    is trained from then on with fresh zero moments; the flat buffers are packed
+    again each time the trainable set changes, and the numbers equal the
+    reference path's."""
+    rng = np.random.default_rng(1)
+    shapes = [(3, 2), (4,), (2, 2)]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(6)]
+
+    def run(kernel_mode):
+        ps = [Parameter(np.linspace(-1, 1, int(np.prod(s))).reshape(s)) for s in shapes]
+        ps[2].requires_grad_(False)
+        opt = AdamW(ps, lr=0.05, weight_decay=0.1)
+        history = []
+        for step, g in enumerate(grads):
+            if step == 2:
+                ps[0].requires_grad_(False)
+            if step == 4:
+                ps[2].requires_grad_(True)
+                ps[0].requires_grad_(True)
+            for p, gi in zip(ps, g):
+                p.grad[...] = gi
+            with use_kernels(kernel_mode):
+                opt.step()
+            history.append([p.data.copy() for p in ps])
+        return history, opt
+
+    fast_run, opt = run(mode)
+    ref_run, _ = run("reference")
+    for a, b in zip(fast_run, ref_run):
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x, y, rtol=0, atol=1e-14)
+    np.testing.assert_array_equal(fast_run[1][0], fast_run[3][0])  # frozen at steps 3, 4
+    assert not np.array_equal(fast_run[3][0], fast_run[4][0])
+    np.testing.assert_array_equal(fast_run[0][2], np.linspace(-1, 1, 4).reshape(2, 2))
+    np.testing.assert_array_equal(fast_run[3][2], fast_run[0][2])
+    assert not np.array_equal(fast_run[4][2], fast_run[3][2])  # unfrozen at step 5
+    assert set(opt.state["m"]) == {"0", "1", "2"}
+
+
+@kernel_modes
+def test_all_frozen_steps_nothing(mode):
+    p = _param([1.0, 2.0], [1.0, 1.0])
+    p.requires_grad_(False)
+    opt = AdamW([p], lr=0.1)
+    with use_kernels(mode):
+        opt.step()
+        opt.zero_grad()
+    assert opt.step_count == 1 and opt.state == {"m": {}, "v": {}}
+    np.testing.assert_array_equal(p.data, [1.0, 2.0])
+    assert not p.grad.any()
+
+
+def test_flat_adam_refuses_to_pack_a_frozen_parameter():
+    from numtransformer.fast import FlatAdam
+
+    p, q = _param([1.0], [1.0]), _param([2.0], [1.0])
+    q.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"FlatAdam.pack: frozen parameters \(requires_grad="
+                                         r"False\) are not packed or updated, got q"):
+        FlatAdam().pack([("p", p), ("q", q)], {}, {})
+
+
+def test_clip_and_norm_skip_frozen_parameters():
+    p = _param([3.0, 4.0], [3.0, 4.0])
+    q = _param([1.0], [100.0])
+    q.requires_grad_(False)
+    assert global_grad_norm([p, q]) == 5.0
+    norm = clip_grad_norm([p, q], 1.0)
+    assert norm == 5.0
+    np.testing.assert_allclose(np.linalg.norm(p.grad), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(q.grad, [100.0])  # neither counted nor scaled
+
+
+@kernel_modes
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_state_dict_resume_with_frozen_parameters_is_bit_exact(mode, dtype):
+    rng = np.random.default_rng(0)
+    grads = [[rng.standard_normal(s).astype(dtype) for s in ((4, 3), (3,))] for _ in range(6)]
+
+    def build(seed):
+        lin = Linear(4, 3, dtype=dtype, rng=seed)
+        lin.b.requires_grad_(False)
+        return lin
+
+    def run(split):
+        lin = build(0)
+        opt = AdamW(lin, lr=0.01)
+        for i, (gW, gb) in enumerate(grads):
+            if i == split:
+                saved_params, saved_opt = lin.state_dict(), opt.state_dict()
+                assert set(saved_opt) == {"step_count", "lr", "m.W", "v.W"}  # no state for b
+                assert "b" in saved_params
+                lin = build(99)
+                lin.load_state_dict(saved_params)
+                opt = AdamW(lin, lr=123.0)
+                opt.load_state_dict(saved_opt)
+            lin.W.grad[...] = gW
+            lin.b.grad[...] = gb
+            with use_kernels(mode):
+                opt.step()
+        return lin
+
+    whole, resumed = run(None), run(3)
+    assert whole.W.data.tobytes() == resumed.W.data.tobytes()
+    assert whole.b.data.tobytes() == resumed.b.data.tobytes() == build(0).b.data.tobytes()

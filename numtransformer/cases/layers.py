@@ -16,6 +16,7 @@ from ..layers import (
     LayerNorm,
     LearnedPositionalEmbedding,
     Linear,
+    LoRALinear,
     PositionwiseFeedForward,
     ReLU,
     RMSNorm,
@@ -26,6 +27,8 @@ from ..layers import (
     SwiGLUFeedForward,
     Tanh,
     TiedLinear,
+    apply_lora,
+    lora_parameters,
 )
 from ..losses import CrossEntropyLoss
 from ..module import Parameter
@@ -40,6 +43,21 @@ def _away_from_zero(rng, shape, margin=0.05):
 
 def _x(rng, *shape):
     return rng.standard_normal(shape)
+
+
+def _lora_linear(rng, bias=True, dropout=0.0):
+    lora = LoRALinear(Linear(6, 5, bias=bias, dtype=F64, rng=rng), 3, alpha=6.0,
+                      dropout=dropout, rng=rng.spawn(1)[0])
+    lora.B.data[...] = rng.standard_normal(lora.B.shape)  # B = 0 (the init) would make dA = 0
+    return lora
+
+
+def _lora_ffn(rng):
+    ffn = PositionwiseFeedForward(6, 10, activation="gelu", dropout=0.2, dtype=F64, rng=rng)
+    apply_lora(ffn, ["linear1", "linear2"], r=2, alpha=4.0, dropout=0.1, rng=rng.spawn(1)[0])
+    for _, p in lora_parameters(ffn):
+        p.data[...] = rng.standard_normal(p.shape)
+    return ffn
 
 
 CASES: list[Case] = [
@@ -81,4 +99,9 @@ CASES: list[Case] = [
                                          (_x(r, 2, 3, 6),), {})),
     Case("SwiGLUFeedForward(bias, dropout)", lambda r: (
         SwiGLUFeedForward(5, 7, bias=True, dropout=0.2, dtype=F64, rng=r), (_x(r, 3, 5),), {})),
+    # LoRA: the frozen bases (W, b) are parameters, not checked; x, A and B are
+    Case("LoRALinear", lambda r: (_lora_linear(r), (_x(r, 2, 3, 6),), {})),
+    Case("LoRALinear(dropout, bias=False)", lambda r: (_lora_linear(r, bias=False, dropout=0.3),
+                                                       (_x(r, 4, 6),), {})),
+    Case("PositionwiseFeedForward(LoRA)", lambda r: (_lora_ffn(r), (_x(r, 2, 3, 6),), {})),
 ]

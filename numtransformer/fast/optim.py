@@ -7,9 +7,13 @@ PyTorch does (sqrt(v) / sqrt(1 - beta2^t) + eps, then lr / (1 - beta1^t)),
 every pass in place into one scratch array.  With ``out=(p', m', v')`` it
 writes there (they may be p, m and v themselves); otherwise into copies.
 
-``FlatAdam`` is what ``optim.Adam`` / ``AdamW`` run when every parameter has
-one dtype and the fast kernels are selected for it: one update for all
-parameters at once.  At the first step it packs every parameter's data and
+``FlatAdam`` is what ``optim.Adam`` / ``AdamW`` run when every trainable
+parameter has one dtype and the fast kernels are selected for it: one update
+for all of them at once.  The optimizer hands it the trainable parameters
+alone: a frozen one (``requires_grad=False``) is never packed (``pack``
+refuses it by name), so its arrays stay its own and are never updated; when
+the set of trainable parameters changes, the list changes and the next step
+packs again.  At the first step it packs every parameter's data and
 grad, and its m and v, into four flat buffers and rebinds ``p.data``,
 ``p.grad`` and the optimizer's ``m`` and ``v`` state arrays to views of them
 (same shapes, same values), so a step is a dozen vectorised operations per
@@ -109,6 +113,10 @@ class FlatAdam:
         buffers = self.current(named_params, m_state, v_state)
         if buffers is not None:
             return buffers
+        frozen = [name for name, p in named_params if not p.requires_grad]
+        if frozen:
+            raise ValueError(f"FlatAdam.pack: frozen parameters (requires_grad=False) are "
+                             f"not packed or updated, got {', '.join(frozen)}")
         dtype = named_params[0][1].dtype
         if any(p.data.dtype != dtype or p.grad.dtype != dtype for _, p in named_params):
             self.views = self.buffers = None

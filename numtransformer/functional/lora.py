@@ -9,7 +9,7 @@ import numpy as np
 from .dropout import DropoutCache, dropout_backward, dropout_forward
 from .linear import linear_forward
 
-__all__ = ["LoRACache", "lora_forward", "lora_backward"]
+__all__ = ["LoRACache", "lora_forward", "lora_backward", "frozen_linear_backward"]
 
 
 class LoRACache(NamedTuple):
@@ -80,3 +80,18 @@ def lora_backward(dy, cache: LoRACache, W0, A, B, scale: float):
     dx0 = dy2 @ W0.T
     dx = dx0 + dropout_backward(dx_d, cache.dropout)
     return dx.reshape(*cache.lead_shape, W0.shape[0]), dA, dB
+
+
+def frozen_linear_backward(dy, cache, W):
+    """The input gradient of y = x W + b with W and b frozen (a merged LoRA layer,
+    whose forward is ``linear_forward`` on the merged weight).
+
+    Shapes: dy (..., D_out), W (D_in, D_out); ``cache`` is ``linear_forward``'s
+    LinearCache (only its ``lead_shape`` is read).
+        dx = dy W^T          the rule dX = dY W^T                  (..., D_in)
+    dW = x^T dy and db = sum_n dy_n are not formed: nothing trains W or b.
+    Returns dx.
+    """
+    dy2 = dy.reshape(-1, W.shape[1])
+    dx = dy2 @ W.T
+    return dx.reshape(*cache.lead_shape, W.shape[0])

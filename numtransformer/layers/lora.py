@@ -1,4 +1,10 @@
-"""LoRA: a frozen Linear plus a trainable low-rank update (Hu et al., 2021)."""
+"""LoRA: a frozen Linear plus a trainable low-rank update (Hu et al., 2021).
+
+``LoRALinear`` keeps its base's weight and bias as frozen Parameters
+(``requires_grad=False``): a LoRA'd model's ``state_dict()`` is the base
+model's keys plus ``<path>.A`` and ``<path>.B`` per wrapped layer, and
+``adapter_state_dict`` holds those adapters alone.
+"""
 
 from __future__ import annotations
 
@@ -25,49 +31,6 @@ LORA_INITS = ("gaussian", "kaiming")
 _READS_CHILD_WEIGHTS = ("MultiHeadAttention",)
 
 
-class FrozenTensor:
-    """What ``LoRALinear.W`` / ``.b`` return: the frozen base's ``shape`` and
-    ``dtype`` (a parent may check those, as PositionwiseFeedForward checks
-    ``linear1.W.dtype``) but no ``data`` or ``grad``.  A parent that read its
-    child's weight array and ran its own GEMM would skip the adapter, so that
-    read fails here, by name, instead of silently computing the base alone."""
-
-    __slots__ = ("_owner", "_name")
-
-    def __init__(self, owner: "LoRALinear", name: str):
-        self._owner = owner
-        self._name = name
-
-    def _array(self) -> np.ndarray:
-        return self._owner.W0 if self._name == "W" else self._owner.b0
-
-    @property
-    def shape(self) -> tuple:
-        return self._array().shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._array().dtype
-
-    @property
-    def size(self) -> int:
-        return self._array().size
-
-    def __getattr__(self, attr):
-        if attr in ("data", "grad"):
-            raise AttributeError(
-                f"LoRALinear: {self._name}.{attr} was read directly; the frozen base is "
-                f"W0/b0 and the trainable adapter A, B, so a parent that reads its Linear "
-                f"child's {self._name}.{attr} and runs its own kernel would bypass the "
-                f"adapter. LoRA wraps only Linear children that their parent calls through "
-                f"forward/backward (not MultiHeadAttention's in_proj/q_proj/k_proj/v_proj/"
-                f"out_proj)")
-        raise AttributeError(f"FrozenTensor has no attribute {attr!r}")
-
-    def __repr__(self) -> str:
-        return f"FrozenTensor({self._name}, shape={self.shape}, dtype={self.dtype})"
-
-
 class LoRALinear(Module):
     """A ``Linear`` with its weight and bias frozen and a trainable low-rank
     update: LoRA (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language
@@ -75,8 +38,9 @@ class LoRALinear(Module):
     alpha / r).
 
     Shapes: x (..., D_in); W0 (D_in, D_out), b0 (D_out,) the frozen base (this
-    library's Linear layout, y = x W + b); A (D_in, r), B (r, D_out) the
-    adapter; y (..., D_out).  scale = alpha / r.
+    library's Linear layout, y = x W + b), held by the Parameters ``W`` and
+    ``b``; A (D_in, r), B (r, D_out) the adapter; y (..., D_out).
+    scale = alpha / r.
 
     Forward (``functional.lora_forward``):
         y0  = x W0 + b0
@@ -88,40 +52,41 @@ class LoRALinear(Module):
         du  = scale dy B^T
         dA += x_d^T du
         dx  = dy W0^T + dropout'(du A^T)
-    No dW0, db0: the base is frozen.
+    No dW0, db0: the base is frozen, and those GEMMs are never formed.
 
-    Init: B = 0, so the wrapped layer starts equal to its base (the paper's
-    "zero for B"); A ~ N(0, 1/r^2) (``init="gaussian"``: the paper's "random
-    Gaussian", with the standard deviation 1/r of peft's
+    Parameters: r (D_in + D_out) trainable entries against the base's
+    D_in D_out (+ D_out).  Init: B = 0, so the wrapped layer starts equal to its
+    base (the paper's "zero for B"); A ~ N(0, 1/r^2) (``init="gaussian"``: the
+    paper's "random Gaussian", with the standard deviation 1/r of peft's
     ``init_lora_weights="gaussian"``), or ``init="kaiming"``: A ~ U(-1/sqrt(D_in),
     1/sqrt(D_in)), what loralib and peft do by default (torch's
     ``kaiming_uniform_(a=sqrt(5))``, nn.Linear's init).  alpha defaults to r
     (scale 1: the paper sets alpha to the first r it tries and does not tune it).
 
-    Frozen means: W0 and b0 are plain arrays, not Parameters, so they are not in
-    ``named_parameters()`` / ``parameters()``: no optimizer built from the
-    parameters updates (or weight-decays) them, no backward adds a gradient to
-    them, ``gradcheck`` sees A and B only, and ``num_parameters()`` is
-    r (D_in + D_out).  ``Module.astype`` still casts them: it sets ``m.dtype`` on
-    every module holding one, and ``LoRALinear.dtype`` is a property whose setter
-    casts W0 and b0.  ``W`` and ``b`` are ``FrozenTensor`` stand-ins: their
-    ``shape`` and ``dtype`` are the base's, reading their ``data`` raises (a
-    parent that computes with its child's weight itself would bypass the
-    adapter).
+    Frozen means ``requires_grad=False`` (see ``module.py``): ``W`` and ``b`` are
+    the base Linear's own Parameter objects (not copies; the base Linear given
+    to the constructor is frozen with them), so they stay parameters of the
+    layer: ``state_dict()`` holds ``W``, ``b`` (the base's keys, unchanged),
+    ``A`` and ``B``, in that order, and a strict ``load_state_dict`` of a whole
+    LoRA'd model round-trips; ``astype`` casts them; checkpoints carry them.
+    What skips them: the optimizers (no update, no weight decay, no state),
+    gradient clipping, ``gradcheck`` (which checks x, A and B, and would report
+    any gradient added to W or b), and ``num_parameters(trainable_only=True)``,
+    which is r (D_in + D_out).  The base must stay frozen: backward refuses, by
+    name, a W or b made trainable again (it computes no gradient for them; to
+    train the whole layer, ``remove_lora`` first).  ``adapter_state_dict()``
+    holds A and B alone, in any tree.
 
-    ``state_dict()`` is ``Module``'s: the parameters, i.e. A and B alone (for a
-    LoRA'd model: every parameter apply_lora did not wrap, and the adapters; the
-    wrapped bases' weights are not in it, as they are not trainable: keep the base
-    model's checkpoint, or call ``remove_lora(model, merge=True)`` for a plain
-    model with the update folded in).  ``adapter_state_dict()`` holds A and B
-    only, in any tree.
-
-    ``merge()`` folds the update into the base, W0 <- W0 + scale A B, and sets
-    ``merged``: forward is then the plain affine map x W0 + b0 (one GEMM, no
-    dropout), and backward returns dx = dy W0^T but gives A and B no gradient
-    (the adapter branch did not run: as in loralib and peft, a merged layer is
-    for inference).  ``unmerge()`` subtracts the same product, W0 <- W0 - scale
-    A B: the round trip restores W0 up to one rounding per entry.
+    ``merge()`` folds the update into the base, writing W0 + scale A B into
+    ``W.data`` (the Parameter's own array), and sets ``merged``: forward is
+    then the plain affine map x W0 + b0 (one GEMM, no dropout), and backward
+    returns dx = dy W0^T but gives A and B no gradient (the adapter branch did
+    not run: as in loralib and peft, a merged layer is for inference).
+    ``unmerge()`` subtracts the same product, W0 <- W0 - scale A B: the round
+    trip restores W0 up to one rounding per entry.  ``merged`` is a flag of the
+    module, not of its state: the ``state_dict()`` of a merged layer holds the
+    merged weight in ``W`` (and the A, B it came from), so load it into a layer
+    that is merged too (or unmerge before saving), else the update counts twice.
     """
 
     def __init__(self, base: Linear, r: int, alpha: float | None = None,
@@ -152,8 +117,9 @@ class LoRALinear(Module):
         self.init = init
         rng = as_rng(rng)
         dtype = base.W.dtype
-        self.W0 = base.W.data.copy()  # frozen: a plain array, not a Parameter
-        self.b0 = None if base.b is None else base.b.data.copy()
+        # the base's own Parameters, frozen: their keys stay W and b
+        self.W = base.W.requires_grad_(False)
+        self.b = None if base.b is None else base.b.requires_grad_(False)
         if init == "gaussian":
             A = rng.standard_normal((self.in_features, self.r)) * (1.0 / self.r)
         else:
@@ -163,49 +129,40 @@ class LoRALinear(Module):
         self.B = Parameter(np.zeros((self.r, self.out_features), dtype))
         self.rng = rng.spawn(1)[0]  # the adapter dropout's own stream
         self.merged = False
-        self.__dict__["dtype"] = dtype  # in vars(self): Module.astype sets it (see dtype)
 
-    # -- the frozen base ----------------------------------------------------------------
     @property
     def dtype(self) -> np.dtype:
-        return self.A.dtype
-
-    @dtype.setter
-    def dtype(self, dtype) -> None:
-        """Module.astype casts the parameters (A, B), then sets ``m.dtype`` on every
-        module with a ``dtype`` attribute: here that casts the frozen W0 and b0."""
-        dtype = np.dtype(dtype)
-        self.W0 = self.W0.astype(dtype)
-        if self.b0 is not None:
-            self.b0 = self.b0.astype(dtype)
-        self.__dict__["dtype"] = dtype
-
-    @property
-    def W(self) -> FrozenTensor:
-        return FrozenTensor(self, "W")
-
-    @property
-    def b(self) -> FrozenTensor | None:
-        return None if self.b0 is None else FrozenTensor(self, "b")
+        return self.W.dtype
 
     # -- the contract -------------------------------------------------------------------
     def forward(self, x):
-        x = check_float(self, "x", x, dtype=self.A.dtype, min_ndim=1,
+        x = check_float(self, "x", x, dtype=self.W.dtype, min_ndim=1,
                         last_dim=self.in_features, last_dim_name="in_features")
         K = select(x.dtype)
+        b0 = None if self.b is None else self.b.data
         if self.merged:
-            return K.linear_forward(x, self.W0, self.b0)
-        return K.lora_forward(x, self.W0, self.b0, self.A.data, self.B.data, self.scale,
+            return K.linear_forward(x, self.W.data, b0)
+        return K.lora_forward(x, self.W.data, b0, self.A.data, self.B.data, self.scale,
                               self.dropout, self.rng, self.training)
 
     def backward(self, dy, cache):
+        trainable = [n for n, p in (("W", self.W), ("b", self.b)) if p is not None
+                     and p.requires_grad]
+        if trainable:
+            raise ValueError(
+                f"LoRALinear: the base {' and '.join(trainable)} must stay frozen "
+                f"(requires_grad=False): backward computes no gradient for the base; "
+                f"call requires_grad_(False) on it again, or remove_lora to train a "
+                f"plain Linear")
         K = select(dy.dtype)
         if not isinstance(cache, LoRACache):  # merged: y = x W0 + b0, only dx flows
-            dx, _, _ = K.linear_backward(dy, cache, self.W0, False)
-            return dx
-        dx, dA, dB = K.lora_backward(dy, cache, self.W0, self.A.data, self.B.data, self.scale)
-        self.A.grad += dA
-        self.B.grad += dB
+            return K.frozen_linear_backward(dy, cache, self.W.data)
+        dx, dA, dB = K.lora_backward(dy, cache, self.W.data, self.A.data, self.B.data,
+                                     self.scale)
+        if self.A.requires_grad:
+            self.A.grad += dA
+        if self.B.requires_grad:
+            self.B.grad += dB
         return dx
 
     # -- merging ------------------------------------------------------------------------
@@ -214,32 +171,36 @@ class LoRALinear(Module):
         return (self.scale * self.A.data) @ self.B.data
 
     def merge(self) -> "LoRALinear":
-        """W0 <- W0 + scale A B; forward then skips the adapter (see the class docstring)."""
+        """W0 <- W0 + scale A B, into ``W.data``; forward then skips the adapter
+        (see the class docstring)."""
         if self.merged:
             raise ValueError("LoRALinear.merge: already merged (call unmerge first)")
-        self.W0 = self.W0 + self.delta()
+        self.W.data[...] = self.W.data + self.delta()
         self.merged = True
         return self
 
     def unmerge(self) -> "LoRALinear":
-        """W0 <- W0 - scale A B: undoes ``merge`` (up to one rounding per entry)."""
+        """W0 <- W0 - scale A B, into ``W.data``: undoes ``merge`` (up to one
+        rounding per entry)."""
         if not self.merged:
             raise ValueError("LoRALinear.unmerge: not merged")
-        self.W0 = self.W0 - self.delta()
+        self.W.data[...] = self.W.data - self.delta()
         self.merged = False
         return self
 
     def to_linear(self, merge: bool = True) -> Linear:
-        """A plain ``Linear`` with W = W0 + scale A B (``merge=True``) or the base W0."""
-        lin = Linear(self.in_features, self.out_features, bias=self.b0 is not None,
+        """A plain ``Linear`` (new, trainable Parameters holding copies) with
+        W = W0 + scale A B (``merge=True``) or the base W0."""
+        lin = Linear(self.in_features, self.out_features, bias=self.b is not None,
                      dtype=self.dtype, rng=0)
+        W_now = self.W.data  # W0, or W0 + scale A B when merged
         if merge:
-            W = self.W0 if self.merged else self.W0 + self.delta()
+            W = W_now if self.merged else W_now + self.delta()
         else:
-            W = self.W0 - self.delta() if self.merged else self.W0
+            W = W_now - self.delta() if self.merged else W_now
         lin.W.data = np.array(W, copy=True)
-        if self.b0 is not None:
-            lin.b.data = self.b0.copy()
+        if self.b is not None:
+            lin.b.data = self.b.data.copy()
         return lin
 
     # -- the adapters alone ---------------------------------------------------------------
@@ -252,7 +213,7 @@ class LoRALinear(Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.b0 is not None}, r={self.r}, alpha={self.alpha:g}, "
+                f"bias={self.b is not None}, r={self.r}, alpha={self.alpha:g}, "
                 f"dropout={self.dropout}, merged={self.merged}")
 
 
@@ -268,10 +229,13 @@ def _key(path: str, attr: str) -> str:
 
 
 def lora_parameters(module: Module) -> list[tuple[str, Parameter]]:
-    """``(dotted.name, Parameter)`` of every adapter's A and B in the tree, for an
-    optimizer that should train the adapters alone: ``AdamW(lora_parameters(model))``
-    (the other parameters of the model, not wrapped by apply_lora, keep their
-    values though their grads still accumulate)."""
+    """``(dotted.name, Parameter)`` of every adapter's A and B in the tree: the
+    trainable parameters LoRA adds (the wrapped bases' W and b are frozen), for
+    an optimizer that should train the adapters alone:
+    ``AdamW(lora_parameters(model))``.  The model's other parameters, not wrapped
+    by apply_lora, are still trainable (``AdamW(model)`` would train them too);
+    freeze them with ``model.requires_grad_(False)`` *before* ``apply_lora``, as
+    peft does, and ``model.trainable_parameters()`` is then the adapters alone."""
     return [(_key(path, attr), getattr(m, attr)) for path, m in _lora_modules(module)
             for attr in ("A", "B")]
 
@@ -289,7 +253,7 @@ def load_adapter_state_dict(module: Module, state_dict, strict: bool = True) -> 
 
     Shapes must match (every offending key is named); with ``strict`` a missing
     or unexpected key is an error too.  A merged layer is unmerged, loaded and
-    merged again, so its W0 holds the new update.  Returns
+    merged again, so its ``W`` holds the new update.  Returns
     ``{"missing_keys": [...], "unexpected_keys": [...]}``.
     """
     who = f"{type(module).__name__}.load_adapter_state_dict"
@@ -384,9 +348,11 @@ def apply_lora(module: Module, targets, r: int, alpha: float | None = None,
     ``Linear`` layers are; ``MultiHeadAttention`` is not (it runs the linear
     kernels on ``in_proj.W.data`` / ``out_proj.W.data`` itself, and fuses the
     q/k/v columns), so its projections are refused.  A Linear whose weight is
-    tied to another parameter is refused too (the wrapper's frozen copy would
-    drift from the trained original).  Each wrapper's A is drawn from its own
-    stream of ``rng``.
+    tied to another parameter is refused too (the wrapper freezes the base's own
+    Parameter and ``merge`` writes into it: the other user would be frozen and
+    changed with it).  Each wrapper's A is drawn from its own stream of
+    ``rng``; the wrapped bases' W and b become frozen (``requires_grad=False``),
+    nothing else changes its flag.
     """
     who = "apply_lora"
     if not isinstance(module, Module):
@@ -426,7 +392,7 @@ def apply_lora(module: Module, targets, r: int, alpha: float | None = None,
                       {_key(q, pname) for q in paths}]
             if p is not None and others:
                 raise ValueError(f"{who}: {path}.{pname} is tied to {', '.join(others)}; "
-                                 f"a frozen copy would drift from it")
+                                 f"freezing and merging into it would change that too")
 
     found = _find_children(module, wanted)
     unmatched = [t for t, n in hit.items() if n == 0]
@@ -448,7 +414,9 @@ def remove_lora(module: Module, merge: bool = True) -> list[str]:
     """Replace every ``LoRALinear`` in the tree by a plain ``Linear`` (in place):
     W = W0 + scale A B with ``merge=True`` (peft's ``merge_and_unload``), the base
     W0 otherwise.  The model's ``state_dict`` keys are then those it had before
-    ``apply_lora``.  Returns the dotted paths replaced."""
+    ``apply_lora``; the new Linears' Parameters are trainable (copies: the
+    LoRALinear objects are left as they were).  Returns the dotted paths
+    replaced."""
     found = _find_children(module, lambda path, attr, child: isinstance(child, LoRALinear))
     new = {id(child): child.to_linear(merge) for *_, child in found}
     return _replace(found, new)

@@ -1,5 +1,6 @@
 """LoRA (Hu et al., 2021): the kernel pair, LoRALinear, apply_lora and the adapters'
-state; the base stays frozen (no gradient, not in the optimizer, bytes unchanged)."""
+state; the base stays frozen (a Parameter with requires_grad=False: no gradient, not
+updated by the optimizer, bytes unchanged, but in the state_dict)."""
 
 import copy
 
@@ -15,6 +16,7 @@ from numtransformer import (AdamW, CrossEntropyLoss, Linear, LoRALinear, MultiHe
                             load_adapter_state_dict, lora_parameters, remove_lora)
 from numtransformer import functional as F
 from numtransformer.functional.lora import LoRACache
+from numtransformer.kernels import use_kernels
 from tests.helpers import check_dtype_preserved, seeds
 
 
@@ -51,13 +53,16 @@ def test_gradcheck_sees_A_and_B_and_the_base_gets_nothing(shape, bias, alpha, dr
     report = gradcheck(lora, x, seed=seed)
     report.assert_passed()
     assert [t.name for t in report.tensors] == ["input[0]", "A", "B"]
-    # the frozen base: not a parameter, never written by forward/backward
-    W0, b0 = lora.W0.copy(), None if lora.b0 is None else lora.b0.copy()
+    # the frozen base: a parameter that no forward/backward writes or gives a gradient
+    W0, b0 = lora.W.data.copy(), None if lora.b is None else lora.b.data.copy()
     y, cache = lora.forward(x)
     lora.backward(rng.standard_normal(y.shape), cache)
-    assert lora.W0.tobytes() == W0.tobytes()
-    assert b0 is None or lora.b0.tobytes() == b0.tobytes()
-    assert [n for n, _ in lora.named_parameters()] == ["A", "B"]
+    assert lora.W.data.tobytes() == W0.tobytes() and not lora.W.grad.any()
+    assert b0 is None or (lora.b.data.tobytes() == b0.tobytes() and not lora.b.grad.any())
+    assert [n for n, _ in lora.named_parameters(trainable_only=True)] == ["A", "B"]
+    assert [n for n, _ in lora.named_parameters()] == (["W", "b", "A", "B"] if bias
+                                                       else ["W", "A", "B"])
+    assert not lora.W.requires_grad and (lora.b is None or not lora.b.requires_grad)
 
 
 @given(d_model=st.integers(1, 5), d_ff=st.integers(1, 6), r=st.integers(1, 3),
@@ -77,8 +82,10 @@ def test_lora_feedforward_gradchecks(d_model, d_ff, r, activation, dropout, swig
     assert apply_lora(ffn, targets, r=r, alpha=2.0, dropout=dropout, rng=seed) == list(targets)
     for _, p in ffn.named_parameters():
         p.data[...] = rng.standard_normal(p.shape)
-    names = [n for n, _ in ffn.named_parameters()]
+    names = [n for n, _ in ffn.named_parameters(trainable_only=True)]
     assert names == [f"{t}.{ab}" for t in targets for ab in "AB"]
+    assert [n for n, _ in ffn.named_parameters()] == [f"{t}.{p}" for t in targets
+                                                      for p in "WbAB"]
     x = rng.standard_normal((2, d_model))
     gradcheck(ffn, x, seed=seed).assert_passed()
 
@@ -145,9 +152,11 @@ def test_init_options():
 def test_trainable_parameter_count(shape, bias):
     _, d_in, d_out, r = shape
     lora = LoRALinear(Linear(d_in, d_out, bias=bias, rng=0), r, rng=0)
-    assert lora.num_parameters() == r * (d_in + d_out)
+    assert lora.num_parameters(trainable_only=True) == r * (d_in + d_out)
+    assert lora.num_parameters() == r * (d_in + d_out) + d_in * d_out + bias * d_out
     assert lora.A.shape == (d_in, r) and lora.B.shape == (r, d_out)
-    assert list(lora.state_dict()) == ["A", "B"]
+    assert list(lora.state_dict()) == (["W", "b", "A", "B"] if bias else ["W", "A", "B"])
+    assert list(lora.adapter_state_dict()) == ["A", "B"]
 
 
 def test_trainable_count_of_a_lora_model():
@@ -160,7 +169,9 @@ def test_trainable_count_of_a_lora_model():
     adapters = sum(p.size for _, p in lora_parameters(lm))
     assert adapters == 2 * 2 * ((8 + 12) + (12 + 8)) + 2 * (8 + 11)
     frozen = 2 * (8 * 12 + 12 + 12 * 8 + 8) + (8 * 11 + 11)
-    assert lm.num_parameters() == total - frozen + adapters
+    assert lm.num_parameters(trainable_only=True) == total - frozen + adapters
+    assert lm.num_parameters() == total + adapters  # the bases are still parameters
+    assert sum(p.size for _, p in lm.trainable_parameters()) == total - frozen + adapters
 
 
 def test_dtype_preserved_float32():
@@ -172,7 +183,7 @@ def test_dtype_preserved_float32():
     assert lora.W.dtype == np.float32 and lora.dtype == np.float32
     lora.merge()
     check_dtype_preserved(lora, x)
-    assert lora.W0.dtype == np.float32
+    assert lora.W.data.dtype == np.float32 and lora.W.grad.dtype == np.float32
 
 
 def test_astype_casts_the_frozen_base_too():
@@ -181,12 +192,14 @@ def test_astype_casts_the_frozen_base_too():
     apply_lora(ffn, ["linear1"], r=2)
     for m in (lora, ffn):
         m.astype(np.float64)
-    assert lora.W0.dtype == lora.b0.dtype == lora.A.dtype == np.float64
-    assert ffn.linear1.W0.dtype == ffn.linear1.dtype == np.float64
+    assert lora.W.dtype == lora.b.dtype == lora.A.dtype == np.float64
+    assert ffn.linear1.W.dtype == ffn.linear1.dtype == np.float64
+    assert not ffn.linear1.W.requires_grad  # the cast keeps the flag
     x = np.random.default_rng(0).standard_normal((2, 4))
     assert ffn(x).dtype == np.float64
     clone = copy.deepcopy(lora)
-    assert clone.W0 is not lora.W0 and np.array_equal(clone.W0, lora.W0)
+    assert clone.W is not lora.W and np.array_equal(clone.W.data, lora.W.data)
+    assert not clone.W.requires_grad and clone.A.requires_grad
 
 
 def test_named_errors():
@@ -266,10 +279,16 @@ def test_attention_projections_are_refused_and_a_bypass_fails_by_name():
     with pytest.raises(TypeError, match="'blocks.0.self_attn.out_proj' belongs to a "
                                         "MultiHeadAttention"):
         apply_lora(lm, ["out_proj"], r=2)
+    # By hand, a wrapper there is bypassed: MultiHeadAttention reads out_proj.W.data
+    # (the frozen base) and adds its gradient to out_proj.W.grad.  gradcheck names
+    # the frozen parameter that received a gradient.
     mha.out_proj = LoRALinear(mha.out_proj, 2, rng=0)
-    x = np.random.default_rng(0).standard_normal((1, 3, 8)).astype(np.float32)
-    with pytest.raises(AttributeError, match=r"LoRALinear: [Wb]\.data was read directly"):
-        mha(x, x, x)
+    mha.out_proj.B.data[...] = 1.0  # the adapter now changes the output, if it runs
+    x = np.random.default_rng(0).standard_normal((1, 3, 8))
+    report = gradcheck(mha, x, x, x)
+    assert not report.passed
+    assert "out_proj.W: frozen (requires_grad=False), but backward added to its grad" \
+        in report.problems
 
 
 # -- merge / unmerge -------------------------------------------------------------------------
@@ -282,19 +301,23 @@ def test_merge_unmerge_round_trip(dtype):
     lora.eval()  # merged forward has no dropout: compare with the eval forward
     x = rng.standard_normal((4, 9)).astype(dtype)
     y_unmerged = lora(x)
-    W0 = lora.W0.copy()
+    W0 = lora.W.data.copy()
+    data = lora.W.data
     delta = lora.delta()
     lora.merge()
     assert lora.merged
+    assert lora.W.data is data  # written into the Parameter's own array
     eps = np.finfo(dtype).eps
-    np.testing.assert_allclose(lora.W0, W0 + delta, rtol=0, atol=0)
+    np.testing.assert_allclose(lora.W.data, W0 + delta, rtol=0, atol=0)
+    sd = lora.state_dict()  # a merged layer's state holds the merged weight
+    np.testing.assert_array_equal(sd["W"], W0 + delta)
     np.testing.assert_allclose(lora(x), y_unmerged, rtol=0, atol=50 * eps * max(1, np.abs(
         y_unmerged).max()))
     lora.unmerge()
     assert not lora.merged
     # one rounding of W0 + D, one of (W0 + D) - D: half an ulp of |W0| + |D| each
     bound = eps * (np.abs(W0) + np.abs(delta))
-    assert (np.abs(lora.W0 - W0) <= bound).all()
+    assert (np.abs(lora.W.data - W0) <= bound).all()
     np.testing.assert_allclose(lora(x), y_unmerged, rtol=0,
                                atol=50 * eps * max(1, np.abs(y_unmerged).max()))
 
@@ -379,29 +402,45 @@ def test_adapter_state_dict_round_trip():
 # -- training moves the adapters alone -----------------------------------------------------
 
 
-def test_adamw_on_a_lora_ffn_changes_only_A_and_B():
+@pytest.mark.parametrize("mode", ["reference", "fast"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("given", ["parameters", "module"])
+def test_adamw_on_a_lora_ffn_changes_only_A_and_B(mode, dtype, given):
+    """The frozen bases are given to AdamW (explicitly in a list, or with the
+    module): it skips them, decay included, on the reference path and on the
+    fast flat-buffer path alike; only A and B change and get optimizer state."""
     rng = np.random.default_rng(0)
-    ffn = PositionwiseFeedForward(6, 10, activation="gelu", dropout=0.1, rng=0)
+    ffn = PositionwiseFeedForward(6, 10, activation="gelu", dropout=0.1, dtype=dtype, rng=0)
     apply_lora(ffn, ["linear1", "linear2"], r=2, alpha=4.0, dropout=0.1, rng=1)
-    frozen = {n: (m.W0.tobytes(), m.b0.tobytes()) for n, m in
+    frozen = {n: (m.W.data.tobytes(), m.b.data.tobytes()) for n, m in
               (("linear1", ffn.linear1), ("linear2", ffn.linear2))}
+    frozen_arrays = [(p, p.data, p.grad) for p in ffn.parameters() if not p.requires_grad]
     start = adapter_state_dict(ffn)
-    opt = AdamW(ffn.parameters(), lr=1e-2, weight_decay=0.1)  # decay would move W0 if seen
-    assert len(opt.params) == 4
-    x = rng.standard_normal((8, 6)).astype(np.float32)
-    target = rng.standard_normal((8, 6)).astype(np.float32)
+    params = ffn.parameters() if given == "parameters" else ffn
+    opt = AdamW(params, lr=1e-2, weight_decay=0.1)  # decay would move W if seen
+    assert len(opt.params) == 8 and len(opt.trainable()) == 4
+    x = rng.standard_normal((8, 6)).astype(dtype)
+    target = rng.standard_normal((8, 6)).astype(dtype)
     losses = []
-    for _ in range(20):
-        opt.zero_grad()
-        y, cache = ffn.forward(x)
-        losses.append(float(((y - target) ** 2).mean()))
-        ffn.backward((2.0 / y.size) * (y - target), cache)
-        opt.step()
+    with use_kernels(mode):
+        for _ in range(20):
+            opt.zero_grad()
+            y, cache = ffn.forward(x)
+            losses.append(float(((y - target) ** 2).mean()))
+            ffn.backward((2.0 / y.size) * (y - target), cache)
+            opt.step()
     assert losses[-1] < losses[0]
+    assert opt._flat.is_packed() == (mode == "fast")
     for n, m in (("linear1", ffn.linear1), ("linear2", ffn.linear2)):
-        assert (m.W0.tobytes(), m.b0.tobytes()) == frozen[n]
+        assert (m.W.data.tobytes(), m.b.data.tobytes()) == frozen[n]
+        assert not m.W.grad.any() and not m.b.grad.any()
+    for p, data, grad in frozen_arrays:  # never packed into the flat buffers
+        assert p.data is data and p.grad is grad
     for k, v in adapter_state_dict(ffn).items():
         assert not np.array_equal(v, start[k]), k
+    assert len(opt.state["m"]) == len(opt.state["v"]) == 4  # no state for the bases
+    for p in ffn.parameters(trainable_only=True):
+        assert p.dtype == dtype
 
 
 def test_adamw_on_lora_parameters_of_a_language_model():
@@ -413,7 +452,7 @@ def test_adamw_on_lora_parameters_of_a_language_model():
     apply_lora(lm, ["linear1", "linear2", "generator"], r=2, alpha=4.0, rng=2)
     lora_names = {n for n, _ in lora_parameters(lm)}
     before = lm.state_dict()
-    bases = {n: m.W0.tobytes() for n, m in lm.named_modules() if isinstance(m, LoRALinear)}
+    bases = {n: m.W.data.tobytes() for n, m in lm.named_modules() if isinstance(m, LoRALinear)}
     opt = AdamW(lora_parameters(lm), lr=3e-2)
     loss_fn = CrossEntropyLoss()
     ids = rng.integers(0, 11, (4, 8))
@@ -434,4 +473,145 @@ def test_adamw_on_lora_parameters_of_a_language_model():
             assert after[name].tobytes() == value.tobytes(), name
     for n, m in lm.named_modules():
         if isinstance(m, LoRALinear):
-            assert m.W0.tobytes() == bases[n]
+            assert m.W.data.tobytes() == bases[n]
+
+
+# -- the frozen base is a Parameter: whole-model state -------------------------------------
+
+
+def _lora_lm(seed, adapters_seed):
+    lm = TransformerLM(11, d_model=8, nhead=2, num_layers=2, dim_feedforward=12, dropout=0.0,
+                       max_len=6, tie_output=False, dtype=np.float64, rng=seed)
+    apply_lora(lm, ("linear1", "linear2", "generator"), r=2, alpha=4.0, rng=adapters_seed)
+    rng = np.random.default_rng(adapters_seed)
+    for _, p in lora_parameters(lm):
+        p.data[...] = rng.standard_normal(p.shape)
+    return lm
+
+
+def test_a_lora_models_whole_state_dict_round_trips_strictly():
+    trained, fresh = _lora_lm(0, 1), _lora_lm(5, 6)  # other bases, other adapters
+    plain = TransformerLM(11, d_model=8, nhead=2, num_layers=2, dim_feedforward=12,
+                          dropout=0.0, max_len=6, tie_output=False, dtype=np.float64, rng=0)
+    sd = trained.state_dict()
+    adapters = [n for n, _ in lora_parameters(trained)]
+    # the base model's keys, in place, plus path.A and path.B after each wrapped W, b
+    assert [k for k in sd if k not in adapters] == list(plain.state_dict())
+    assert "generator.W" in sd and "blocks.0.ffn.linear1.b" in sd
+    assert sd.keys() >= set(adapters) and len(adapters) == 10
+    ids = np.random.default_rng(2).integers(0, 11, (2, 6))
+    assert not np.allclose(fresh(ids), trained(ids))
+    assert fresh.load_state_dict(sd) == {"missing_keys": [], "unexpected_keys": []}
+    np.testing.assert_array_equal(fresh(ids), trained(ids))
+    for (n1, p1), (n2, p2) in zip(trained.named_parameters(), fresh.named_parameters()):
+        assert n1 == n2 and p1.data.tobytes() == p2.data.tobytes()
+        assert p1.requires_grad == p2.requires_grad  # loading keeps each flag
+    # the base model's checkpoint loads into a LoRA'd model: only the adapters are missing
+    with pytest.raises(ValueError, match=r"missing keys: blocks\.0\.ffn\.linear1\.A, "
+                                         r"blocks\.0\.ffn\.linear1\.B, "):
+        fresh.load_state_dict(plain.state_dict())
+    result = fresh.load_state_dict(plain.state_dict(), strict=False)
+    assert result == {"missing_keys": adapters, "unexpected_keys": []}
+    np.testing.assert_array_equal(fresh.generator.W.data, plain.generator.W.data)
+    # plain has trained's base (rng=0): the base's checkpoint plus the adapters alone
+    # make the trained LoRA model
+    fresh.load_state_dict(_lora_lm(5, 6).state_dict())
+    fresh.load_state_dict(plain.state_dict(), strict=False)
+    assert not np.allclose(fresh(ids), trained(ids))
+    load_adapter_state_dict(fresh, adapter_state_dict(trained))
+    np.testing.assert_array_equal(fresh(ids), trained(ids))
+
+
+def test_a_lora_models_checkpoint_and_optimizer_resume_bit_for_bit(tmp_path):
+    from numtransformer.checkpoint import load_checkpoint, save_checkpoint
+
+    rng = np.random.default_rng(3)
+    batches = [rng.integers(0, 11, (3, 6)) for _ in range(6)]
+    loss_fn = CrossEntropyLoss()
+
+    def step(lm, opt, ids):
+        lm.zero_grad()
+        logits, cache = lm.forward(ids[:, :-1])
+        _, lcache = loss_fn.forward(logits, ids[:, 1:])
+        lm.backward(loss_fn.backward(1.0, lcache), cache)
+        opt.step()
+
+    def run(split):
+        lm = _lora_lm(0, 1)
+        opt = AdamW(lm, lr=1e-2, weight_decay=0.1)  # the frozen bases given too
+        for i, ids in enumerate(batches):
+            if i == split:
+                save_checkpoint(str(tmp_path / "ck.npz"), lm, {}, optimizer=opt)
+                ck = load_checkpoint(str(tmp_path / "ck.npz"))
+                # the optimizer's state: the trainable parameters' moments alone
+                trainable = {n for n, _ in lm.trainable_parameters()}
+                assert {k.partition(".")[2] for k in ck.optim if k.startswith("m.")} == trainable
+                assert "generator.W" in ck.params and "generator.W" not in trainable
+                lm = _lora_lm(7, 8)
+                opt = AdamW(lm, lr=5.0, weight_decay=0.1)
+                lm.load_state_dict(ck.params)
+                opt.load_state_dict(ck.optim)
+            step(lm, opt, ids)
+        return lm.state_dict()
+
+    with use_kernels("fast"):
+        whole, resumed = run(None), run(3)
+    assert list(whole) == list(resumed)
+    for k in whole:
+        assert whole[k].tobytes() == resumed[k].tobytes(), k
+    base = _lora_lm(0, 1).state_dict()
+    for k, v in whole.items():  # the bases never moved
+        if k.endswith((".A", ".B")):
+            assert not np.array_equal(v, base[k]), k
+        elif any(k.startswith(p) for p in ("generator.", "blocks.0.ffn.linear")):
+            assert v.tobytes() == base[k].tobytes(), k
+
+
+def test_the_base_is_the_linears_own_parameter_frozen():
+    base = Linear(5, 4, rng=0)
+    W, b = base.W, base.b
+    lora = LoRALinear(base, 2, rng=0)
+    assert lora.W is W and lora.b is b  # not copies: the same Parameter objects
+    assert not W.requires_grad and not b.requires_grad and lora.A.requires_grad
+    assert not hasattr(lora, "W0") and not hasattr(lora, "b0")
+    assert repr(W).endswith("requires_grad=False)")
+    # the base must stay frozen: a backward that would skip its gradient refuses
+    x = np.ones((2, 5), np.float32)
+    y, cache = lora.forward(x)
+    lora.W.requires_grad_(True)
+    with pytest.raises(ValueError, match=r"LoRALinear: the base W must stay frozen"):
+        lora.backward(y, cache)
+    lora.requires_grad_(True)  # the whole subtree: W, b, A, B
+    with pytest.raises(ValueError, match=r"LoRALinear: the base W and b must stay frozen"):
+        lora.backward(y, cache)
+    lora.W.requires_grad_(False)
+    lora.b.requires_grad_(False)
+    lora.backward(y, cache)
+    # frozen adapters get nothing either (the model frozen after training)
+    lora.B.data[...] = 1.0
+    lora.zero_grad()
+    lora.A.requires_grad_(False)
+    lora.B.requires_grad_(False)
+    y, cache = lora.forward(x)
+    lora.backward(y, cache)
+    assert not lora.A.grad.any() and not lora.B.grad.any()
+
+
+def test_merged_backward_kernel_is_dy_W_transposed():
+    rng = np.random.default_rng(6)
+    x, W, b = rng.standard_normal((2, 3, 5)), rng.standard_normal((5, 4)), rng.standard_normal(4)
+    y, cache = F.linear_forward(x, W, b)
+    dy = rng.standard_normal(y.shape)
+    dx_ref, _, _ = F.linear_backward(dy, cache, W, True)
+    np.testing.assert_array_equal(F.frozen_linear_backward(dy, cache, W), dx_ref)
+
+
+def test_peft_style_freeze_then_wrap():
+    """peft freezes the whole model, then adds the adapters: requires_grad_(False)
+    before apply_lora leaves exactly the adapters trainable."""
+    lm = TransformerLM(11, d_model=8, nhead=2, num_layers=1, dim_feedforward=12, dropout=0.0,
+                       max_len=6, tie_output=False, rng=0)
+    lm.requires_grad_(False)
+    apply_lora(lm, ("linear1", "linear2"), r=2, rng=0)
+    assert [n for n, _ in lm.trainable_parameters()] == [n for n, _ in lora_parameters(lm)]
+    assert lm.num_parameters(trainable_only=True) == 2 * ((8 + 12) + (12 + 8))

@@ -4,11 +4,12 @@ written by hand in torch the way Hugging Face ``peft`` writes it
 
     result = base(x) + lora_B(lora_A(dropout(x))) * scaling,  scaling = alpha / r
 
-with the base's weight and bias frozen (``requires_grad=False``).  Mapping: our A
-(D_in, r) is ``lora_A.weight.T``, our B (r, D_out) is ``lora_B.weight.T``, our W0 is
-``base.weight.T``.  The dropout mask is ours (the two RNGs differ), applied in torch
-as a multiplication, so the comparison covers the mask's place: the adapter branch
-only.
+with the base's weight and bias frozen (``requires_grad=False``, in torch as here,
+where the base is the Parameters ``W`` and ``b``).  Mapping: our A (D_in, r) is
+``lora_A.weight.T``, our B (r, D_out) is ``lora_B.weight.T``, our W (W0) is
+``base.weight.T``, our b is ``base.bias``.  The dropout mask is ours (the two RNGs
+differ), applied in torch as a multiplication, so the comparison covers the mask's
+place: the adapter branch only.
 
 The same weights in both, the same float64 input, a random upstream gradient G:
 the output and dx, dA, dB agree to <= 1e-10 (relative to the largest entry); the
@@ -44,12 +45,12 @@ class TorchLoRALinear(torch.nn.Module):
     def __init__(self, ours: LoRALinear, dtype):
         super().__init__()
         self.base = torch.nn.Linear(ours.in_features, ours.out_features,
-                                    bias=ours.b0 is not None, dtype=dtype)
+                                    bias=ours.b is not None, dtype=dtype)
         self.lora_A = torch.nn.Linear(ours.in_features, ours.r, bias=False, dtype=dtype)
         self.lora_B = torch.nn.Linear(ours.r, ours.out_features, bias=False, dtype=dtype)
-        copy_into(self.base.weight, ours.W0.T)
-        if ours.b0 is not None:
-            copy_into(self.base.bias, ours.b0)
+        copy_into(self.base.weight, ours.W.data.T)
+        if ours.b is not None:
+            copy_into(self.base.bias, ours.b.data)
         copy_into(self.lora_A.weight, ours.A.data.T)
         copy_into(self.lora_B.weight, ours.B.data.T)
         for p in self.base.parameters():
@@ -100,7 +101,14 @@ def test_lora_linear(shape, bias, alpha, dropout, seed):
     assert_close("dA", ours.A.grad, theirs.lora_A.weight.grad.T, TOL64)
     assert_close("dB", ours.B.grad, theirs.lora_B.weight.grad.T, TOL64)
     assert theirs.base.weight.grad is None  # frozen in torch ...
-    assert [n for n, _ in ours.named_parameters()] == ["A", "B"]  # ... and here
+    assert not ours.W.grad.any() and (ours.b is None or not ours.b.grad.any())  # ... and here
+    assert [n for n, _ in ours.named_parameters(trainable_only=True)] == ["A", "B"]
+    trainable_t = [n for n, p in theirs.named_parameters() if p.requires_grad]
+    assert trainable_t == ["lora_A.weight", "lora_B.weight"]
+    # the same parameter counts: all, and trainable
+    assert ours.num_parameters() == sum(p.numel() for p in theirs.parameters())
+    assert ours.num_parameters(trainable_only=True) == sum(
+        p.numel() for p in theirs.parameters() if p.requires_grad)
 
     ours.eval()
     ours.astype(np.float32)
@@ -109,7 +117,7 @@ def test_lora_linear(shape, bias, alpha, dropout, seed):
     with torch.no_grad():
         y32t = theirs(torch.from_numpy(x32))
     y32 = ours(x32)
-    assert ours.W0.dtype == np.float32
+    assert ours.W.dtype == np.float32 and not ours.W.requires_grad
     assert_close32("y (float32)", y32, y32t)
 
 
@@ -148,4 +156,5 @@ def test_merged_weight_is_torchs_merged_weight():
         merged_t = theirs.base.weight + (theirs.lora_B.weight @ theirs.lora_A.weight) * \
             theirs.scaling
     ours.merge()
-    assert_close("merged W", ours.W0, merged_t.T, TOL64)
+    assert_close("merged W", ours.W.data, merged_t.T, TOL64)
+    assert_close("merged W (state_dict)", ours.state_dict()["W"], merged_t.T, TOL64)

@@ -163,6 +163,12 @@ def _stack_call(module, kw):
     return module.forward(**kw)
 
 
+def _lora_linear(dtype):
+    lora = nt.LoRALinear(nt.Linear(4, 3, dtype=dtype, rng=R(0)), 2, alpha=4.0, rng=R(1))
+    lora.B.data[...] = R(2).standard_normal(lora.B.shape)  # the adapter path matters
+    return lora
+
+
 def specs() -> list[Spec]:
     D = 4
     x3 = F("x", ("B", "T", D))
@@ -190,6 +196,7 @@ def specs() -> list[Spec]:
     add("LayerNorm", lambda dt: nt.LayerNorm(D, dtype=dt), [x3])
     add("PositionwiseFeedForward",
         lambda dt: nt.PositionwiseFeedForward(D, 8, "gelu", 0.0, dtype=dt, rng=R(0)), [x3])
+    add("LoRALinear", _lora_linear, [x3])
     add("SinusoidalPositionalEncoding", lambda dt: nt.SinusoidalPositionalEncoding(D, 6),
         [x3, Arg("offset", "offset", (), optional=True, batch_axis=None)], float_only=True)
     add("LearnedPositionalEmbedding",
