@@ -67,7 +67,7 @@ import numpy as np
 
 from .._validate import check_float_dtype
 from ..attention import MultiHeadAttention
-from ..layers import Embedding, LayerNorm, Linear
+from ..layers import Embedding, LayerNorm, Linear, LoRALinear
 from ..models.transformer import (TransformerDecoder, TransformerDecoderLayer,
                                   TransformerEncoder, TransformerEncoderLayer)
 from ..module import Module
@@ -171,6 +171,11 @@ def _rnn_map(rnn: RNN):
 
 def parameter_map(module: Module) -> list[ParamMap]:
     """Where each of ``module``'s parameters lives in the equivalent torch module."""
+    for path, child in module.named_modules():
+        if isinstance(child, LoRALinear):  # its adapters have no place in the torch module
+            raise TypeError(f"interop: {path or type(module).__name__} is a LoRALinear; "
+                            f"fold the adapters into the base weights first "
+                            f"(numtransformer.layers.remove_lora(model, merge=True))")
     if isinstance(module, TransformerStack):
         return (_prefixed(_stack_map(module.encoder), "encoder.", "encoder.")
                 + _prefixed(_stack_map(module.decoder), "decoder.", "decoder."))

@@ -50,8 +50,9 @@ class Linear(Module):
 
     def backward(self, dy, cache: LinearCache):
         dx, dW, db = select(dy.dtype).linear_backward(dy, cache, self.W.data, self.b is not None)
-        self.W.grad += dW
-        if self.b is not None:
+        if self.W.requires_grad:  # a frozen parameter's grad stays zero
+            self.W.grad += dW
+        if self.b is not None and self.b.requires_grad:
             self.b.grad += db
         return dx
 

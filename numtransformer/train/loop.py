@@ -446,7 +446,7 @@ class Trainer:
             trainer.optimizer.load_state_dict(ck.optim)
             opt = trainer.optimizer
             for kind in opt.state_kinds if opt.step_count else ():
-                missing = [n for n, _ in opt.named_params if n not in opt.state[kind]]
+                missing = [n for n, _ in opt.trainable() if n not in opt.state[kind]]
                 if missing:  # a lazily re-created zero moment would break the exact resume
                     raise ValueError(f"optimizer state {kind!r} is missing for {missing[:3]}")
             set_rng_states(trainer.model, ck.meta["rng"], trainer._rng_extra())

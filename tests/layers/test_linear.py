@@ -116,3 +116,15 @@ def test_tied_linear_shares_the_table_and_sums_both_gradients():
     np.testing.assert_allclose(emb.W.grad, expected, rtol=1e-13)
     check_dtype_preserved(TiedLinear(Embedding(5, 3, rng=0).W, bias=True),
                           np.ones((2, 3), np.float32))
+
+
+def test_a_frozen_linear_adds_no_gradient():
+    import numtransformer as nt
+
+    lin = nt.Linear(3, 2, dtype=np.float64, rng=0)
+    lin.requires_grad_(False)
+    x = np.random.default_rng(1).standard_normal((4, 3))
+    y, cache = lin.forward(x)
+    dx = lin.backward(np.ones_like(y), cache)
+    assert not lin.W.grad.any() and not lin.b.grad.any()
+    np.testing.assert_allclose(dx, np.ones((4, 2)) @ lin.W.data.T)

@@ -615,3 +615,15 @@ def test_peft_style_freeze_then_wrap():
     apply_lora(lm, ("linear1", "linear2"), r=2, rng=0)
     assert [n for n, _ in lm.trainable_parameters()] == [n for n, _ in lora_parameters(lm)]
     assert lm.num_parameters(trainable_only=True) == 2 * ((8 + 12) + (12 + 8))
+
+
+def test_weight_exchange_refuses_a_lora_model_by_path():
+    """The adapters have no place in a torch module: exporting a LoRA'd model
+    is refused by the wrapper's path, never done without them."""
+    from numtransformer.interop.torch import parameter_map
+    from numtransformer.layers import PositionwiseFeedForward, apply_lora
+
+    ffn = PositionwiseFeedForward(6, 10, dtype=np.float64, rng=0)
+    apply_lora(ffn, ["linear1"], r=2, rng=1)
+    with pytest.raises(TypeError, match="interop: linear1 is a LoRALinear; fold the adapters"):
+        parameter_map(ffn)
