@@ -25,8 +25,10 @@ from .attention import (
     GeneralScore,
     LocationScore,
     MultiHeadAttention,
+    RotaryEmbedding,
     ScaledDotScore,
     causal_mask,
+    sliding_window_mask,
 )
 from . import fast, functional, kernels
 from .gradcheck import GradcheckReport, gradcheck
@@ -37,6 +39,7 @@ from .layers import (
     LayerNorm,
     LearnedPositionalEmbedding,
     Linear,
+    LoRALinear,
     PositionwiseFeedForward,
     ReLU,
     RMSNorm,
@@ -47,6 +50,11 @@ from .layers import (
     SwiGLUFeedForward,
     Tanh,
     TiedLinear,
+    adapter_state_dict,
+    apply_lora,
+    load_adapter_state_dict,
+    lora_parameters,
+    remove_lora,
 )
 from .losses import CrossEntropyLoss
 from .recurrent import LSTMN, RNN, GRUCell, LSTMCell, RNNCell
@@ -62,8 +70,11 @@ __all__ = [
     "LayerNorm", "PositionwiseFeedForward", "SinusoidalPositionalEncoding",
     "LearnedPositionalEmbedding", "TiedLinear", "CrossEntropyLoss",
     "RMSNorm", "SiLU", "SwiGLUFeedForward",
+    "LoRALinear", "apply_lora", "remove_lora", "lora_parameters", "adapter_state_dict",
+    "load_adapter_state_dict",
     "DotScore", "ScaledDotScore", "GeneralScore", "AdditiveScore", "ConcatScore",
     "CosineScore", "LocationScore", "Attention", "MultiHeadAttention", "causal_mask",
+    "RotaryEmbedding", "sliding_window_mask",
     "RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTMN",
     "Transformer", "TransformerLM", "Seq2Seq", "MemN2N",
     "SGD", "Adam", "AdamW", "clip_grad_norm",

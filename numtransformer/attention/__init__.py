@@ -1,9 +1,11 @@
 """Attention: score functions, Attention (score + masked softmax + weighted sum),
-MultiHeadAttention (with a KV cache for incremental decoding) and masks."""
+MultiHeadAttention (with a KV cache for incremental decoding; grouped-query
+heads, rotary embeddings, sliding windows, ALiBi), masks and biases."""
 
 from .attention import Attention, AttentionCache
-from .masks import causal_mask
+from .masks import alibi_bias, alibi_slopes, causal_mask, sliding_window_mask
 from .multihead import KVCache, MultiHeadAttention, MultiHeadAttentionCache
+from .rotary import RotaryEmbedding
 from .scores import (
     AdditiveScore,
     ConcatScore,
@@ -18,5 +20,6 @@ from .scores import (
 __all__ = [
     "Score", "DotScore", "ScaledDotScore", "GeneralScore", "AdditiveScore", "ConcatScore",
     "CosineScore", "LocationScore", "Attention", "AttentionCache", "MultiHeadAttention",
-    "MultiHeadAttentionCache", "KVCache", "causal_mask",
+    "MultiHeadAttentionCache", "KVCache", "causal_mask", "sliding_window_mask", "alibi_slopes",
+    "alibi_bias", "RotaryEmbedding",
 ]

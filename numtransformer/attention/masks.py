@@ -9,6 +9,17 @@ Two kinds of mask exist, and an attention layer ORs them together:
 
 A query row whose keys are all blocked gets all-zero weights (see
 ``numtransformer.layers.softmax``), hence a zero context and zero gradients.
+
+Position-dependent masks and biases of causal self-attention, built for
+queries at positions offset .. offset + Tq - 1 (incremental decoding passes
+the number of cached steps as the offset) and keys at 0 .. offset + Tq - 1:
+
+* ``causal_mask(T)``: query i sees keys j <= i;
+* ``sliding_window_mask(T, window, offset)``: local attention, query at
+  position t sees keys t - window + 1 .. t (Beltagy et al. 2020, Longformer's
+  causal sliding window; Mistral 7B);
+* ``alibi_slopes(n_heads)`` and ``alibi_bias(slopes, T, offset)``: ALiBi's
+  linear biases -m_h (t - j) added to the scores (Press, Smith & Lewis 2022).
 """
 
 from __future__ import annotations
@@ -17,7 +28,8 @@ import numpy as np
 
 from .._validate import _name, check_positive_int
 
-__all__ = ["causal_mask", "check_key_padding_mask", "check_attn_mask"]
+__all__ = ["causal_mask", "sliding_window_mask", "alibi_slopes", "alibi_bias",
+           "check_key_padding_mask", "check_attn_mask"]
 
 
 def causal_mask(T: int) -> np.ndarray:
@@ -30,6 +42,75 @@ def causal_mask(T: int) -> np.ndarray:
     """
     T = check_positive_int("causal_mask", "T", T)
     return np.triu(np.ones((T, T), dtype=bool), k=1)
+
+
+def sliding_window_mask(T: int, window: int, offset: int = 0, *, Tk: int | None = None
+                        ) -> np.ndarray:
+    """The ``(T, Tk)`` causal sliding-window mask, True = blocked (Tk = offset + T
+    unless given).
+
+    Query i sits at position t = offset + i and sees the keys j with
+    t - window + 1 <= j <= t: itself and the window - 1 steps before it.
+    window = 1 sees only itself; window >= offset + T is ``causal_mask``.
+
+    >>> sliding_window_mask(4, 2).astype(int)
+    array([[0, 1, 1, 1],
+           [0, 0, 1, 1],
+           [1, 0, 0, 1],
+           [1, 1, 0, 0]])
+    """
+    T = check_positive_int("sliding_window_mask", "T", T)
+    window = check_positive_int("sliding_window_mask", "window", window)
+    offset = check_positive_int("sliding_window_mask", "offset", offset, minimum=0)
+    Tk = offset + T if Tk is None else check_positive_int("sliding_window_mask", "Tk", Tk)
+    t = offset + np.arange(T)[:, None]  # the queries' positions
+    j = np.arange(Tk)[None, :]
+    return (j > t) | (j <= t - window)
+
+
+def _geometric_slopes(n: int) -> list:
+    # m_k = (2^(-8/n))^k = 2^(-8k/n), k = 1 .. n, as one power each (exact for n | 8k)
+    return [2.0 ** (-8.0 * k / n) for k in range(1, n + 1)]
+
+
+def alibi_slopes(n_heads: int) -> np.ndarray:
+    """ALiBi's head-specific slopes m_h (Press, Smith & Lewis 2022, "Train Short,
+    Test Long", sec. 3), float64 of shape (n_heads,).
+
+    For n heads, n a power of two: the geometric sequence that starts at
+    2^(-8/n) with ratio 2^(-8/n) (8 heads: 1/2, 1/4, .., 1/256).  Otherwise
+    (the rule of the paper's code, as Hugging Face's BLOOM and MPT use): take
+    the n0 = 2^floor(log2 n) slopes for n0 heads, then the first n - n0 of
+    every other slope for 2 n0 heads (the ones that interleave with the first).
+
+    >>> alibi_slopes(4)
+    array([0.25      , 0.0625    , 0.015625  , 0.00390625])
+    """
+    n = check_positive_int("alibi_slopes", "n_heads", n_heads)
+    n0 = 1 << (n.bit_length() - 1)
+    slopes = _geometric_slopes(n0)
+    if n0 < n:
+        slopes += _geometric_slopes(2 * n0)[0::2][:n - n0]
+    return np.array(slopes)
+
+
+def alibi_bias(slopes, T: int, offset: int = 0, dtype=np.float64, *, Tk: int | None = None
+               ) -> np.ndarray:
+    """ALiBi's bias ``(H, T, Tk)``: b_h[i, j] = -m_h (t - j), t = offset + i (Tk =
+    offset + T unless given).
+
+    Added to the scores q_t . k_j / sqrt(d) of head h before the softmax: a
+    key d steps in the past is penalised by m_h d.  (Keys in the future, j >
+    t, get a positive bias: ALiBi is meant for causal attention, whose mask
+    blocks them.)  Hugging Face's BLOOM adds m_h j instead, which differs by
+    m_h t, a constant per query row, which the softmax ignores.
+    """
+    T = check_positive_int("alibi_bias", "T", T)
+    offset = check_positive_int("alibi_bias", "offset", offset, minimum=0)
+    slopes = np.asarray(slopes, dtype=np.float64)
+    Tk = offset + T if Tk is None else check_positive_int("alibi_bias", "Tk", Tk)
+    j_minus_t = np.arange(Tk)[None, :] - (offset + np.arange(T))[:, None]
+    return (slopes[:, None, None] * j_minus_t).astype(dtype)  # -m_h (t - j), without -0.0
 
 
 def _bool_array(who: str, arg: str, mask) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Multi-head attention and its incremental-decoding (KV cache) path."""
+"""Multi-head attention and its incremental-decoding (KV cache) path, with
+grouped-query heads, rotary embeddings, sliding windows and ALiBi."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from ..kernels import select
 from ..layers.dropout import Dropout
 from ..layers.linear import Linear
 from ..module import Module
-from .masks import check_attn_mask, check_key_padding_mask
+from .masks import (alibi_bias, alibi_slopes, check_attn_mask, check_key_padding_mask,
+                    sliding_window_mask)
+from .rotary import RotaryEmbedding
 
 __all__ = ["MultiHeadAttention", "MultiHeadAttentionCache", "KVCache"]
 
@@ -55,7 +58,10 @@ class KVCache:
 
     ``k``, ``v``: (B, H, T, d_k) views of preallocated buffers that double when
     full, so appending a step costs amortised O(1) copies, not a copy of the
-    past.  Create one with ``MultiHeadAttention.new_kv_cache`` (self-attention:
+    past.  H is the layer's number of key/value heads (``n_kv_heads``: with
+    grouped-query attention the cache holds n_kv_heads heads, not n_heads
+    copies), and with rotary embeddings the keys are stored rotated.  Create
+    one with ``MultiHeadAttention.new_kv_cache`` (self-attention:
     ``decode`` appends each new step) or ``MultiHeadAttention.cache_memory``
     (cross-attention: a fixed, "static" memory projected once).
     """
@@ -197,16 +203,67 @@ class MultiHeadAttention(Module):
 
     Incremental decoding (inference, no dropout): see ``new_kv_cache``,
     ``cache_memory`` and ``decode``.
+
+    The modern decoder's options (keyword-only; the defaults are the layer above):
+
+    ``n_kv_heads`` (default n_heads, must divide it): grouped-query attention
+    (Ainslie et al. 2023; multi-query, Shazeer 2019, when 1).  K and V are
+    projected to n_kv_heads heads of d_k (E_kv = n_kv_heads d_k columns), and
+    query head h reads key/value head h // g, g = n_heads / n_kv_heads
+    (Hugging Face's ``repeat_kv``):
+        K = key W_k + b_k ;  V = value W_v + b_v                           (B, T, E_kv)
+        k_r, v_r = repeat_kv(split(K), g), repeat_kv(split(V), g)          (B, H, T, d_k)
+    and the core runs on k_r, v_r.  Backward: a kv head copied to g query
+    heads gets the sum of their gradients (``sum_kv_groups``), then the
+    projections' rules as above.  Parameters: the fused in_proj is (E, E +
+    2 E_kv) with columns [W_q | W_k | W_v]; separate ones k_proj (kdim, E_kv),
+    v_proj (vdim, E_kv).  The KV cache holds n_kv_heads heads: g times less
+    memory.  With n_kv_heads = n_heads everything (parameters, state_dict
+    keys, results bit for bit) is the layer without the option.
+
+    ``rotary`` (None; True, a dict of ``base``/``layout``, or a
+    ``RotaryEmbedding`` of dim d_k): rotary position embeddings (Su et al.
+    2021) through the core's position seam: q' = R(m) q at query positions
+    m = 0 .. Tq - 1, k' = R(n) k at key positions n = 0 .. Tk - 1; backward
+    dq = R(m)^T dq', dk = R(n)^T dk' (``functional.rotary``).  ``decode``
+    rotates the new keys once, at positions P .. P + T - 1 (P = steps
+    cached), and stores them rotated; the new queries get the same positions.
+
+    ``window`` (None or w >= 1): sliding-window causal attention, query at
+    position t sees keys t - w + 1 .. t (``sliding_window_mask``; the window
+    is causal by itself), ORed with the masks given; in ``decode`` with the
+    cache offset, so keys older than the window are blocked.
+
+    ``alibi`` (False): ALiBi (Press, Smith & Lewis 2022): the core adds the
+    bias -m_h (t - j) to the scores of head h (slopes ``alibi_slopes``), a
+    constant with no gradient: e = q_s k^T + bias.  Meant for causal
+    attention (pass a causal mask, or a window).
+
+    All three relate query and key positions: with key and value given,
+    queries sit at 0 .. Tq - 1 and keys at 0 .. Tk - 1; ``decode`` on a fixed
+    memory (cross-attention) refuses them.
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True,
                  kdim: int | None = None, vdim: int | None = None, *, dtype=np.float32,
-                 rng=None):
+                 rng=None, n_kv_heads: int | None = None, rotary=None,
+                 window: int | None = None, alibi: bool = False):
         d_model = check_positive_int(self, "d_model", d_model)
         n_heads = check_positive_int(self, "n_heads", n_heads)
         if d_model % n_heads:
             raise ValueError(f"MultiHeadAttention: d_model={d_model} is not divisible by "
                              f"n_heads={n_heads}")
+        n_kv_heads = n_heads if n_kv_heads is None else check_positive_int(self, "n_kv_heads",
+                                                                           n_kv_heads)
+        if n_heads % n_kv_heads:
+            raise ValueError(f"MultiHeadAttention: n_heads={n_heads} is not divisible by "
+                             f"n_kv_heads={n_kv_heads} (each key/value head serves "
+                             f"n_heads / n_kv_heads query heads)")
+        window = None if window is None else check_positive_int(self, "window", window)
+        if not isinstance(alibi, (bool, np.bool_)):
+            raise TypeError(f"MultiHeadAttention: alibi must be True or False, got "
+                            f"{type(alibi).__name__}")
+        rotary = RotaryEmbedding.make("MultiHeadAttention", rotary, d_model // n_heads)
         kdim = d_model if kdim is None else check_positive_int(self, "kdim", kdim)
         vdim = d_model if vdim is None else check_positive_int(self, "vdim", vdim)
         p = check_probability(self, "dropout", dropout)
@@ -215,24 +272,28 @@ class MultiHeadAttention(Module):
         bias = bool(bias)
         self.d_model, self.n_heads, self.d_k = d_model, n_heads, d_model // n_heads
         self.kdim, self.vdim = kdim, vdim
-        E = d_model
+        self.n_kv_heads, self.window, self.alibi = n_kv_heads, window, bool(alibi)
+        E, E_kv = d_model, n_kv_heads * self.d_k  # E_kv = E unless grouped-query
         self.in_proj = self.q_proj = self.k_proj = self.v_proj = None
         if kdim == E and vdim == E:
-            self.in_proj = Linear(E, 3 * E, bias, dtype=dtype, rng=rng)
-            self.in_proj.W.data = _xavier_uniform(rng, E, 3 * E, (E, 3 * E), dtype)
+            out = E + 2 * E_kv
+            self.in_proj = Linear(E, out, bias, dtype=dtype, rng=rng)
+            self.in_proj.W.data = _xavier_uniform(rng, E, out, (E, out), dtype)
             projections = [self.in_proj]
         else:
             self.q_proj = Linear(E, E, bias, dtype=dtype, rng=rng)
-            self.k_proj = Linear(kdim, E, bias, dtype=dtype, rng=rng)
-            self.v_proj = Linear(vdim, E, bias, dtype=dtype, rng=rng)
+            self.k_proj = Linear(kdim, E_kv, bias, dtype=dtype, rng=rng)
+            self.v_proj = Linear(vdim, E_kv, bias, dtype=dtype, rng=rng)
             projections = [self.q_proj, self.k_proj, self.v_proj]
             for lin in projections:
-                lin.W.data = _xavier_uniform(rng, lin.in_features, E, lin.W.shape, dtype)
+                lin.W.data = _xavier_uniform(rng, lin.in_features, lin.W.shape[1], lin.W.shape,
+                                             dtype)
         self.dropout = Dropout(p, rng=rng.spawn(1)[0])
         self.out_proj = Linear(E, E, bias, dtype=dtype, rng=rng)
         for lin in projections + [self.out_proj]:
             if lin.b is not None:
                 lin.b.data[...] = 0
+        self.rotary = rotary  # a RotaryEmbedding (no parameters) or None
 
     # -- helpers ------------------------------------------------------------------------
     @property
@@ -247,7 +308,8 @@ class MultiHeadAttention(Module):
         """
         if self.in_proj is not None:
             E, W, b = self.d_model, self.in_proj.W, self.in_proj.b
-            cols = (slice(0, E), slice(E, 2 * E), slice(2 * E, 3 * E))
+            E_kv = self.n_kv_heads * self.d_k
+            cols = (slice(0, E), slice(E, E + E_kv), slice(E + E_kv, E + 2 * E_kv))
             return [(W.data[:, c], None if b is None else b.data[c],
                      W.grad[:, c], None if b is None else b.grad[c]) for c in cols]
         return [(lin.W.data, None if lin.b is None else lin.b.data,
@@ -255,12 +317,14 @@ class MultiHeadAttention(Module):
                 for lin in (self.q_proj, self.k_proj, self.v_proj)]
 
     def _qkv(self, kernels, x):
-        """q, k, v (B, H, T, d_k) of one input x (B, T, E) by ONE GEMM x [W_q | W_k | W_v]
-        + [b_q | b_k | b_v], and that linear cache."""
-        E, H = self.d_model, self.n_heads
+        """q (B, H, T, d_k) and k, v (B, H_kv, T, d_k) of one input x (B, T, E) by ONE
+        GEMM x [W_q | W_k | W_v] + [b_q | b_k | b_v], and that linear cache."""
+        E, E_kv = self.d_model, self.n_kv_heads * self.d_k
         b = None if self.in_proj.b is None else self.in_proj.b.data
-        QKV, lin_cache = kernels.linear_forward(x, self.in_proj.W.data, b)  # (B, T, 3E)
-        q, k, v = (split_heads(QKV[..., i * E:(i + 1) * E], H) for i in range(3))
+        QKV, lin_cache = kernels.linear_forward(x, self.in_proj.W.data, b)  # (B, T, E + 2E_kv)
+        q = split_heads(QKV[..., :E], self.n_heads)
+        k = split_heads(QKV[..., E:E + E_kv], self.n_kv_heads)
+        v = split_heads(QKV[..., E + E_kv:], self.n_kv_heads)
         return q, k, v, lin_cache
 
     def _check_inputs(self, query, key, value):
@@ -302,6 +366,22 @@ class MultiHeadAttention(Module):
             blocked = am if blocked is None else (blocked | am)
         return blocked
 
+    def _positional(self, blocked, Tq, Tk, offset, dtype, rotate_keys=True):
+        """The position options for queries at offset .. offset + Tq - 1 and keys at
+        0 .. Tk - 1: (blocked ORed with the sliding window, the ALiBi bias or None,
+        the rotary position pair or None)."""
+        if self.window is not None:
+            wm = sliding_window_mask(Tq, self.window, offset, Tk=Tk)[None, None]
+            blocked = wm if blocked is None else (blocked | wm)
+        bias = None
+        if self.alibi:
+            bias = alibi_bias(alibi_slopes(self.n_heads), Tq, offset, dtype, Tk=Tk)[None]
+        position = None
+        if self.rotary is not None:
+            position = self.rotary.position(Tq, Tk if rotate_keys else None, dtype,
+                                            q_offset=offset)
+        return blocked, bias, position
+
     # -- the contract ---------------------------------------------------------------------
     def forward(self, query, key=None, value=None, key_padding_mask=None, attn_mask=None,
                 need_weights: bool = False, average_attn_weights: bool = True):
@@ -317,6 +397,9 @@ class MultiHeadAttention(Module):
             raise ValueError(f"MultiHeadAttention: {arg} has no positions (shape {key.shape}); "
                              f"attention needs at least one key")
         blocked = self._blocked(key_padding_mask, attn_mask, B, Tq, Tk)
+        bias = position = None
+        if self.window is not None or self.alibi or self.rotary is not None:
+            blocked, bias, position = self._positional(blocked, Tq, Tk, 0, query.dtype)
         kernels = select(query.dtype)
 
         if one_gemm:
@@ -325,11 +408,13 @@ class MultiHeadAttention(Module):
         else:
             projected = [kernels.linear_forward(x, W, b)
                          for x, (W, b, _, _) in zip((query, key, value), self._in_blocks())]
-            (q, k, v), inputs = zip(*((split_heads(X, self.n_heads), c) for X, c in projected))
+            heads = (self.n_heads, self.n_kv_heads, self.n_kv_heads)
+            (q, k, v), inputs = zip(*((split_heads(X, h), c)
+                                      for (X, c), h in zip(projected, heads)))
         p = self.dropout.p if self.dropout.training else 0.0
         # q is a view of this call's own projection: the kernel may scale it in place
         context, core = kernels.scaled_dot_product_attention_forward(
-            q, k, v, blocked, p, self.dropout.rng, overwrite_q=True)
+            q, k, v, blocked, p, self.dropout.rng, position, overwrite_q=True, bias=bias)
         C = kernels.merge_heads(context)
         b_o = None if self.out_proj.b is None else self.out_proj.b.data
         y, out_cache = kernels.linear_forward(C, self.out_proj.W.data, b_o)
@@ -389,7 +474,8 @@ class MultiHeadAttention(Module):
         if self.in_proj is None:
             raise ValueError("MultiHeadAttention: incremental self-attention needs "
                              "kdim == vdim == d_model")
-        return KVCache(batch_size, self.n_heads, self.d_k, dtype=self.dtype, capacity=capacity)
+        return KVCache(batch_size, self.n_kv_heads, self.d_k, dtype=self.dtype,
+                       capacity=capacity)
 
     def cache_memory(self, key, value) -> KVCache:
         """Project a fixed memory (the encoder output) once, for cross-attention ``decode``."""
@@ -404,7 +490,7 @@ class MultiHeadAttention(Module):
         _, (W_k, b_k, _, _), (W_v, b_v, _, _) = self._in_blocks()
         K, _ = kernels.linear_forward(key, W_k, b_k)
         V, _ = kernels.linear_forward(value, W_v, b_v)
-        k, v = split_heads(K, self.n_heads), split_heads(V, self.n_heads)
+        k, v = split_heads(K, self.n_kv_heads), split_heads(V, self.n_kv_heads)
         return KVCache.from_memory(np.ascontiguousarray(k), np.ascontiguousarray(v))
 
     def decode(self, x, kv_cache: KVCache, key_padding_mask=None):
@@ -419,6 +505,10 @@ class MultiHeadAttention(Module):
         ``key_padding_mask``: (B, number of keys after the call), True = blocked.
         No dropout is applied (this is the inference path) and no cache for
         backward is kept.  The attention itself is forward's core kernel.
+        With the position options, new step i sits at position P + i: rotary
+        keys are rotated there before they are stored (the cache holds rotated
+        keys; the queries are rotated through the core's position seam), the
+        window blocks keys j <= P + i - window, ALiBi adds -m_h (P + i - j).
         """
         if not isinstance(kv_cache, KVCache):
             raise TypeError(f"MultiHeadAttention: kv_cache must be a KVCache, got "
@@ -428,15 +518,21 @@ class MultiHeadAttention(Module):
         B, T, _ = x.shape
         if T == 0:
             raise ValueError(f"MultiHeadAttention: x has no positions (shape {x.shape})")
-        if (kv_cache.batch_size, kv_cache.n_heads, kv_cache.d_k) != (B, self.n_heads, self.d_k):
+        if (kv_cache.batch_size, kv_cache.n_heads, kv_cache.d_k) != (B, self.n_kv_heads,
+                                                                     self.d_k):
             raise ValueError(f"MultiHeadAttention: kv_cache has batch_size="
                              f"{kv_cache.batch_size}, n_heads={kv_cache.n_heads}, "
-                             f"d_k={kv_cache.d_k}; expected {B}, {self.n_heads}, {self.d_k}")
+                             f"d_k={kv_cache.d_k}; expected {B}, {self.n_kv_heads}, {self.d_k}")
         if kv_cache.dtype != self.dtype:
             raise TypeError(f"MultiHeadAttention: kv_cache has dtype {kv_cache.dtype} but the "
                             f"layer computes in {self.dtype}")
         kernels = select(x.dtype)
+        bias = position = None
         if kv_cache.static:
+            if self.window is not None or self.alibi or self.rotary is not None:
+                raise ValueError("MultiHeadAttention: decode on a memory (cross-attention) "
+                                 "cache with rotary, window or alibi: these relate query and "
+                                 "key positions, which a fixed memory does not have")
             W_q, b_q, _, _ = self._in_blocks()[0]
             Q, _ = kernels.linear_forward(x, W_q, b_q)
             q = split_heads(Q, self.n_heads)
@@ -447,16 +543,25 @@ class MultiHeadAttention(Module):
                                  "kdim == vdim == d_model")
             q, k_new, v_new, _ = self._qkv(kernels, x)
             P = kv_cache.length
+            if self.rotary is not None:  # the cache stores rotated keys: rotate once, here
+                k_new = self.rotary.rotate(k_new, P)
             kv_cache.append(k_new, v_new)
-            # new step i sits at position P + i and may not see keys j > P + i
-            blocked = (np.arange(P + T)[None, :] > (P + np.arange(T))[:, None])[None, None]
+            if self.window is None:
+                # new step i sits at position P + i and may not see keys j > P + i
+                blocked = (np.arange(P + T)[None, :] > (P + np.arange(T))[:, None])[None, None]
+            else:  # the window's mask is causal too, and blocks keys j <= P + i - window
+                blocked = None
+            if self.window is not None or self.alibi or self.rotary is not None:
+                blocked, bias, position = self._positional(blocked, T, P + T, P, x.dtype,
+                                                           rotate_keys=False)
         Tk = kv_cache.length
         if key_padding_mask is not None:
             kpm = check_key_padding_mask(self, "key_padding_mask", key_padding_mask, B, Tk)
             kpm = kpm[:, None, None, :]
             blocked = kpm if blocked is None else (blocked | kpm)
         context, _ = kernels.scaled_dot_product_attention_forward(
-            q, kv_cache.k, kv_cache.v, blocked, overwrite_q=True)
+            q, kv_cache.k, kv_cache.v, blocked, 0.0, None, position, overwrite_q=True,
+            bias=bias)
         b_o = None if self.out_proj.b is None else self.out_proj.b.data
         y, _ = kernels.linear_forward(kernels.merge_heads(context), self.out_proj.W.data, b_o)
         return y
@@ -465,4 +570,9 @@ class MultiHeadAttention(Module):
         s = f"d_model={self.d_model}, n_heads={self.n_heads}, dropout={self.dropout.p}"
         if self.kdim != self.d_model or self.vdim != self.d_model:
             s += f", kdim={self.kdim}, vdim={self.vdim}"
-        return s + f", bias={self.out_proj.b is not None}"
+        s += f", bias={self.out_proj.b is not None}"
+        if self.n_kv_heads != self.n_heads:
+            s += f", n_kv_heads={self.n_kv_heads}"
+        if self.window is not None:
+            s += f", window={self.window}"
+        return s + (", alibi=True" if self.alibi else "")

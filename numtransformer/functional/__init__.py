@@ -15,16 +15,19 @@ two.  Backward kernels *return* parameter gradients; adding them to
 ``p.grad`` is the module's job.
 """
 
-from . import activations, attention, dropout, linear, losses, memnn, norm, optim, recurrent
+from . import (activations, attention, dropout, linear, lora, losses, memnn, norm, optim,
+               recurrent, rotary)
 from .activations import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
 from .dropout import *  # noqa: F401,F403
 from .linear import *  # noqa: F401,F403
+from .lora import *  # noqa: F401,F403
 from .losses import *  # noqa: F401,F403
 from .memnn import *  # noqa: F401,F403
 from .norm import *  # noqa: F401,F403
 from .optim import *  # noqa: F401,F403
 from .recurrent import *  # noqa: F401,F403
+from .rotary import *  # noqa: F401,F403
 
-__all__ = [name for m in (activations, attention, dropout, linear, losses, memnn, norm, optim,
-                          recurrent) for name in m.__all__]
+__all__ = [name for m in (activations, attention, dropout, linear, lora, losses, memnn, norm,
+                          optim, recurrent, rotary) for name in m.__all__]

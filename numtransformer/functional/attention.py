@@ -18,8 +18,10 @@ and then its parameter gradients, in the order of the parameters):
 The attention step (``attention_forward``) turns scores into weights and a
 context; the multi-head core (``scaled_dot_product_attention_forward``) is
 the step of one Transformer attention layer over (B, H, T, d_k) heads, the
-one place where masks, dropout on the weights, and a position transform of q
-and k (rotary embeddings) meet the query-key product.
+one place where masks (padding, causal, sliding window), an additive score
+bias (ALiBi), dropout on the weights, a position transform of q and k (rotary
+embeddings, ``functional.rotary``) and grouped key/value heads (GQA's
+``repeat_kv`` and its backward ``sum_kv_groups``) meet the query-key product.
 
 The matrix rules every backward here uses.  For Y = X W (X (N, D_in), W
 (D_in, D_out)): dX = dY W^T and dW = X^T dY.  For E = Q K^T (one row per
@@ -49,7 +51,7 @@ __all__ = ["AdditiveEnergyCache", "additive_energy_forward", "additive_energy_ba
            "CosineScoreCache", "cosine_score_forward", "cosine_score_backward",
            "LocationScoreCache", "location_score_forward", "location_score_backward",
            "AttentionCache", "attention_forward", "attention_backward",
-           "split_heads", "merge_heads",
+           "split_heads", "merge_heads", "repeat_kv", "sum_kv_groups",
            "ScaledDotProductCache", "scaled_dot_product_attention_forward",
            "scaled_dot_product_attention_backward"]
 
@@ -375,50 +377,78 @@ def split_heads(X, n_heads: int):
 def merge_heads(*xs):
     """(B, H, T, d) arrays -> (B, T, n*H*d): each one's heads side by side (the
     inverse of ``split_heads``), the arrays concatenated along the last axis."""
-    merged = [x.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1) for x in xs]
+    merged = [x.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], x.shape[1] * x.shape[3])
+              for x in xs]  # sizes spelled out: -1 is ambiguous for an empty batch
     return np.concatenate(merged, axis=-1)
+
+
+def repeat_kv(x, n_rep: int):
+    """(B, H_kv, T, d) -> (B, H_kv * n_rep, T, d): head h of the result is head
+    h // n_rep of x (Hugging Face's ``repeat_kv``: grouped-query attention's
+    query head h reads key/value head h // n_rep).  x itself when n_rep = 1."""
+    if n_rep == 1:
+        return x
+    return np.repeat(x, n_rep, axis=1)
+
+
+def sum_kv_groups(dx, n_kv: int):
+    """The backward of ``repeat_kv``: (B, n_kv * g, T, d) -> (B, n_kv, T, d), head j
+    the sum of heads j*g .. j*g + g - 1 (a value copied to g places gets the sum
+    of their gradients: broadcast-then-sum).  dx itself when g = 1."""
+    B, H, T, d = dx.shape
+    if H == n_kv:
+        return dx
+    return dx.reshape(B, n_kv, H // n_kv, T, d).sum(axis=2)
 
 
 class ScaledDotProductCache(NamedTuple):
     q_s: np.ndarray  # (B, H, Tq, d_k): q' / sqrt(d_k), q' the query after the position map
-    k: np.ndarray  # (B, H, Tk, d_k): k', the keys after the position map
-    v: np.ndarray  # (B, H, Tk, d_v) the values
-    e: np.ndarray | None  # (B, H, Tq, Tk): q_s k^T, the scores (None from the fast
-    #                       kernel, which normalises them in place into alpha)
+    k: np.ndarray  # (B, H_kv, Tk, d_k): k', the keys after the position map (H_kv heads)
+    v: np.ndarray  # (B, H_kv, Tk, d_v) the values (H_kv heads)
+    e: np.ndarray | None  # (B, H, Tq, Tk): q_s k_r^T [+ bias], the scores (None from the
+    #                       fast kernel, which normalises them in place into alpha)
     alpha: np.ndarray  # (B, H, Tq, Tk): softmax weights, 0 where blocked
     dropout: DropoutCache  # its mask: keep / (1 - p), or None without dropout
     alpha_drop: np.ndarray  # (B, H, Tq, Tk): dropout(alpha) (alpha itself without dropout)
-    context: np.ndarray  # (B, H, Tq, d_v): alpha_drop v, the output
+    context: np.ndarray  # (B, H, Tq, d_v): alpha_drop v_r, the output
     position: tuple | None  # the (forward, backward) position map, None: the identity
 
 
 def scaled_dot_product_attention_forward(q, k, v, mask=None, dropout_p: float = 0.0, rng=None,
-                                         position=None, overwrite_q: bool = False):
+                                         position=None, overwrite_q: bool = False, bias=None):
     """The core of a multi-head attention layer ("Attention Is All You Need", eq. 1,
-    run on every head at once).
+    run on every head at once), with grouped-query heads, a position map and an
+    additive score bias.
 
-    Shapes: q (B, H, Tq, d_k), k (B, H, Tk, d_k), v (B, H, Tk, d_v), already
-    projected and split into heads; mask broadcastable to (B, H, Tq, Tk),
-    boolean, True = blocked (key padding and causal masks ORed by the caller);
-    context (B, H, Tq, d_v).
+    Shapes: q (B, H, Tq, d_k), k (B, H_kv, Tk, d_k), v (B, H_kv, Tk, d_v), already
+    projected and split into heads, H_kv dividing H (H_kv = H: multi-head
+    attention; 1 <= H_kv < H: grouped-query attention, Ainslie et al. 2023;
+    H_kv = 1: multi-query attention, Shazeer 2019); mask broadcastable to
+    (B, H, Tq, Tk), boolean, True = blocked (key padding, causal and window
+    masks ORed by the caller); bias broadcastable to (B, H, Tq, Tk), added to
+    the scores (ALiBi), no gradient; context (B, H, Tq, d_v).
 
         q', k'     = position(q, k)        THE place for a position transform of q
                                            and k (rotary embeddings); identity when None
         q_s        = q' / sqrt(d_k)        the scale on q: Tq d_k multiplies, not Tq Tk
-        e          = q_s k'^T              (B, H, Tq, Tk)
+        k_r, v_r   = repeat_kv(k', g), repeat_kv(v, g)    g = H / H_kv: query head h
+                                           reads key/value head h // g (k', v when g = 1)
+        e          = q_s k_r^T [+ bias]    (B, H, Tq, Tk)
         alpha      = softmax(e)            over the unblocked keys (a row with none: 0)
         alpha_drop = alpha * mask          dropout: mask = keep / (1 - p), keep ~
                                            Bernoulli(1 - p) drawn from ``rng``
-        context    = alpha_drop v
+        context    = alpha_drop v_r
 
     ``position`` is None or a pair of functions (forward, backward):
     ``forward(q, k) -> (q', k')`` and ``backward(dq', dk') -> (dq, dk)``, its
-    vector-Jacobian product (for a rotation, the inverse rotation).  It must
-    return new arrays, never write into q or k.  Dropout is on when
-    ``dropout_p > 0`` (training); pass 0 for inference.  ``overwrite_q=True``
-    tells the kernel that q is the caller's scratch (a view of its own fresh
-    projection), which a fast kernel may scale in place into q_s, as
-    scipy.linalg's ``overwrite_a``; this kernel never writes into q.
+    vector-Jacobian product (for a rotation, the inverse rotation; see
+    ``functional.rope_position``).  It must return new arrays, never write
+    into q or k.  Dropout is on when ``dropout_p > 0`` (training); pass 0 for
+    inference.  ``overwrite_q=True`` tells the kernel that q is the caller's
+    scratch (a view of its own fresh projection), which a fast kernel may
+    scale in place into q_s, as scipy.linalg's ``overwrite_a``; this kernel
+    never writes into q.  The cache keeps k' and v with their H_kv heads
+    (the copies k_r, v_r are made again by the backward).
     Returns (context, ScaledDotProductCache).
     """
     if position is None:
@@ -426,10 +456,14 @@ def scaled_dot_product_attention_forward(q, k, v, mask=None, dropout_p: float = 
     else:
         q_p, k_p = position[0](q, k)
     q_s = q_p * (1.0 / math.sqrt(q.shape[-1]))  # a Python float: float32 stays float32
-    e = q_s @ k_p.swapaxes(-1, -2)
+    g = q.shape[1] // k.shape[1]
+    k_r, v_r = repeat_kv(k_p, g), repeat_kv(v, g)
+    e = q_s @ k_r.swapaxes(-1, -2)
+    if bias is not None:
+        e = e + bias
     alpha = softmax(e, axis=-1, mask=mask)
     alpha_drop, dropout = dropout_forward(alpha, dropout_p, rng, training=dropout_p > 0)
-    context = alpha_drop @ v
+    context = alpha_drop @ v_r
     return context, ScaledDotProductCache(q_s=q_s, k=k_p, v=v, e=e, alpha=alpha,
                                           dropout=dropout, alpha_drop=alpha_drop,
                                           context=context, position=position)
@@ -440,25 +474,34 @@ def scaled_dot_product_attention_backward(dcontext, cache: ScaledDotProductCache
 
     ``dalpha``: a gradient that reaches alpha by another path (the attention
     weights a layer returns), added before the softmax backward; None: none.
+    The bias is a constant (de reaches it, but it has no gradient to return).
 
-        dalpha_drop = dcontext v^T                 C = A V:  dA = dC V^T
-        dv          = alpha_drop^T dcontext                  dV = A^T dC
+        k_r, v_r    = repeat_kv(k', g), repeat_kv(v, g)   as the forward made them
+        dalpha_drop = dcontext v_r^T               C = A V:  dA = dC V^T
+        dv_r        = alpha_drop^T dcontext                  dV = A^T dC
         dalpha      = dalpha_drop * mask [+ dalpha]   dropout_backward
         de          = alpha (dalpha - sum_j dalpha_j alpha_j)    softmax_backward
-        dq_s        = de k'                        E = Q K^T:  dQ = dE K
-        dk'         = de^T q_s                                 dK = dE^T Q
+        dq_s        = de k_r                       E = Q K^T:  dQ = dE K
+        dk_r        = de^T q_s                                 dK = dE^T Q
         dq'         = dq_s / sqrt(d_k)
+        dk', dv     = sum_kv_groups(dk_r), sum_kv_groups(dv_r)   key/value head j was
+                      read by the g query heads j g .. j g + g - 1: the sum of their
+                      gradients (broadcast-then-sum; the identity when g = 1)
         dq, dk      = position.backward(dq', dk')  (the identity when None)
     """
     q_s, k_p, v = cache.q_s, cache.k, cache.v
-    dalpha_drop = dcontext @ v.swapaxes(-1, -2)
-    dv = cache.alpha_drop.swapaxes(-1, -2) @ dcontext
+    n_kv = k_p.shape[1]
+    g = q_s.shape[1] // n_kv
+    k_r, v_r = repeat_kv(k_p, g), repeat_kv(v, g)
+    dalpha_drop = dcontext @ v_r.swapaxes(-1, -2)
+    dv_r = cache.alpha_drop.swapaxes(-1, -2) @ dcontext
     dalpha_masked = dropout_backward(dalpha_drop, cache.dropout)
     dalpha_total = dalpha_masked if dalpha is None else dalpha_masked + dalpha
     de = softmax_backward(dalpha_total, cache.alpha, axis=-1)
-    dq_s = de @ k_p
-    dk_p = de.swapaxes(-1, -2) @ q_s
+    dq_s = de @ k_r
+    dk_r = de.swapaxes(-1, -2) @ q_s
     dq_p = dq_s * (1.0 / math.sqrt(q_s.shape[-1]))
+    dk_p, dv = sum_kv_groups(dk_r, n_kv), sum_kv_groups(dv_r, n_kv)
     if cache.position is None:
         return dq_p, dk_p, dv
     dq, dk = cache.position[1](dq_p, dk_p)

@@ -1,7 +1,8 @@
 """The fast kernels of the attention family equal their reference kernels, float64
 and float32, forward and backward: every score kernel, the attention step, the
 multi-head core (with masks, fully masked rows, Tq or Tk = 1, dropout, the
-position transform) and the head layouts."""
+position transform, grouped-query heads, an additive bias, rotary embeddings)
+and the head layouts."""
 
 from __future__ import annotations
 
@@ -264,3 +265,104 @@ def test_multihead_core_gradcheck(B, H, Tq, Tk, d_k, mask, rotate, seed):
             numeric[idx] = (up - loss(*args)) / (2 * h)
         scale = max(np.abs(numeric).max(), np.abs(g).max(), 1e-12)
         assert np.abs(numeric - g).max() / scale < 1e-7, ("q", "k", "v")[which]
+
+
+def _grouped_qkv(rng, B, H_kv, g, Tq, Tk, d_k, d_v, dtype, fused):
+    """q (B, H_kv g, Tq, d_k), k (B, H_kv, Tk, d_k), v (B, H_kv, Tk, d_v); fused (Tq = Tk,
+    d_v = d_k): views of one (B, T, (H + 2 H_kv) d_k) projection, as a GQA layer's."""
+    H = H_kv * g
+    if fused:
+        E, E_kv = H * d_k, H_kv * d_k
+        QKV = rng.standard_normal((B, Tq, E + 2 * E_kv)).astype(dtype)
+        return (F.split_heads(QKV[..., :E], H), F.split_heads(QKV[..., E:E + E_kv], H_kv),
+                F.split_heads(QKV[..., E + E_kv:], H_kv))
+    return [rng.standard_normal(shape).astype(dtype)
+            for shape in ((B, H, Tq, d_k), (B, H_kv, Tk, d_k), (B, H_kv, Tk, d_v))]
+
+
+@given(B=st.integers(1, 2), H_kv=st.integers(1, 2), g=st.integers(1, 3), Tq=lengths,
+       Tk=lengths, d_k=widths, d_v=widths, fused=st.booleans(), mask=st.sampled_from(MASKS),
+       bias=st.sampled_from([None, "alibi", "drawn"]),
+       rotary=st.sampled_from([None, "half", "interleaved"]),
+       dalpha=st.sampled_from([None, "mean", "heads"]), p=st.sampled_from([0.0, 0.3]),
+       dtype=dtypes, seed=seeds)
+def test_multihead_core_grouped_biased_rotary(B, H_kv, g, Tq, Tk, d_k, d_v, fused, mask, bias,
+                                              rotary, dalpha, p, dtype, seed):
+    """The core with H_kv key/value heads shared by g query heads each, an additive
+    bias and a rotary position map (at offsets), forward and backward."""
+    from numtransformer.attention import alibi_bias, alibi_slopes
+
+    rng = np.random.default_rng(seed)
+    H = H_kv * g
+    if rotary is not None:
+        d_k = 2 * d_k
+    if fused:
+        Tk, d_v = Tq, d_k
+    q, k, v = _grouped_qkv(rng, B, H_kv, g, Tq, Tk, d_k, d_v, dtype, fused)
+    m = _mask(rng, mask, B, H, Tq, Tk, heads=True)
+    extra_bias = {None: None,
+                  "alibi": alibi_bias(alibi_slopes(H), Tq, Tk - Tq, dtype, Tk=Tk)[None]
+                  if Tk >= Tq else None,
+                  "drawn": rng.standard_normal((B, H, Tq, Tk)).astype(dtype)}[bias]
+    position = None
+    if rotary is not None:
+        offset = int(rng.integers(0, 40))
+        position = F.rope_position(offset + np.arange(Tq), np.arange(Tk), d_k, 100.0, rotary,
+                                   dtype)
+    draws = _FixedDraws(seed, (B, H, Tq, Tk)) if p else None
+    context, cache = same_core(q, k, v, m, p, draws, position, bias=extra_bias)
+    assert cache.k.shape[1] == H_kv and cache.v.shape[1] == H_kv
+    dcontext = rng.standard_normal(context.shape).astype(dtype)
+    extra = {None: None, "mean": rng.standard_normal((B, 1, Tq, Tk)),
+             "heads": rng.standard_normal((B, H, Tq, Tk))}[dalpha]
+    extra = None if extra is None else extra.astype(dtype)
+    dq, dk, dv = same("scaled_dot_product_attention_backward", dcontext, cache, extra)
+    assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape
+    assert dq.dtype == dk.dtype == dv.dtype == dtype
+    if m is not None:  # a query with no key: no gradient reaches it
+        dead = np.broadcast_to(m, cache.alpha.shape).all(axis=-1)
+        assert not context[dead].any() and not dq[dead].any()
+    # the fast kernel may scale q in place (MHA's overwrite_q): same results
+    f_context, _ = fast.scaled_dot_product_attention_forward(q.copy(), k, v, m, p, draws, position,
+                                                             overwrite_q=True, bias=extra_bias)
+    np.testing.assert_array_equal(f_context, fast.scaled_dot_product_attention_forward(
+        q, k, v, m, p, draws, position, bias=extra_bias)[0])
+
+
+@given(B=st.integers(1, 2), H=st.integers(1, 3), T=lengths, h=st.integers(1, 3),
+       offset=st.integers(0, 100), layout=st.sampled_from(["half", "interleaved"]),
+       per_sequence=st.booleans(), view=st.sampled_from(["fused", "contiguous", "strided"]),
+       dtype=dtypes, seed=seeds)
+def test_rope_kernels(B, H, T, h, offset, layout, per_sequence, view, dtype, seed):
+    """The fast rotary kernels (one complex multiplication per pair) equal the
+    reference, forward and backward, on q of a fused projection (a view), on
+    contiguous arrays and on arrays whose last axis is strided; so do the
+    position pairs of the two families."""
+    rng = np.random.default_rng(seed)
+    d = 2 * h
+    if view == "fused":
+        x = F.split_heads(rng.standard_normal((B, T, 3 * H * d)).astype(dtype)[..., :H * d], H)
+    elif view == "strided":
+        x = rng.standard_normal((B, H, T, 2 * d)).astype(dtype)[..., ::2]
+    else:
+        x = rng.standard_normal((B, H, T, d)).astype(dtype)
+    pos = offset + np.arange(T)
+    if per_sequence:
+        pos = pos[None] + rng.integers(0, 9, (B, 1))
+    y, cache = same("rope_forward", x, pos, 500.0, layout)
+    assert y.dtype == dtype and cache.cos.dtype == dtype
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    if view == "strided":
+        dy = np.repeat(dy, 2, axis=-1)[..., ::2]
+    dx = same("rope_backward", dy, cache)
+    assert dx.dtype == dtype and dx.shape == x.shape
+    k = rng.standard_normal((B, 1, T + 1, d)).astype(dtype)
+    pairs = [family.rope_position(np.arange(T) + offset, np.arange(T + 1), d, 500.0, layout,
+                                  dtype) for family in (fast, F)]
+    oracle = F.rope_position(np.arange(T) + offset, np.arange(T + 1), d, 500.0, layout)
+    assert_same(pairs[0][0](x, k), pairs[1][0](x, k), "position.forward",
+                oracle=oracle[0](*to_float64((x, k))))
+    assert_same(pairs[0][1](dy, k), pairs[1][1](dy, k), "position.backward",
+                oracle=oracle[1](*to_float64((dy, k))))
+    assert pairs[0][0](x, k)[1] is not k  # the keys rotated; with k_positions=None: as given
+    assert fast.rope_position(pos, None, d, 500.0, layout, dtype)[0](x, k)[1] is k
