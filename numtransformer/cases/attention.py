@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..attention import (AdditiveScore, Attention, CosineScore, DotScore, GeneralScore,
-                         LocationScore, MultiHeadAttention, ScaledDotScore, causal_mask)
+                         LocationScore, MultiHeadAttention, RotaryEmbedding, ScaledDotScore,
+                         causal_mask)
 from ..gradcheck import Case
 
 F64 = np.float64
@@ -110,6 +111,35 @@ def _cosine_zero_rows(r):
     return CosineScore(beta=1.5, eps=0.5), (s, h), {}
 
 
+def _mha_modern_case(*, n_kv_heads=None, rotary=None, window=None, alibi=False, dropout=0.0,
+                     self_attention=True, padded=False, H=4, d_k=2, Tq=5):
+    """The options of the modern decoder: grouped-query heads, rotary
+    embeddings, a sliding window, ALiBi; ``padded``: sequence 1 all padding."""
+    def build(r):
+        B, E = 2, H * d_k
+        mha = _randomized(MultiHeadAttention(E, H, dropout=dropout, dtype=F64, rng=r,
+                                             n_kv_heads=n_kv_heads, rotary=rotary,
+                                             window=window, alibi=alibi), r)
+        x = _x(r, B, Tq, E)
+        if self_attention:
+            inputs, Tk, kwargs = (x,), Tq, {"attn_mask": causal_mask(Tq)}
+        else:
+            inputs, Tk, kwargs = (x, _x(r, B, Tq + 1, E), _x(r, B, Tq + 1, E)), Tq + 1, {}
+        if padded:  # every query row of sequence 1 fully blocked
+            kpm = np.zeros((B, Tk), dtype=bool)
+            kpm[1] = True
+            kwargs["key_padding_mask"] = kpm
+        return mha, inputs, kwargs
+    return build
+
+
+def _rotary_case(layout, offset, T=3, d=4):
+    def build(r):
+        return (RotaryEmbedding(d, base=100.0, layout=layout), (_x(r, 2, 2, T, d),),
+                {"offset": offset})
+    return build
+
+
 CASES: list[Case] = [
     Case("DotScore", _score_case(_dot, 4, 4)),
     Case("ScaledDotScore(Tq=1)", _score_case(_scaled, 5, 5, Tq=1)),
@@ -135,4 +165,22 @@ CASES: list[Case] = [
     Case("MultiHeadAttention(need_weights per head, dropout)",
          _mha_case(masks=True, need_weights=True, average=False, dropout=0.2)),
     Case("MultiHeadAttention(bias=False)", _mha_case(bias=False, Tq=1)),
+    Case("MultiHeadAttention(n_kv_heads=1, multi-query)", _mha_modern_case(n_kv_heads=1)),
+    Case("MultiHeadAttention(n_kv_heads=2, grouped-query)", _mha_modern_case(n_kv_heads=2)),
+    Case("MultiHeadAttention(n_kv_heads=2, cross, padded sequence)",
+         _mha_modern_case(n_kv_heads=2, self_attention=False, padded=True)),
+    Case("MultiHeadAttention(rotary half)",
+         _mha_modern_case(rotary={"layout": "half", "base": 100.0})),
+    Case("MultiHeadAttention(rotary interleaved, n_kv_heads=2)",
+         _mha_modern_case(rotary={"layout": "interleaved", "base": 100.0}, n_kv_heads=2)),
+    Case("MultiHeadAttention(window=2, shorter than T)", _mha_modern_case(window=2)),
+    Case("MultiHeadAttention(window=8, longer than T, padded sequence)",
+         _mha_modern_case(window=8, padded=True)),
+    Case("MultiHeadAttention(alibi)", _mha_modern_case(alibi=True)),
+    Case("MultiHeadAttention(alibi, H=3, n_kv_heads=1)",
+         _mha_modern_case(alibi=True, H=3, n_kv_heads=1)),
+    Case("MultiHeadAttention(rotary, n_kv_heads=2, window=3, dropout)",
+         _mha_modern_case(rotary=True, n_kv_heads=2, window=3, dropout=0.2)),
+    Case("RotaryEmbedding(half, offset=7)", _rotary_case("half", 7)),
+    Case("RotaryEmbedding(interleaved, offset=100)", _rotary_case("interleaved", 100)),
 ]

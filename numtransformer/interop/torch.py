@@ -105,6 +105,13 @@ def _linear_map(lin: Linear):
 
 
 def _mha_map(mha: MultiHeadAttention):
+    extras = [name for name, on in (("n_kv_heads < n_heads", mha.n_kv_heads != mha.n_heads),
+                                    ("rotary", mha.rotary is not None),
+                                    ("window", mha.window is not None), ("alibi", mha.alibi))
+              if on]
+    if extras:
+        raise TypeError(f"interop: this MultiHeadAttention uses {', '.join(extras)}; "
+                        f"torch.nn.MultiheadAttention has no counterpart")
     E = mha.d_model
     bias = mha.out_proj.b is not None
     if mha.in_proj is not None:

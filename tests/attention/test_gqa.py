@@ -225,3 +225,14 @@ def test_errors():
     with pytest.raises(ValueError, match=r"kv_cache has batch_size=2, n_heads=4, d_k=2; "
                                          r"expected 2, 2, 2"):
         mha.decode(x, KVCache(2, 4, 2))
+
+
+@pytest.mark.parametrize("options, named", [
+    (dict(n_kv_heads=1), "n_kv_heads < n_heads"), (dict(rotary=True), "rotary"),
+    (dict(window=3), "window"), (dict(alibi=True), "alibi")])
+def test_weight_exchange_refuses_what_torch_mha_cannot_hold(options, named):
+    from numtransformer.interop.torch import parameter_map
+
+    mha = MultiHeadAttention(8, 4, dtype=np.float64, rng=0, **options)
+    with pytest.raises(TypeError, match=f"interop: this MultiHeadAttention uses {named}"):
+        parameter_map(mha)
