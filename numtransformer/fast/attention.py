@@ -79,7 +79,7 @@ def additive_energy_backward(de, cache: AdditiveEnergyCache):
     np.subtract(1.0, tanh_deriv, out=tanh_deriv)
     dz *= tanh_deriv
     dsq = dz.sum(axis=2)
-    dhk = dz.sum(axis=1)
+    dhk = dz[:, 0] if dz.shape[1] == 1 else dz.sum(axis=1)  # one query: nothing to sum
     return dsq, dhk, dv_a
 
 
@@ -106,10 +106,15 @@ def attention_forward(e, v, mask=None):
 
 
 def attention_backward(dc, cache: AttentionCache):
-    """de computed in place on this call's own dalpha."""
+    """de computed in place on this call's own dalpha.  With one query (a
+    decoder's step, Tq = 1) dv = alpha^T dc is an outer product per row: a
+    broadcast product, the same numbers, at half the batched matmul's time."""
     alpha, v = cache.alpha, cache.v
     dalpha = dc @ v.swapaxes(-1, -2)
-    dv = alpha.swapaxes(-1, -2) @ dc
+    if alpha.shape[-2] == 1:
+        dv = alpha.swapaxes(-1, -2) * dc
+    else:
+        dv = alpha.swapaxes(-1, -2) @ dc
     de = softmax_backward(dalpha, alpha, axis=-1, out=dalpha)
     return de, dv
 
