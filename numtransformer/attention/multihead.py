@@ -236,8 +236,9 @@ class MultiHeadAttention(Module):
 
     ``alibi`` (False): ALiBi (Press, Smith & Lewis 2022): the core adds the
     bias -m_h (t - j) to the scores of head h (slopes ``alibi_slopes``), a
-    constant with no gradient: e = q_s k^T + bias.  Meant for causal
-    attention (pass a causal mask, or a window).
+    constant with no gradient: e = q_s k^T + bias.  Defined for causal
+    attention: ``forward`` refuses it unless a window or ``attn_mask`` blocks
+    every key after its query.
 
     All three relate query and key positions: with key and value given,
     queries sit at 0 .. Tq - 1 and keys at 0 .. Tk - 1; ``decode`` on a fixed
@@ -366,6 +367,16 @@ class MultiHeadAttention(Module):
             blocked = am if blocked is None else (blocked | am)
         return blocked
 
+    def _check_causal(self, attn_mask, B, Tq, Tk):
+        """ALiBi's bias -m (t - j) is positive for keys after the query (j > t): it
+        is defined for causal attention, so attn_mask must block every such key."""
+        future = np.arange(Tk)[None, :] > np.arange(Tq)[:, None]
+        if attn_mask is None or not (check_attn_mask(self, "attn_mask", attn_mask, B, Tq, Tk)
+                                     | ~future).all():
+            raise ValueError("MultiHeadAttention: alibi is defined for causal attention (its "
+                             "bias -m (t - j) grows for keys after the query); pass a causal "
+                             "attn_mask (causal_mask(T)) or a window")
+
     def _positional(self, blocked, Tq, Tk, offset, dtype, rotate_keys=True):
         """The position options for queries at offset .. offset + Tq - 1 and keys at
         0 .. Tk - 1: (blocked ORed with the sliding window, the ALiBi bias or None,
@@ -397,6 +408,8 @@ class MultiHeadAttention(Module):
             raise ValueError(f"MultiHeadAttention: {arg} has no positions (shape {key.shape}); "
                              f"attention needs at least one key")
         blocked = self._blocked(key_padding_mask, attn_mask, B, Tq, Tk)
+        if self.alibi and self.window is None:
+            self._check_causal(attn_mask, B, Tq, Tk)
         bias = position = None
         if self.window is not None or self.alibi or self.rotary is not None:
             blocked, bias, position = self._positional(blocked, Tq, Tk, 0, query.dtype)

@@ -335,7 +335,7 @@ def lstmn_step_backward(dh, dc, dk, dh_tilde_next, ds, cache: LSTMNStep, W_ht, W
         dh_mem_i = s_i dh~                              every slot read gets gradient
         dc_mem_i = s_i dc~
         da       = softmax_backward(ds, s)              da_i = s_i (ds_i - sum_j s_j ds_j)
-        dq, dk_mem, dv = additive_energy_backward(da)   dq = sum_i (da_i v (1 - u_i^2)):
+        dq, dk_mem, dv = additive_energy_backward(da)   dq = sum_i (da_i v (1 - t_i^2)):
                                                         q was broadcast over the slots
         dh_tilde_prev = dq W_ht^T                       q = xq + h~_{t-1} W_ht
     Returns (dz, dq, dv, dh_mem, dc_mem, dk_mem, dh_tilde_prev): dz (B, 4H) the

@@ -57,8 +57,8 @@ class LSTMN(Module):
     (all earlier steps when window is None):
         q_t  = x_t W_x + h~_{t-1} W_ht                   (B, A), the query
         k_i  = h_i W_h                                   (B, A), the key of slot i
-        u_ti = tanh(k_i + q_t)
-        a_ti = u_ti v                      i.e. a_i = v^T tanh(W_h h_i + W_x x_t + W_ht h~_{t-1})
+        t_ti = tanh(k_i + q_t)
+        a_ti = t_ti v                      i.e. a_i = v^T tanh(W_h h_i + W_x x_t + W_ht h~_{t-1})
         s_t  = softmax_i(a_t)
         h~_t = sum_i s_ti h_i
         c~_t = sum_i s_ti c_i
@@ -84,8 +84,8 @@ class LSTMN(Module):
         dh_i    += s_ti dh~_t                            every past state gets gradient
         dc_i    += s_ti dc~_t                            from every later read
         da_t     = s_t * (ds_t - sum_i s_ti ds_ti)       softmax backward
-        dv      += sum_{b,i} da_ti u_ti
-        dp_ti    = da_ti v * (1 - u_ti^2)                gradient of k_i + q_t
+        dv      += sum_{b,i} da_ti t_ti
+        dp_ti    = da_ti v * (1 - t_ti^2)                gradient of k_i + q_t
         dk_i    += dp_ti
         dq_t     = sum_i dp_ti
       after the loop, one GEMM each over all B*T rows:

@@ -227,10 +227,26 @@ def test_float32_preserved(options):
     rng = np.random.default_rng(2)
     mha = MultiHeadAttention(8, 2, dropout=0.1, rng=rng, **options)
     x = rng.standard_normal((2, 5, 8)).astype(np.float32)
-    check_dtype_preserved(mha, x, need_weights=True)
-    check_dtype_preserved(mha, x, x.copy(), x.copy())
+    causal = {"attn_mask": causal_mask(5)}  # alibi is defined for causal attention
+    check_dtype_preserved(mha, x, need_weights=True, **causal)
+    check_dtype_preserved(mha, x, x.copy(), x.copy(), **causal)
     kv = mha.new_kv_cache(2)
     assert all(mha.decode(x[:, t:t + 1], kv).dtype == np.float32 for t in range(5))
+
+
+def test_alibi_without_a_causal_mask_is_refused():
+    """ALiBi's bias -m (t - j) grows for keys after the query: without a causal
+    mask or a window it would favour the future, so forward refuses it."""
+    mha = MultiHeadAttention(8, 2, rng=0, alibi=True)
+    x = np.random.default_rng(0).standard_normal((1, 4, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="MultiHeadAttention: alibi is defined for causal"):
+        mha.forward(x)
+    leaky = causal_mask(4).copy()
+    leaky[1, 2] = False  # query 1 may see key 2
+    with pytest.raises(ValueError, match="alibi is defined for causal"):
+        mha.forward(x, attn_mask=leaky)
+    mha.forward(x, attn_mask=causal_mask(4))
+    MultiHeadAttention(8, 2, rng=0, alibi=True, window=2).forward(x)  # a window is causal
 
 
 def test_errors_and_repr():
