@@ -441,9 +441,13 @@ class RNN(Module):
             if not rows:
                 continue
             K = select(rows[0][1].dtype)
-            X, DA_x, H_prev, DA_h = (np.concatenate(part) for part in zip(*rows))
+            X, DA_x, H_prev = (np.concatenate(part) for part in list(zip(*rows))[:3])
             dW_ih, db_ih = K.projection_grads(X, DA_x)
-            dW_hh, db_hh = K.projection_grads(H_prev, DA_h)
+            if all(r[3] is r[1] for r in rows):  # tanh RNN, LSTM: da_h is da_x, so db_hh = db_ih
+                dW_hh, _ = K.projection_grads(H_prev, DA_x, has_bias=False)
+                db_hh = db_ih
+            else:  # the GRU: its hidden candidate block differs
+                dW_hh, db_hh = K.projection_grads(H_prev, np.concatenate([r[3] for r in rows]))
             cell.W_ih.grad += dW_ih
             cell.b_ih.grad += db_ih
             cell.W_hh.grad += dW_hh
