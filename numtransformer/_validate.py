@@ -105,6 +105,28 @@ def check_mask(layer, arg: str, mask, shape: tuple) -> np.ndarray:
     return mask
 
 
+def check_source_target(layer, src_ids, tgt_in_ids, src_pad_mask, tgt_pad_mask,
+                        src_vocab: int, tgt_vocab: int) -> tuple:
+    """The inputs of an encoder-decoder's forward: src_ids (B, S) with S >= 1,
+    tgt_in_ids None or (B, T) with T >= 1, the two optional padding masks of
+    those shapes.  Returns (src, tgt) as checked arrays (tgt None when absent)."""
+    who = _name(layer)
+    src = check_ids(layer, "src_ids", src_ids, src_vocab)
+    if src.ndim != 2 or src.shape[1] == 0:
+        raise ValueError(f"{who}: src_ids must be (B, S) with S >= 1, got shape {src.shape}")
+    if src_pad_mask is not None:
+        check_mask(layer, "src_pad_mask", src_pad_mask, src.shape)
+    if tgt_in_ids is None:
+        return src, None
+    tgt = check_ids(layer, "tgt_in_ids", tgt_in_ids, tgt_vocab)
+    if tgt.ndim != 2 or tgt.shape[0] != src.shape[0] or tgt.shape[1] == 0:
+        raise ValueError(f"{who}: tgt_in_ids must be (B, T) with B = {src.shape[0]} and "
+                         f"T >= 1, got shape {tgt.shape}")
+    if tgt_pad_mask is not None:
+        check_mask(layer, "tgt_pad_mask", tgt_pad_mask, tgt.shape)
+    return src, tgt
+
+
 def check_positive_int(layer, arg: str, value, *, minimum: int = 1) -> int:
     who = _name(layer)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

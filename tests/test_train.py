@@ -289,3 +289,19 @@ def test_decode_draws_the_attention(tmp_path, capsys):
     assert os.path.getsize(png) > 1000 and open(png, "rb").read(4) == b"\x89PNG"
     assert cli.main(["decode", "--checkpoint", out, "123", "--attention", png,
                      "--layer", "5"]) == 2
+
+
+def test_claim_locks_the_run_directory_and_refuses_a_fresh_run_over_a_checkpoint(tmp_path):
+    from numtransformer.train.errors import TrainingError
+    from numtransformer.train.rundir import CHECKPOINT, claim
+
+    run = str(tmp_path / "run")
+    lock = claim(run, fresh=True)
+    (tmp_path / "run" / ".ckpt-x.tmp").write_bytes(b"cut short")
+    lock.release()
+    (tmp_path / "run" / CHECKPOINT).write_bytes(b"")
+    with pytest.raises(TrainingError, match="already holds a checkpoint"):
+        claim(run, fresh=True)
+    lock = claim(run, fresh=False)  # a resume takes it, and clears a save's leftovers
+    assert not (tmp_path / "run" / ".ckpt-x.tmp").exists()
+    lock.release()

@@ -67,3 +67,18 @@ def test_check_ids_mask_ints_probabilities_dtypes_and_rngs():
         check_float_dtype("L", np.float16)
     g = np.random.default_rng(0)
     assert as_rng(g) is g and isinstance(as_rng(3), np.random.Generator)
+
+
+def test_check_source_target_names_the_model_and_the_argument():
+    from numtransformer._validate import check_source_target
+
+    src, tgt = check_source_target("Seq2Seq", np.array([[1, 2]]), None, None, None, 5, 5)
+    assert tgt is None and src.shape == (1, 2)
+    with pytest.raises(ValueError, match=r"^Seq2Seq: src_ids must be \(B, S\) with S >= 1"):
+        check_source_target("Seq2Seq", np.zeros((2, 0), int), None, None, None, 5, 5)
+    with pytest.raises(ValueError, match=r"^Transformer: tgt_in_ids must be \(B, T\) with B = 1"):
+        check_source_target("Transformer", np.array([[1]]), np.array([[1], [2]]), None, None,
+                            5, 5)
+    with pytest.raises(ValueError, match="tgt_pad_mask"):
+        check_source_target("Transformer", np.array([[1]]), np.array([[1, 2]]), None,
+                            np.zeros((1, 3), bool), 5, 5)

@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._validate import (as_rng, check_float, check_float_dtype, check_ids, check_mask,
-                         check_positive_int, check_probability)
+                         check_positive_int, check_probability, check_source_target)
 from ..attention import KVCache, MultiHeadAttention, causal_mask
 from ..attention.masks import check_attn_mask, check_key_padding_mask
 from ..layers import (Dropout, Embedding, LearnedPositionalEmbedding, Linear,
@@ -565,21 +565,8 @@ class Transformer(Module):
         return self.src_embed.W.dtype
 
     def _check(self, src_ids, tgt_in_ids, src_pad_mask, tgt_pad_mask):
-        src = check_ids(self, "src_ids", src_ids, self.src_vocab)
-        if src.ndim != 2 or src.shape[1] == 0:
-            raise ValueError(f"Transformer: src_ids must be (B, S) with S >= 1, got shape "
-                             f"{src.shape}")
-        if src_pad_mask is not None:
-            check_mask(self, "src_pad_mask", src_pad_mask, src.shape)
-        if tgt_in_ids is None:
-            return src, None
-        tgt = check_ids(self, "tgt_in_ids", tgt_in_ids, self.tgt_vocab)
-        if tgt.ndim != 2 or tgt.shape[0] != src.shape[0] or tgt.shape[1] == 0:
-            raise ValueError(f"Transformer: tgt_in_ids must be (B, T) with B = {src.shape[0]} "
-                             f"and T >= 1, got shape {tgt.shape}")
-        if tgt_pad_mask is not None:
-            check_mask(self, "tgt_pad_mask", tgt_pad_mask, tgt.shape)
-        return src, tgt
+        return check_source_target(self, src_ids, tgt_in_ids, src_pad_mask, tgt_pad_mask,
+                                   self.src_vocab, self.tgt_vocab)
 
     def _embed_src(self, src):
         e, c_e = self.src_embed.forward(src)

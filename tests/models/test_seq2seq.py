@@ -397,3 +397,15 @@ def test_bad_input():
         dec(y, M2, h0, c0)
     with pytest.raises(ValueError, match="c0 is only for cell='lstm'"):
         BahdanauDecoder(7, 3, 4, 5, cell="gru", rng=rng)(y, M, h0, c0)
+
+
+def test_make_score_builds_every_score_by_name_and_names_a_wrong_one():
+    from numtransformer.attention import AdditiveScore, CosineScore, DotScore, LocationScore
+    from numtransformer.models.seq2seq.common import make_score
+
+    assert isinstance(make_score("dot", 4, 4), DotScore)
+    assert isinstance(make_score("concat", 3, 5), AdditiveScore)
+    assert isinstance(make_score("cosine", 4, 4, options={"beta": 5.0}), CosineScore)
+    assert isinstance(make_score("location", 4, 6, max_src_len=9), LocationScore)
+    with pytest.raises(ValueError, match="make_score"):
+        make_score("bilinear", 4, 4)

@@ -7,8 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..._validate import (as_rng, check_float_dtype, check_ids, check_mask,
-                          check_positive_int)
+from ..._validate import (as_rng, check_float_dtype, check_positive_int, check_source_target)
 from ...decoding import decode_with_attention
 from ...module import Module
 from ...tokens import BOS_ID, EOS_ID
@@ -128,21 +127,8 @@ class Seq2Seq(Module):
         return self.encoder.dtype
 
     def _check(self, src_ids, tgt_in_ids, src_pad_mask, tgt_pad_mask):
-        src = check_ids(self, "src_ids", src_ids, self.src_vocab)
-        if src.ndim != 2 or src.shape[1] == 0:
-            raise ValueError(f"Seq2Seq: src_ids must be (B, S) with S >= 1, got shape "
-                             f"{src.shape}")
-        if src_pad_mask is not None:
-            check_mask(self, "src_pad_mask", src_pad_mask, src.shape)
-        if tgt_in_ids is None:
-            return src, None
-        tgt = check_ids(self, "tgt_in_ids", tgt_in_ids, self.tgt_vocab)
-        if tgt.ndim != 2 or tgt.shape[0] != src.shape[0] or tgt.shape[1] == 0:
-            raise ValueError(f"Seq2Seq: tgt_in_ids must be (B, T) with B = {src.shape[0]} and "
-                             f"T >= 1, got shape {tgt.shape}")
-        if tgt_pad_mask is not None:
-            check_mask(self, "tgt_pad_mask", tgt_pad_mask, tgt.shape)
-        return src, tgt
+        return check_source_target(self, src_ids, tgt_in_ids, src_pad_mask, tgt_pad_mask,
+                                   self.src_vocab, self.tgt_vocab)
 
     def forward(self, src_ids, tgt_in_ids, src_pad_mask=None, tgt_pad_mask=None):
         if tgt_in_ids is None:
