@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._validate import (as_rng, check_float_dtype, check_ids, check_mask, check_positive_int)
+from ..functional.linear import EmbeddingCache
 from ..functional.memnn import MemN2NHopCache
 from ..kernels import select
 from ..module import Module, Parameter
@@ -48,20 +49,6 @@ def _pe_table(J: int, d: int) -> np.ndarray:
         table[n, :n] = (1.0 - j) - k * (1.0 - 2.0 * j)
     table.flags.writeable = False
     return table
-
-
-def _segment_sum(ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(unique ids u, S) with S[r] = sum of values[n] over n with ids[n] == u[r].
-
-    ``grad[u] += S`` is then ``np.add.at(grad, ids, values)`` (repeated ids summed),
-    done with one sort and a segmented ``np.add.reduceat``: several times faster.
-    """
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
-    if sorted_ids.size == 0:
-        return sorted_ids, values[:0]
-    starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
-    return sorted_ids[starts], np.add.reduceat(values[order], starts, axis=0)
 
 
 class MemN2NCache(NamedTuple):
@@ -321,26 +308,21 @@ class MemN2N(Module):
                 self.H.grad += dH
             dM[self._hop_out[k]] += dc
             dM[self._hop_in[k]] += dm
-        # The scatter-adds dE[x_ij] += l_ij dM_i of all tables at once, real words only
-        # (padding words have l = 0), as segment sums over the sorted ids.
+        # The scatter-adds dE[x_ij] += l_ij dM_i (padding words have l = 0 and the
+        # pad row gets no gradient), dT[t_i] += dM_i and dB[q_j] += lq_j du: the
+        # embedding kernel's backward, which sums repeated ids.
         B, N, J = cache.story.shape
-        d, n_tables = self.d, len(self._tables)
-        x = cache.story.reshape(-1)
-        real = np.flatnonzero(x != self.pad_id)
-        dM_all = np.stack(dM, axis=2).reshape(B * N, n_tables, d)
-        l_dM = cache.L.reshape(-1, d)[real][:, None, :] * dM_all[real // J]
-        ids, dE = _segment_sum(x[real], l_dM)
-        if self.temporal:
-            t_ids, dT = _segment_sum(cache.time.reshape(-1), dM_all)
+        V = self._B.shape[0]
+        story_ids = EmbeddingCache(ids=cache.story)
         for n, (E, T) in enumerate(self._tables):
-            E.grad[ids] += dE[:, n]
+            dX = cache.L * dM[n][:, :, None, :]  # (B, N, J, d): l_ij dM_i
+            E.grad += kernels.embedding_backward(dX, story_ids, V, self.pad_id)
             if T is not None:
-                T.grad[t_ids] += dT[:, n]
-        Jq = cache.query.shape[1]
-        q = cache.query.reshape(-1)
-        real_q = np.flatnonzero(q != self.pad_id)
-        q_ids, dB = _segment_sum(q[real_q], cache.Lq.reshape(-1, d)[real_q] * du[real_q // Jq])
-        self._B.grad[q_ids] += dB
+                T.grad += kernels.embedding_backward(dM[n], EmbeddingCache(ids=cache.time),
+                                                     T.shape[0])
+        dXq = cache.Lq * du[:, None, :]  # (B, Jq, d): lq_j du
+        self._B.grad += kernels.embedding_backward(dXq, EmbeddingCache(ids=cache.query), V,
+                                                   self.pad_id)
         return None
 
     # -- inference -------------------------------------------------------------------------
