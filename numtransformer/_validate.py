@@ -127,6 +127,21 @@ def check_source_target(layer, src_ids, tgt_in_ids, src_pad_mask, tgt_pad_mask,
     return src, tgt
 
 
+def check_normalized_shape(layer, normalized_shape) -> tuple:
+    """A norm's trailing shape: an int or a tuple of positive ints, as a tuple."""
+    who = _name(layer)
+    if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, bool):
+        normalized_shape = (int(normalized_shape),)
+    try:
+        normalized_shape = tuple(int(s) for s in normalized_shape)
+    except TypeError as exc:
+        raise TypeError(f"{who}: normalized_shape must be an int or a tuple of ints, "
+                        f"got {normalized_shape!r}") from exc
+    if not normalized_shape or any(s < 1 for s in normalized_shape):
+        raise ValueError(f"{who}: normalized_shape must be positive sizes, got {normalized_shape}")
+    return normalized_shape
+
+
 def check_positive_int(layer, arg: str, value, *, minimum: int = 1) -> int:
     who = _name(layer)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

@@ -142,6 +142,34 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype}{frozen})"
 
 
+def match_state(own, state_dict, strict: bool) -> tuple:
+    """Match a state dict against ``own`` ({name: Parameter}): returns (arrays,
+    missing, unexpected, problems), ``arrays`` the numeric arrays of the right
+    shapes by name, ``problems`` one line per offending key (missing and
+    unexpected keys count only with ``strict``)."""
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    problems = []
+    if strict and missing:
+        problems.append("missing keys: " + ", ".join(missing))
+    if strict and unexpected:
+        problems.append("unexpected keys: " + ", ".join(unexpected))
+    arrays = {}
+    for key, p in own.items():
+        if key not in state_dict:
+            continue
+        value = np.asarray(state_dict[key])
+        if value.dtype == object or not (
+            np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
+        ):
+            problems.append(f"{key}: expected a numeric array, got dtype {value.dtype}")
+        elif value.shape != p.shape:
+            problems.append(f"{key}: expected shape {p.shape}, got {value.shape}")
+        else:
+            arrays[key] = value
+    return arrays, missing, unexpected, problems
+
+
 def _check_flag(who: str, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{who}: requires_grad must be a bool, got {type(value).__name__}")
@@ -277,28 +305,7 @@ class Module:
         ``{"missing_keys": [...], "unexpected_keys": [...]}``.
         """
         own = OrderedDict(self._named_parameters_all())
-        missing = [k for k in own if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own]
-        problems = []
-        if strict and missing:
-            problems.append("missing keys: " + ", ".join(missing))
-        if strict and unexpected:
-            problems.append("unexpected keys: " + ", ".join(unexpected))
-        arrays = {}
-        for key, p in own.items():
-            if key not in state_dict:
-                continue
-            value = np.asarray(state_dict[key])
-            if value.dtype == object or not (
-                np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
-            ):
-                problems.append(f"{key}: expected a numeric array, got dtype {value.dtype}")
-            elif value.shape != p.shape:
-                problems.append(
-                    f"{key}: expected shape {p.shape}, got {value.shape}"
-                )
-            else:
-                arrays[key] = value
+        arrays, missing, unexpected, problems = match_state(own, state_dict, strict)
         first_key: dict[int, str] = {}
         for key, value in arrays.items():  # tied weights: every name must hold the same value
             pid = id(own[key])

@@ -16,7 +16,7 @@ import numpy as np
 from .._validate import as_rng, check_float, check_positive_int, check_probability
 from ..functional.lora import LoRACache
 from ..kernels import select
-from ..module import Module, Parameter
+from ..module import Module, Parameter, match_state
 from .linear import Linear
 
 __all__ = ["LoRALinear", "LoRACache", "apply_lora", "remove_lora", "lora_parameters",
@@ -260,26 +260,10 @@ def load_adapter_state_dict(module: Module, state_dict, strict: bool = True) -> 
     own = OrderedDict(lora_parameters(module))
     if not own:
         raise ValueError(f"{who}: the module holds no LoRALinear")
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    problems = []
-    if strict and missing:
-        problems.append("missing keys: " + ", ".join(missing))
-    if strict and unexpected:
-        problems.append("unexpected keys: " + ", ".join(unexpected))
-    arrays = {}
-    for key, p in own.items():
-        if key not in state_dict:
-            continue
-        value = np.asarray(state_dict[key])
-        if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
-            problems.append(f"{key}: expected a numeric array, got dtype {value.dtype}")
-        elif value.shape != p.shape:
-            problems.append(f"{key}: expected shape {p.shape}, got {value.shape}")
-        elif not np.isfinite(value).all():
+    arrays, missing, unexpected, problems = match_state(own, state_dict, strict)
+    for key, value in arrays.items():
+        if not np.isfinite(value).all():
             problems.append(f"{key}: contains NaN/inf")
-        else:
-            arrays[key] = value
     if problems:
         raise ValueError(f"{who}: " + "; ".join(problems))
     for path, m in _lora_modules(module):

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .._validate import check_float, check_float_dtype
+from .._validate import check_float, check_float_dtype, check_normalized_shape
 from ..functional.norm import RMSNormCache
 from ..kernels import select
 from ..module import Module, Parameter
@@ -57,16 +57,7 @@ class RMSNorm(Module):
 
     def __init__(self, normalized_shape, eps: float | None = 1e-6,
                  elementwise_affine: bool = True, *, dtype=np.float32):
-        if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, bool):
-            normalized_shape = (int(normalized_shape),)
-        try:
-            normalized_shape = tuple(int(s) for s in normalized_shape)
-        except TypeError as exc:
-            raise TypeError(f"RMSNorm: normalized_shape must be an int or a tuple of ints, "
-                            f"got {normalized_shape!r}") from exc
-        if not normalized_shape or any(s < 1 for s in normalized_shape):
-            raise ValueError(f"RMSNorm: normalized_shape must be positive sizes, "
-                             f"got {normalized_shape}")
+        normalized_shape = check_normalized_shape(self, normalized_shape)
         if eps is not None:
             if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
                 raise TypeError(f"RMSNorm: eps must be a float or None, got {type(eps).__name__}")
