@@ -4,6 +4,7 @@ grouped-query heads, rotary embeddings, sliding windows and ALiBi."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -11,6 +12,7 @@ import numpy as np
 from .._validate import (as_rng, check_float, check_float_dtype, check_positive_int,
                          check_probability)
 from ..functional.attention import ScaledDotProductCache, split_heads
+from ..functional.flash import FlashAttentionCache, is_causal_mask
 from ..functional.linear import LinearCache
 from ..kernels import select
 from ..layers.dropout import Dropout
@@ -243,12 +245,28 @@ class MultiHeadAttention(Module):
     All three relate query and key positions: with key and value given,
     queries sit at 0 .. Tq - 1 and keys at 0 .. Tk - 1; ``decode`` on a fixed
     memory (cross-attention) refuses them.
+
+    ``attention_impl`` ("plain", the default, or "tiled"), ``block_q``,
+    ``block_k`` (128 each): "tiled" computes the lines from q_s to context
+    with ``flash_attention_forward`` / ``_backward`` (FlashAttention-2's
+    online softmax and recomputing backward, ``functional.flash``) in tiles of
+    block_q queries by block_k keys: the same function, never holding a
+    (Tq, Tk) array per head; the cache keeps the context o and one
+    log-sum-exp per query row (``FlashAttentionCache``) instead of e and
+    alpha.  Masks go to it as structure: the key padding mask and the
+    window as they are, an attn_mask equal to ``causal_mask(T)`` as
+    ``causal``, any other attn_mask as a dense mask read tile by tile;
+    ``decode`` passes causal with the cache offset.  Training forward,
+    backward and ``decode`` all use it.  Not with it: ``need_weights`` (the
+    weights are never formed), dropout on the weights in training mode, and
+    ALiBi (refused with a message).
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True,
                  kdim: int | None = None, vdim: int | None = None, *, dtype=np.float32,
                  rng=None, n_kv_heads: int | None = None, rotary=None,
-                 window: int | None = None, alibi: bool = False):
+                 window: int | None = None, alibi: bool = False,
+                 attention_impl: str = "plain", block_q: int = 128, block_k: int = 128):
         d_model = check_positive_int(self, "d_model", d_model)
         n_heads = check_positive_int(self, "n_heads", n_heads)
         if d_model % n_heads:
@@ -264,6 +282,15 @@ class MultiHeadAttention(Module):
         if not isinstance(alibi, (bool, np.bool_)):
             raise TypeError(f"MultiHeadAttention: alibi must be True or False, got "
                             f"{type(alibi).__name__}")
+        if attention_impl not in ("plain", "tiled"):
+            raise ValueError(f"MultiHeadAttention: attention_impl must be 'plain' or 'tiled', "
+                             f"got {attention_impl!r}")
+        block_q = check_positive_int(self, "block_q", block_q)
+        block_k = check_positive_int(self, "block_k", block_k)
+        if attention_impl == "tiled" and alibi:
+            raise ValueError("MultiHeadAttention: alibi is not supported with "
+                             "attention_impl='tiled' (the tiled core adds no score bias); use "
+                             "attention_impl='plain'")
         rotary = RotaryEmbedding.make("MultiHeadAttention", rotary, d_model // n_heads)
         kdim = d_model if kdim is None else check_positive_int(self, "kdim", kdim)
         vdim = d_model if vdim is None else check_positive_int(self, "vdim", vdim)
@@ -274,6 +301,7 @@ class MultiHeadAttention(Module):
         self.d_model, self.n_heads, self.d_k = d_model, n_heads, d_model // n_heads
         self.kdim, self.vdim = kdim, vdim
         self.n_kv_heads, self.window, self.alibi = n_kv_heads, window, bool(alibi)
+        self.attention_impl, self.block_q, self.block_k = attention_impl, block_q, block_k
         E, E_kv = d_model, n_kv_heads * self.d_k  # E_kv = E unless grouped-query
         self.in_proj = self.q_proj = self.k_proj = self.v_proj = None
         if kdim == E and vdim == E:
@@ -393,6 +421,41 @@ class MultiHeadAttention(Module):
                                             q_offset=offset)
         return blocked, bias, position
 
+    def _tiled(self, key_padding_mask, attn_mask, B, Tq, Tk, offset, dtype, *, causal=False,
+               rotate_keys=True):
+        """The tiled core's keyword arguments for queries at offset .. offset + Tq - 1
+        and keys at 0 .. Tk - 1: the masks as structure (an attn_mask that is the
+        causal pattern becomes ``causal``; another one stays dense), the window, the
+        block sizes, the rotary position pair."""
+        kpm = None
+        if key_padding_mask is not None:
+            kpm = check_key_padding_mask(self, "key_padding_mask", key_padding_mask, B, Tk)
+        am = None
+        if attn_mask is not None:
+            am = check_attn_mask(self, "attn_mask", attn_mask, B, Tq, Tk)  # (1 or B, Tq, Tk)
+            if am.shape[0] == 1 and is_causal_mask(am[0], offset):
+                causal, am = True, None
+            else:
+                am = am[:, None]
+        position = None
+        if self.rotary is not None:
+            position = self.rotary.position(Tq, Tk if rotate_keys else None, dtype,
+                                            q_offset=offset)
+        return dict(causal=causal, window=self.window, q_offset=offset, key_padding_mask=kpm,
+                    attn_mask=am, position=position, block_q=self.block_q,
+                    block_k=self.block_k)
+
+    def _check_tiled(self, need_weights):
+        if need_weights:
+            raise ValueError("MultiHeadAttention: need_weights=True needs the attention "
+                             "weights, which attention_impl='tiled' never forms; use "
+                             "attention_impl='plain'")
+        if self.dropout.training and self.dropout.p > 0:
+            raise ValueError(f"MultiHeadAttention: attention_impl='tiled' applies no dropout to "
+                             f"the attention weights, but dropout={self.dropout.p} and the "
+                             f"layer is in training mode; use dropout=0, eval(), or "
+                             f"attention_impl='plain'")
+
     # -- the contract ---------------------------------------------------------------------
     def forward(self, query, key=None, value=None, key_padding_mask=None, attn_mask=None,
                 need_weights: bool = False, average_attn_weights: bool = True):
@@ -407,12 +470,16 @@ class MultiHeadAttention(Module):
             arg = "query" if n_inputs == 1 else "key"  # self-attention: the keys are the query
             raise ValueError(f"MultiHeadAttention: {arg} has no positions (shape {key.shape}); "
                              f"attention needs at least one key")
-        blocked = self._blocked(key_padding_mask, attn_mask, B, Tq, Tk)
-        if self.alibi and self.window is None:
-            self._check_causal(attn_mask, B, Tq, Tk)
-        bias = position = None
-        if self.window is not None or self.alibi or self.rotary is not None:
-            blocked, bias, position = self._positional(blocked, Tq, Tk, 0, query.dtype)
+        if self.attention_impl == "tiled":
+            self._check_tiled(need_weights)
+            tiles = self._tiled(key_padding_mask, attn_mask, B, Tq, Tk, 0, query.dtype)
+        else:
+            blocked = self._blocked(key_padding_mask, attn_mask, B, Tq, Tk)
+            if self.alibi and self.window is None:
+                self._check_causal(attn_mask, B, Tq, Tk)
+            bias = position = None
+            if self.window is not None or self.alibi or self.rotary is not None:
+                blocked, bias, position = self._positional(blocked, Tq, Tk, 0, query.dtype)
         kernels = select(query.dtype)
 
         if one_gemm:
@@ -424,10 +491,13 @@ class MultiHeadAttention(Module):
             heads = (self.n_heads, self.n_kv_heads, self.n_kv_heads)
             (q, k, v), inputs = zip(*((split_heads(X, h), c)
                                       for (X, c), h in zip(projected, heads)))
-        p = self.dropout.p if self.dropout.training else 0.0
-        # q is a view of this call's own projection: the kernel may scale it in place
-        context, core = kernels.scaled_dot_product_attention_forward(
-            q, k, v, blocked, p, self.dropout.rng, position, overwrite_q=True, bias=bias)
+        if self.attention_impl == "tiled":
+            context, core = kernels.flash_attention_forward(q, k, v, **tiles)
+        else:
+            p = self.dropout.p if self.dropout.training else 0.0
+            # q is a view of this call's own projection: the kernel may scale it in place
+            context, core = kernels.scaled_dot_product_attention_forward(
+                q, k, v, blocked, p, self.dropout.rng, position, overwrite_q=True, bias=bias)
         C = kernels.merge_heads(context)
         b_o = None if self.out_proj.b is None else self.out_proj.b.data
         y, out_cache = kernels.linear_forward(C, self.out_proj.W.data, b_o)
@@ -459,7 +529,11 @@ class MultiHeadAttention(Module):
         if dweights is not None:
             dalpha = dweights[:, None] * (1.0 / self.n_heads) if cache.weights == "mean" \
                 else dweights
-        dq, dk, dv = kernels.scaled_dot_product_attention_backward(dcontext, cache.core, dalpha)
+        if isinstance(cache.core, FlashAttentionCache):  # attention_impl="tiled"
+            dq, dk, dv = kernels.flash_attention_backward(dcontext, cache.core)
+        else:
+            dq, dk, dv = kernels.scaled_dot_product_attention_backward(dcontext, cache.core,
+                                                                       dalpha)
 
         if len(cache.inputs) == 1:  # self-attention: dx = [dQ | dK | dV] [W_q | W_k | W_v]^T
             W, b = self.in_proj.W, self.in_proj.b
@@ -559,22 +633,31 @@ class MultiHeadAttention(Module):
             if self.rotary is not None:  # the cache stores rotated keys: rotate once, here
                 k_new = self.rotary.rotate(k_new, P)
             kv_cache.append(k_new, v_new)
-            if self.window is None:
+            if self.attention_impl == "tiled":
+                blocked = None  # causal from offset P, the window, rotary: _tiled, below
+            elif self.window is None:
                 # new step i sits at position P + i and may not see keys j > P + i
                 blocked = (np.arange(P + T)[None, :] > (P + np.arange(T))[:, None])[None, None]
             else:  # the window's mask is causal too, and blocks keys j <= P + i - window
                 blocked = None
-            if self.window is not None or self.alibi or self.rotary is not None:
+            if self.attention_impl == "plain" and (self.window is not None or self.alibi
+                                                   or self.rotary is not None):
                 blocked, bias, position = self._positional(blocked, T, P + T, P, x.dtype,
                                                            rotate_keys=False)
         Tk = kv_cache.length
-        if key_padding_mask is not None:
-            kpm = check_key_padding_mask(self, "key_padding_mask", key_padding_mask, B, Tk)
-            kpm = kpm[:, None, None, :]
-            blocked = kpm if blocked is None else (blocked | kpm)
-        context, _ = kernels.scaled_dot_product_attention_forward(
-            q, kv_cache.k, kv_cache.v, blocked, 0.0, None, position, overwrite_q=True,
-            bias=bias)
+        if self.attention_impl == "tiled":
+            tiles = self._tiled(key_padding_mask, None, B, T, Tk,
+                                0 if kv_cache.static else Tk - T, x.dtype,
+                                causal=not kv_cache.static, rotate_keys=False)
+            context, _ = kernels.flash_attention_forward(q, kv_cache.k, kv_cache.v, **tiles)
+        else:
+            if key_padding_mask is not None:
+                kpm = check_key_padding_mask(self, "key_padding_mask", key_padding_mask, B, Tk)
+                kpm = kpm[:, None, None, :]
+                blocked = kpm if blocked is None else (blocked | kpm)
+            context, _ = kernels.scaled_dot_product_attention_forward(
+                q, kv_cache.k, kv_cache.v, blocked, 0.0, None, position, overwrite_q=True,
+                bias=bias)
         b_o = None if self.out_proj.b is None else self.out_proj.b.data
         y, _ = kernels.linear_forward(kernels.merge_heads(context), self.out_proj.W.data, b_o)
         return y
@@ -588,4 +671,23 @@ class MultiHeadAttention(Module):
             s += f", n_kv_heads={self.n_kv_heads}"
         if self.window is not None:
             s += f", window={self.window}"
+        if self.attention_impl != "plain":
+            s += (f", attention_impl={self.attention_impl!r}, block_q={self.block_q}, "
+                  f"block_k={self.block_k}")
         return s + (", alibi=True" if self.alibi else "")
+
+
+@contextmanager
+def plain_attention(module: Module):
+    """Run every ``MultiHeadAttention`` in ``module``'s tree with the plain core for
+    the duration of the block (the tiled core never forms the weights alpha that an
+    attention plot or a trace reads); the same parameters, the same function."""
+    layers = [m for _, m in module.named_modules() if isinstance(m, MultiHeadAttention)]
+    saved = [m.attention_impl for m in layers]
+    for m in layers:
+        m.attention_impl = "plain"
+    try:
+        yield module
+    finally:
+        for m, impl in zip(layers, saved):
+            m.attention_impl = impl

@@ -3,6 +3,7 @@ of the layer tree:
 
     layers.py      numtransformer/layers/ and losses.py (the core layers)
     attention.py   numtransformer/attention/
+    flash.py       functional/flash.py (the tiled kernel), tiled MultiHeadAttention
     recurrent.py   numtransformer/recurrent/
     transformer.py numtransformer/models/transformer.py, layers/residual.py
     seq2seq.py     numtransformer/models/seq2seq/
@@ -21,12 +22,13 @@ no layer imports them, and none of them imports the runner
 from __future__ import annotations
 
 from ..gradcheck import Case
-from . import attention, interop, layers, memnn, pretrained, recurrent, seq2seq, transformer
+from . import (attention, flash, interop, layers, memnn, pretrained, recurrent, seq2seq,
+               transformer)
 
 __all__ = ["Case", "all_cases"]
 
 # In the order of the table that ``numtransformer gradcheck`` prints.
-_PARTS = (layers, attention, recurrent, transformer, seq2seq, memnn, interop, pretrained)
+_PARTS = (layers, attention, flash, recurrent, transformer, seq2seq, memnn, interop, pretrained)
 
 
 def all_cases() -> list[Case]:

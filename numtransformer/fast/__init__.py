@@ -13,6 +13,7 @@ from ..functional import *  # noqa: F401,F403  (the reference kernels, where no 
 from ..functional import __all__ as _reference
 from .activations import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
+from .flash import *  # noqa: F401,F403
 from .linear import *  # noqa: F401,F403
 from .losses import *  # noqa: F401,F403
 from .norm import *  # noqa: F401,F403

@@ -15,11 +15,12 @@ two.  Backward kernels *return* parameter gradients; adding them to
 ``p.grad`` is the module's job.
 """
 
-from . import (activations, attention, dropout, linear, lora, losses, memnn, norm, optim,
+from . import (activations, attention, dropout, flash, linear, lora, losses, memnn, norm, optim,
                recurrent, rotary)
 from .activations import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
 from .dropout import *  # noqa: F401,F403
+from .flash import *  # noqa: F401,F403
 from .linear import *  # noqa: F401,F403
 from .lora import *  # noqa: F401,F403
 from .losses import *  # noqa: F401,F403
@@ -29,5 +30,5 @@ from .optim import *  # noqa: F401,F403
 from .recurrent import *  # noqa: F401,F403
 from .rotary import *  # noqa: F401,F403
 
-__all__ = [name for m in (activations, attention, dropout, linear, lora, losses, memnn, norm,
-                          optim, recurrent, rotary) for name in m.__all__]
+__all__ = [name for m in (activations, attention, dropout, flash, linear, lora, losses, memnn,
+                          norm, optim, recurrent, rotary) for name in m.__all__]
