@@ -58,7 +58,7 @@ from .layers import (
 )
 from .losses import CrossEntropyLoss
 from .recurrent import LSTMN, RNN, GRUCell, LSTMCell, RNNCell
-from .models import MemN2N, Seq2Seq, Transformer, TransformerLM
+from .models import MemN2N, Seq2Seq, Transformer, TransformerLM, llama_lm
 from .module import Module, Parameter
 from .optim import SGD, Adam, AdamW, clip_grad_norm
 
@@ -76,6 +76,6 @@ __all__ = [
     "CosineScore", "LocationScore", "Attention", "MultiHeadAttention", "causal_mask",
     "RotaryEmbedding", "sliding_window_mask",
     "RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTMN",
-    "Transformer", "TransformerLM", "Seq2Seq", "MemN2N",
+    "Transformer", "TransformerLM", "llama_lm", "Seq2Seq", "MemN2N",
     "SGD", "Adam", "AdamW", "clip_grad_norm",
 ]

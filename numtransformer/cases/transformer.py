@@ -66,6 +66,20 @@ def _lm(r):
     return model, (ids, ids == 0), {"max_entries": 16}
 
 
+def _llama(n_kv, window, tie):
+    """The LLaMA-style LM: RMSNorm, rotary, SwiGLU, grouped-query heads, no biases."""
+    def build(r):
+        model = TransformerLM(11, 8, 4, 2, 12, dropout=0.1, activation="swiglu",
+                              positional="rotary", tie_output=tie, norm="rmsnorm",
+                              n_kv_heads=n_kv, window=window, bias=False, dtype=F64, rng=r)
+        for name, p in model.named_parameters():  # norm gains away from 1
+            if name.endswith("gamma"):
+                p.data[...] = 1 + 0.3 * r.standard_normal(p.shape)
+        ids = np.array([[1, 2, 3, 4, 5], [5, 6, 7, 0, 0]])
+        return model, (ids, ids == 0), {"max_entries": 16}
+    return build
+
+
 def _connection(norm_first, memory):
     def build(r):
         norm = make_norm("layernorm", 8, 1e-5, dtype=F64)
@@ -93,4 +107,6 @@ CASES: list[Case] = [
     Case("TransformerDecoder(2 layers, post-LN, relu)", _decoder),
     Case("Transformer(tied output)", _transformer),
     Case("TransformerLM", _lm),
+    Case("TransformerLM(llama: RMSNorm, rotary, SwiGLU, GQA 4/2, untied)", _llama(2, None, False)),
+    Case("TransformerLM(llama: multi-query, window 2, tied)", _llama(1, 2, True)),
 ]

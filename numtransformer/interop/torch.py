@@ -16,6 +16,9 @@ Pairs covered (torch <-> numtransformer):
     nn.Transformer             <-> interop.TransformerStack (embeddings in, vectors out)
     nn.RNNCell / LSTMCell / GRUCell <-> recurrent.RNNCell / LSTMCell / GRUCell
     nn.RNN / LSTM / GRU        <-> recurrent.RNN("rnn" / "lstm" / "gru")
+    Hugging Face's LlamaForCausalLM, LlamaDecoderLayer, LlamaAttention, LlamaMLP,
+    LlamaRMSNorm <-> the Llama-style TransformerLM and its parts (``interop/llama.py``,
+    where their map and refusals are listed)
 
 Layout rules, one line per kind of tensor (ours <- torch):
 
@@ -72,6 +75,7 @@ from ..models.transformer import (TransformerDecoder, TransformerDecoderLayer,
                                   TransformerEncoder, TransformerEncoderLayer)
 from ..module import Module
 from ..recurrent import RNN, GRUCell, LSTMCell, RNNCell
+from . import llama
 from .stack import TransformerStack
 
 __all__ = ["from_torch", "to_torch", "ParamMap", "parameter_map", "torch_state_dict",
@@ -83,18 +87,22 @@ class ParamMap(NamedTuple):
     """One of our parameters and where it lives in the torch module.
 
     ours = torch_tensor[rows] (rows None: the whole tensor), transposed when
-    ``transpose`` (our W is (D_in, D_out), torch's weight is (D_out, D_in)).
+    ``transpose`` (our W is (D_in, D_out), torch's weight is (D_out, D_in));
+    with ``cols``, ours[..., start:stop] = torch_tensor (transposed when
+    ``transpose``).
     """
 
     ours: str  # our dotted parameter name
     torch: str  # torch's dotted parameter name
     transpose: bool  # ours is the transpose of torch's tensor (or of its rows)
     rows: tuple | None  # (start, stop): ours comes from rows start..stop-1 of torch's tensor
+    cols: tuple | None = None  # (start, stop): torch's tensor is ours[..., start:stop]
+    #                           (several torch tensors side by side in one of ours, as
+    #                           Llama's q/k/v_proj in our fused in_proj)
 
 
 def _prefixed(maps, ours_prefix: str, torch_prefix: str):
-    return [ParamMap(ours_prefix + m.ours, torch_prefix + m.torch, m.transpose, m.rows)
-            for m in maps]
+    return [m._replace(ours=ours_prefix + m.ours, torch=torch_prefix + m.torch) for m in maps]
 
 
 def _linear_map(lin: Linear):
@@ -183,6 +191,8 @@ def parameter_map(module: Module) -> list[ParamMap]:
             raise TypeError(f"interop: {path or type(module).__name__} is a LoRALinear; "
                             f"fold the adapters into the base weights first "
                             f"(numtransformer.layers.remove_lora(model, merge=True))")
+    if llama.maps_onto_llama(module):  # Hugging Face's Llama modules (interop/llama.py)
+        return llama.parameter_map(module)
     if isinstance(module, TransformerStack):
         return (_prefixed(_stack_map(module.encoder), "encoder.", "encoder.")
                 + _prefixed(_stack_map(module.decoder), "decoder.", "decoder."))
@@ -209,7 +219,8 @@ def parameter_map(module: Module) -> list[ParamMap]:
 _OURS_SUPPORTED = ("Linear", "Embedding", "LayerNorm", "MultiHeadAttention",
                    "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
                    "TransformerDecoder", "TransformerStack", "RNNCell", "LSTMCell", "GRUCell",
-                   "RNN")
+                   "RNN", "and, to Hugging Face's Llama: TransformerLM (Llama-style), "
+                   "RMSNorm, SwiGLUFeedForward")
 
 
 def torch_state_dict(module: Module, grad: bool = False) -> dict[str, np.ndarray]:
@@ -223,6 +234,8 @@ def torch_state_dict(module: Module, grad: bool = False) -> dict[str, np.ndarray
     for m in parameter_map(module):
         p = params[m.ours]
         a = p.grad if grad else p.data
+        if m.cols is not None:
+            a = a[..., m.cols[0]:m.cols[1]]
         a = a.T if m.transpose else a
         pieces.setdefault(m.torch, []).append((m.rows, a))
     out = {}
@@ -261,13 +274,22 @@ def load_torch_state_dict(module: Module, state) -> None:
             a = a[m.rows[0]:m.rows[1]]
         a = a.T if m.transpose else a
         p = params[m.ours]
-        if a.shape != p.shape:
-            raise ValueError(f"{who}: torch parameter {m.torch} gives {m.ours} shape {a.shape}, "
-                             f"expected {p.shape}")
-        new[m.ours] = a
-    for name, a in new.items():
+        if m.cols is None:
+            target, where = p.shape, m.ours
+        else:  # one column block of ours
+            target = p.data[..., m.cols[0]:m.cols[1]].shape
+            where = f"{m.ours}[..., {m.cols[0]}:{m.cols[1]}]"
+        if a.shape != target:
+            raise ValueError(f"{who}: torch parameter {m.torch} gives {where} shape {a.shape}, "
+                             f"expected {target}")
+        new.setdefault(m.ours, []).append((m.cols, a))
+    for name, pieces in new.items():
         p = params[name]
-        p.data = np.array(a, dtype=p.dtype, order="C", copy=True)
+        if pieces[0][0] is None:
+            data = pieces[0][1]
+        else:  # the column blocks side by side, in column order
+            data = np.concatenate([a for _, a in sorted(pieces, key=lambda c: c[0][0])], axis=-1)
+        p.data = np.array(data, dtype=p.dtype, order="C", copy=True)
         if p.grad.shape != p.data.shape:
             p.grad = np.zeros_like(p.data)
 
@@ -446,6 +468,8 @@ def _cell_from_torch(t, who, dtype, cls):
 def _build_from_torch(t, who: str, dtype) -> Module:
     torch = _torch()
     nn = torch.nn
+    if llama.is_hf_llama(t):
+        return llama.from_hf(t, who, dtype)
     table = (nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder,
              nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention,
              nn.Linear, nn.Embedding, nn.LayerNorm, nn.RNNCell, nn.LSTMCell, nn.GRUCell,
@@ -582,6 +606,8 @@ def _stack_to_torch(stack, dtype):
 def _build_to_torch(m: Module, dtype):
     torch = _torch()
     nn = torch.nn
+    if llama.maps_onto_llama(m):
+        return llama.to_hf(m, dtype)
     if isinstance(m, TransformerStack):
         enc, dec = m.encoder, m.decoder
         first = enc.layers[0]
@@ -638,6 +664,7 @@ def to_torch(module: Module):
     state = {k: torch.from_numpy(np.array(v, order="C", copy=True))
              for k, v in torch_state_dict(module).items()}
     missing, unexpected = t.load_state_dict(state, strict=False)
+    missing = sorted(set(missing) - llama.state_aliases(t))  # a tied lm_head is embed_tokens
     if missing or unexpected:  # pragma: no cover - a bug in the map, not a user error
         raise RuntimeError(f"to_torch: internal map mismatch: missing {missing}, "
                            f"unexpected {unexpected}")

@@ -47,15 +47,15 @@ class PositionwiseFeedForward(Module):
     """
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "relu", dropout: float = 0.0,
-                 *, dtype=np.float32, rng=None):
+                 *, bias: bool = True, dtype=np.float32, rng=None):
         self.d_model = check_positive_int(self, "d_model", d_model)
         self.d_ff = check_positive_int(self, "d_ff", d_ff)
         rng = as_rng(rng)
-        self.linear1 = Linear(d_model, d_ff, dtype=dtype, rng=rng)
+        self.linear1 = Linear(d_model, d_ff, bias=bool(bias), dtype=dtype, rng=rng)
         self.act = get_activation(activation)
         self.activation = activation
         self.dropout = Dropout(dropout, rng=rng.spawn(1)[0])
-        self.linear2 = Linear(d_ff, d_model, dtype=dtype, rng=rng)
+        self.linear2 = Linear(d_ff, d_model, bias=bool(bias), dtype=dtype, rng=rng)
 
     def forward(self, x):
         x = check_float(self, "x", x, dtype=self.linear1.W.dtype, min_ndim=1,

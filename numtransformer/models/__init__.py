@@ -14,10 +14,11 @@ from .transformer import (
     TransformerEncoderLayer,
     TransformerLM,
 )
+from .llama import llama_lm
 from . import registry  # the model kinds (it builds the models above)
 from .registry import ModelKind
 
 __all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
            "TransformerDecoder", "Transformer", "TransformerLM", "DecoderState", "LMState",
            "Seq2Seq", "Encoder", "LuongDecoder", "BahdanauDecoder", "Seq2SeqState", "MemN2N",
-           "registry", "ModelKind"]
+           "registry", "ModelKind", "llama_lm"]

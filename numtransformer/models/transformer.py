@@ -37,7 +37,8 @@ from .._validate import (as_rng, check_float, check_float_dtype, check_ids, chec
 from ..attention import KVCache, MultiHeadAttention, causal_mask
 from ..attention.masks import check_attn_mask, check_key_padding_mask
 from ..layers import (Dropout, Embedding, LearnedPositionalEmbedding, Linear,
-                      PositionwiseFeedForward, SinusoidalPositionalEncoding, TiedLinear)
+                      PositionwiseFeedForward, SinusoidalPositionalEncoding, SwiGLUFeedForward,
+                      TiedLinear)
 from ..layers.norms import check_norm, make_norm
 from ..layers.residual import SublayerConnection, SublayerConnectionCache
 from ..module import Module
@@ -45,7 +46,7 @@ from ..module import Module
 __all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
            "TransformerDecoder", "Transformer", "TransformerLM", "DecoderState", "LMState"]
 
-_ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+_ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu", "swiglu")
 
 
 def _check_layer_args(owner, d_model, nhead, dim_feedforward, dropout, activation,
@@ -62,6 +63,34 @@ def _check_layer_args(owner, d_model, nhead, dim_feedforward, dropout, activatio
     if not layer_norm_eps > 0:
         raise ValueError(f"{who}: layer_norm_eps must be > 0, got {layer_norm_eps}")
     check_norm(owner, norm)
+
+
+_ATTENTION_OPTIONS = ("n_kv_heads", "rotary", "window", "alibi", "attention_impl", "block_q",
+                      "block_k")
+
+
+def _check_attention_options(owner, attention) -> dict:
+    """The dict of MultiHeadAttention options a layer passes on (None: none)."""
+    if attention is None:
+        return {}
+    if not isinstance(attention, dict):
+        raise TypeError(f"{type(owner).__name__}: attention must be a dict of "
+                        f"{', '.join(_ATTENTION_OPTIONS)}, got {type(attention).__name__}")
+    unknown = sorted(set(attention) - set(_ATTENTION_OPTIONS))
+    if unknown:
+        raise ValueError(f"{type(owner).__name__}: unknown attention option(s) {unknown}; "
+                         f"allowed: {', '.join(_ATTENTION_OPTIONS)}")
+    return dict(attention)
+
+
+def _make_ffn(d_model, d_ff, activation, dropout, bias, dtype, rng):
+    """The position-wise FFN of a layer: SwiGLU's three projections for
+    activation="swiglu", else linear2(dropout(act(linear1(x))))."""
+    if activation == "swiglu":
+        return SwiGLUFeedForward(d_model, d_ff, bias=bias, dropout=dropout, dtype=dtype,
+                                 rng=rng)
+    return PositionwiseFeedForward(d_model, d_ff, activation, dropout, bias=bias, dtype=dtype,
+                                   rng=rng)
 
 
 def _blocks(cache, n: int) -> list:
@@ -135,20 +164,31 @@ class TransformerEncoderLayer(Module):
 
     FFN(x) = linear2(dropout(act(linear1(x)))) with its own dropout, as PyTorch.
     Parameter names: self_attn.*, ffn.linear1.*, ffn.linear2.*, norm1.*, norm2.*.
+
+    The modern decoder's options (keyword-only; the defaults are the layer above):
+    ``activation="swiglu"`` makes the FFN a ``SwiGLUFeedForward``
+    (ffn.gate_proj.*, ffn.up_proj.*, ffn.down_proj.*); ``bias=False`` drops
+    every bias of the attention and the FFN (LLaMA has none); ``attention``
+    (a dict) passes ``n_kv_heads``, ``rotary``, ``window``, ``alibi`` and the
+    tiled core's ``attention_impl``, ``block_q``, ``block_k`` to
+    ``MultiHeadAttention``.  With ``norm="rmsnorm"`` and ``norm_first=True``
+    this is LLaMA's decoder layer (Hugging Face's ``LlamaDecoderLayer``:
+    input_layernorm = norm1, post_attention_layernorm = norm2, mlp = ffn).
     """
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
                  dropout: float = 0.1, activation: str = "relu", layer_norm_eps: float = 1e-5,
-                 norm_first: bool = False, *, norm: str = "layernorm", dtype=np.float32,
-                 rng=None):
+                 norm_first: bool = False, *, norm: str = "layernorm", bias: bool = True,
+                 attention: dict | None = None, dtype=np.float32, rng=None):
         _check_layer_args(self, d_model, nhead, dim_feedforward, dropout, activation,
                           layer_norm_eps, norm)
+        attention = _check_attention_options(self, attention)
         rng = as_rng(rng)
         self.d_model, self.nhead, self.norm_first = d_model, nhead, bool(norm_first)
         self.norm_kind = norm
-        self.self_attn = MultiHeadAttention(d_model, nhead, dropout, dtype=dtype, rng=rng)
-        self.ffn = PositionwiseFeedForward(d_model, dim_feedforward, activation, dropout,
-                                           dtype=dtype, rng=rng)
+        self.self_attn = MultiHeadAttention(d_model, nhead, dropout, bias=bias, dtype=dtype,
+                                            rng=rng, **attention)
+        self.ffn = _make_ffn(d_model, dim_feedforward, activation, dropout, bias, dtype, rng)
         self.norm1 = make_norm(norm, d_model, layer_norm_eps, dtype=dtype)
         self.norm2 = make_norm(norm, d_model, layer_norm_eps, dtype=dtype)
         self.dropout1 = Dropout(dropout, rng=rng.spawn(1)[0])
@@ -433,12 +473,32 @@ class TransformerDecoder(Module):
 
 
 # ----------------------------------------------------------------------------------------
-def _positional(kind, d_model, max_len, dtype, rng):
-    if kind == "sinusoidal":
+def _positional(kind, d_model, max_len, dtype, rng, kinds=("sinusoidal", "learned")):
+    if kind == "sinusoidal" and kind in kinds:
         return SinusoidalPositionalEncoding(d_model, max_len)
-    if kind == "learned":
+    if kind == "learned" and kind in kinds:
         return LearnedPositionalEmbedding(max_len, d_model, dtype=dtype, rng=rng)
-    raise ValueError(f"positional must be 'sinusoidal' or 'learned', got {kind!r}")
+    if kind == "rotary" and kind in kinds:
+        return _NoPositions(d_model, max_len)
+    allowed = " or ".join(repr(k) for k in kinds)
+    raise ValueError(f"positional must be {allowed}, got {kind!r}")
+
+
+class _NoPositions(Module):
+    """The embedding's positional term when positions live in the attention
+    (rotary): p = e, dp passes through; ``offset`` is only checked."""
+
+    def __init__(self, d_model: int, max_len: int):
+        self.d_model, self.max_len = d_model, max_len
+
+    def forward(self, x, offset: int = 0):
+        if offset + x.shape[-2] > self.max_len:
+            raise ValueError(f"TransformerLM: positions {offset}..{offset + x.shape[-2] - 1} "
+                             f"exceed max_len={self.max_len}")
+        return x, None
+
+    def backward(self, dy, cache):
+        return dy
 
 
 class TransformerCache(NamedTuple):
@@ -694,35 +754,81 @@ class TransformerLM(Module):
     With tie_output E is one Parameter used twice: its ``.grad`` receives the
     output projection's term first and the lookup's second, so its gradient
     is the sum over both uses.  backward returns None (ids get no gradient).
+
+    The LLaMA-style decoder (Touvron et al. 2023) is this model with the
+    modern options (keyword-only; ``numtransformer.models.llama`` builds it
+    from a Hugging Face ``LlamaConfig``):
+        norm="rmsnorm"          RMSNorm in every block and at the end
+        positional="rotary"     no position table (p = e); rotary embeddings
+                                rotate q and k in every attention layer
+                                (``rope_base`` theta, ``rope_layout``)
+        activation="swiglu"     the FFN is SwiGLU (dim_feedforward = d_ff)
+        n_kv_heads              grouped-query attention (None: nhead)
+        window                  sliding-window causal attention (None: off)
+        attention_impl="tiled"  FlashAttention-style tiles (``functional.flash``): the
+                                same function without a (T, T) array per head;
+                                needs dropout=0 (``block_size`` queries and keys
+                                per tile, default 128)
+        bias=False              no bias in attention, FFN and untied output
+                                (``output_bias``, default ``bias``, sets the last
+                                alone: Llama's lm_head never has one)
+        tie_output              tied (SmolLM2) or an untied lm_head (LLaMA)
+    The forward and backward equations above hold with P = 0, the rotations
+    inside Block_l (``MultiHeadAttention``'s ``rotary``) and SwiGLU's FFN.
     """
 
     def __init__(self, vocab_size: int, d_model: int = 128, nhead: int = 4,
                  num_layers: int = 4, dim_feedforward: int = 512, dropout: float = 0.1,
                  activation: str = "gelu", layer_norm_eps: float = 1e-5,
                  positional: str = "learned", max_len: int = 512, tie_output: bool = True,
-                 *, norm: str = "layernorm", dtype=np.float32, rng=None):
+                 *, norm: str = "layernorm", n_kv_heads: int | None = None,
+                 window: int | None = None, rope_base: float = 10000.0,
+                 rope_layout: str = "half", bias: bool = True, output_bias: bool | None = None,
+                 attention_impl: str = "plain", block_size: int = 128, dtype=np.float32,
+                 rng=None):
         check_positive_int(self, "vocab_size", vocab_size)
         check_positive_int(self, "num_layers", num_layers)
         dtype = check_float_dtype(self, dtype)
         check_norm(self, norm)
         rng = as_rng(rng)
+        bias = bool(bias)
         self.config = dict(vocab_size=vocab_size, d_model=d_model, nhead=nhead,
                            num_layers=num_layers, dim_feedforward=dim_feedforward,
                            dropout=dropout, activation=activation,
                            layer_norm_eps=layer_norm_eps, positional=positional,
                            max_len=max_len, tie_output=tie_output, norm=norm)
+        # the modern options only where they differ from the GPT-style defaults, so
+        # the configs (and checkpoints) of GPT-style models read as before
+        output_bias = bias if output_bias is None else bool(output_bias)
+        if attention_impl == "tiled" and dropout > 0:
+            raise ValueError(f"TransformerLM: attention_impl='tiled' applies no dropout to the "
+                             f"attention weights; build it with dropout=0 (got {dropout})")
+        defaults = dict(n_kv_heads=None, window=None, bias=True, output_bias=bias,
+                        attention_impl="plain", block_size=128)
+        given = dict(n_kv_heads=n_kv_heads, window=window, bias=bias, output_bias=output_bias,
+                     attention_impl=attention_impl, block_size=block_size)
+        self.config.update({k: v for k, v in given.items() if v != defaults[k]})
+        if positional == "rotary":
+            self.config.update(rope_base=float(rope_base), rope_layout=rope_layout)
         self.vocab_size, self.d_model, self.max_len = vocab_size, d_model, max_len
         self.embed = Embedding(vocab_size, d_model, dtype=dtype, rng=rng)
         self.embed.W.data *= 0.02  # GPT-2's N(0, 0.02^2)
-        self.pos = _positional(positional, d_model, max_len, dtype, rng)
+        self.pos = _positional(positional, d_model, max_len, dtype, rng,
+                               kinds=("learned", "sinusoidal", "rotary"))
         self.dropout = Dropout(dropout, rng=rng.spawn(1)[0])
+        attention = dict(n_kv_heads=n_kv_heads, window=window, attention_impl=attention_impl,
+                         block_q=block_size, block_k=block_size)
+        if positional == "rotary":
+            attention["rotary"] = {"base": rope_base, "layout": rope_layout}
         self.blocks = [TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout,
                                                activation, layer_norm_eps, norm_first=True,
-                                               norm=norm, dtype=dtype, rng=rng)
+                                               norm=norm, bias=bias, attention=attention,
+                                               dtype=dtype, rng=rng)
                        for _ in range(num_layers)]
         self.norm = make_norm(norm, d_model, layer_norm_eps, dtype=dtype)
         self.generator = (TiedLinear(self.embed.W) if tie_output
-                          else Linear(d_model, vocab_size, dtype=dtype, rng=rng))
+                          else Linear(d_model, vocab_size, bias=output_bias, dtype=dtype,
+                                      rng=rng))
 
     @property
     def dtype(self):

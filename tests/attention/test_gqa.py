@@ -228,11 +228,24 @@ def test_errors():
 
 
 @pytest.mark.parametrize("options, named", [
-    (dict(n_kv_heads=1), "n_kv_heads < n_heads"), (dict(rotary=True), "rotary"),
-    (dict(window=3), "window"), (dict(alibi=True), "alibi")])
+    (dict(n_kv_heads=1), "n_kv_heads < n_heads"),
+    (dict(rotary={"layout": "interleaved"}), "rotary"),
+    (dict(rotary=True, window=3), "rotary, window"), (dict(window=3), "window"),
+    (dict(alibi=True), "alibi")])
 def test_weight_exchange_refuses_what_torch_mha_cannot_hold(options, named):
     from numtransformer.interop.torch import parameter_map
 
     mha = MultiHeadAttention(8, 4, dtype=np.float64, rng=0, **options)
     with pytest.raises(TypeError, match=f"interop: this MultiHeadAttention uses {named}"):
         parameter_map(mha)
+
+
+def test_rotate_half_attention_maps_onto_hugging_face_llama_attention():
+    """With rotary embeddings in Hugging Face's layout (and grouped-query heads), the
+    counterpart is transformers' LlamaAttention (interop/llama.py), not nn.MultiheadAttention."""
+    from numtransformer.interop.torch import parameter_map
+
+    mha = MultiHeadAttention(8, 4, bias=False, dtype=np.float64, rng=0, n_kv_heads=2,
+                             rotary=True)
+    names = {m.torch for m in parameter_map(mha)}
+    assert names == {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"}

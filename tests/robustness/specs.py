@@ -142,6 +142,17 @@ def _mha_decode(dtype):
     return nt.MultiHeadAttention(4, 2, dtype=dtype, rng=R(0))
 
 
+def _mha_modern(dtype):
+    """Grouped-query (4 query heads, 2 key/value heads), rotary, window 2."""
+    return nt.MultiHeadAttention(8, 4, dtype=dtype, rng=R(0), n_kv_heads=2, rotary=True,
+                                 window=2)
+
+
+def _llama_lm(dtype):
+    return nt.llama_lm(7, d_model=8, nhead=4, n_kv_heads=2, num_layers=1, dim_feedforward=8,
+                       window=3, max_len=6, dtype=dtype, rng=R(0))
+
+
 def _call_mha_decode(mha, kw):
     kv = mha.new_kv_cache(2)
     return mha.decode(kw["x"], kv, key_padding_mask=kw.get("key_padding_mask")), None
@@ -194,6 +205,12 @@ def specs() -> list[Spec]:
     add("Dropout", lambda dt: nt.Dropout(0.5, rng=R(0)), [x3], float_only=True,
         batch_consistent=False)
     add("LayerNorm", lambda dt: nt.LayerNorm(D, dtype=dt), [x3])
+    add("RMSNorm", lambda dt: nt.RMSNorm(D, dtype=dt), [x3])
+    add("SiLU", lambda dt: nt.SiLU(), [x3], float_only=True)
+    add("SwiGLUFeedForward", lambda dt: nt.SwiGLUFeedForward(D, 6, dtype=dt, rng=R(0)), [x3])
+    add("RotaryEmbedding", lambda dt: nt.RotaryEmbedding(D, base=100.0),
+        [F("x", ("B", 2, "T", D)), Arg("offset", "offset", (), batch_axis=None,
+                                        optional=True)], float_only=True)
     add("PositionwiseFeedForward",
         lambda dt: nt.PositionwiseFeedForward(D, 8, "gelu", 0.0, dtype=dt, rng=R(0)), [x3])
     add("LoRALinear", _lora_linear, [x3])
@@ -242,6 +259,18 @@ def specs() -> list[Spec]:
         lambda dt: nt.MultiHeadAttention(D, 2, kdim=3, vdim=5, dtype=dt, rng=R(0)),
         [F("query", ("B", "T", D)), F("key", ("B", "S", 3)), F("value", ("B", "S", 5)),
          M("key_padding_mask", ("B", "S")), M("attn_mask", ("B", "T", "S"))])
+    add("MultiHeadAttention(gqa, rotary, window)", _mha_modern,
+        [F("query", ("B", "T", 2 * D)), M("key_padding_mask", ("B", "T")),
+         M("attn_mask", ("T", "T"), gen=_causal_or_random, batch_axis=None)],
+        owner="MultiHeadAttention")
+    add("MultiHeadAttention(alibi, window)",
+        lambda dt: nt.MultiHeadAttention(D, 2, dtype=dt, rng=R(0), alibi=True, window=3),
+        [F("query", ("B", "T", D)), M("key_padding_mask", ("B", "T"))],
+        owner="MultiHeadAttention")
+    add("MultiHeadAttention.decode(gqa, rotary, window)", _mha_modern,
+        [F("x", (2, "T", 2 * D)), M("key_padding_mask", (2, "T"))],
+        owner="MultiHeadAttention", call=_call_mha_decode, backward=False,
+        state_names=("kv_cache",), batch_consistent=False)
     add("MultiHeadAttention.decode(self)", _mha_decode,
         [F("x", (2, "T", D)), M("key_padding_mask", (2, "T"))],
         owner="MultiHeadAttention", call=_call_mha_decode, backward=False,
@@ -321,6 +350,11 @@ def specs() -> list[Spec]:
     add("TransformerLM", lambda dt: nt.TransformerLM(7, d_model=D, nhead=2, num_layers=1,
                                                      max_len=6, **tkw, dtype=dt, rng=R(0)),
         [I("ids", ("B", "T"), 7), M("pad_mask", ("B", "T"))])
+    add("TransformerLM(llama)", _llama_lm,
+        [I("ids", ("B", "T"), 7), M("pad_mask", ("B", "T"))], owner="TransformerLM")
+    add("TransformerLM.decode_step(llama)", _llama_lm,
+        [I("tokens", (2, "T"), 7)], owner="TransformerLM",
+        call=_call_lm_decode, backward=False, batch_consistent=False)
     add("Transformer.decode_step", _transformer_decode,
         [I("tokens", (2,), 6)], owner="Transformer",
         call=_call_transformer_decode, backward=False, batch_consistent=False)
