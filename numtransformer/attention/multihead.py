@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._init import uniform
 from .._validate import (as_rng, check_float, check_float_dtype, check_positive_int,
                          check_probability)
 from ..functional.attention import ScaledDotProductCache, split_heads
@@ -27,7 +28,7 @@ __all__ = ["MultiHeadAttention", "MultiHeadAttentionCache", "KVCache"]
 
 def _xavier_uniform(rng, fan_in: int, fan_out: int, shape, dtype) -> np.ndarray:
     bound = math.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-bound, bound, shape).astype(dtype)
+    return uniform(rng, -bound, bound, shape, dtype)
 
 
 class MultiHeadAttentionCache(NamedTuple):

@@ -31,6 +31,7 @@ import math
 
 import numpy as np
 
+from .._init import uniform
 from .._validate import _name, as_rng, check_float, check_float_dtype, check_positive_int
 from ..functional.attention import (AdditiveScoreCache, CosineScoreCache, DotScoreCache,
                                     GeneralScoreCache, LocationScoreCache)
@@ -43,7 +44,7 @@ __all__ = ["Score", "DotScore", "ScaledDotScore", "GeneralScore", "AdditiveScore
 
 def _uniform(rng, fan_in: int, shape, dtype) -> np.ndarray:
     bound = 1.0 / math.sqrt(fan_in)
-    return rng.uniform(-bound, bound, shape).astype(dtype)
+    return uniform(rng, -bound, bound, shape, dtype)
 
 
 class Score(Module):

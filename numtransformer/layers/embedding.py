@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._init import normal
 from .._validate import as_rng, check_float_dtype, check_ids, check_positive_int
 from ..functional.linear import EmbeddingCache
 from ..kernels import select
@@ -47,7 +48,7 @@ class Embedding(Module):
             padding_idx = int(padding_idx) % num_embeddings
         self.padding_idx = padding_idx
         dtype = check_float_dtype(self, dtype)
-        W = as_rng(rng).standard_normal((num_embeddings, embedding_dim)).astype(dtype)
+        W = normal(as_rng(rng), (num_embeddings, embedding_dim), dtype)
         if padding_idx is not None:
             W[padding_idx] = 0
         self.W = Parameter(W)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numpy as np
 
+from .._init import uniform
 from .._validate import as_rng, check_float, check_float_dtype, check_positive_int
 from ..functional.linear import LinearCache
 from ..kernels import select
@@ -38,8 +39,8 @@ class Linear(Module):
         dtype = check_float_dtype(self, dtype)
         rng = as_rng(rng)
         bound = 1.0 / math.sqrt(in_features)
-        self.W = Parameter(rng.uniform(-bound, bound, (in_features, out_features)).astype(dtype))
-        self.b = (Parameter(rng.uniform(-bound, bound, out_features).astype(dtype))
+        self.W = Parameter(uniform(rng, -bound, bound, (in_features, out_features), dtype))
+        self.b = (Parameter(uniform(rng, -bound, bound, out_features, dtype))
                   if bias else None)
 
     def forward(self, x):

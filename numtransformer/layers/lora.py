@@ -13,6 +13,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .._init import normal, uniform
 from .._validate import as_rng, check_float, check_positive_int, check_probability
 from ..functional.lora import LoRACache
 from ..kernels import select
@@ -121,11 +122,11 @@ class LoRALinear(Module):
         self.W = base.W.requires_grad_(False)
         self.b = None if base.b is None else base.b.requires_grad_(False)
         if init == "gaussian":
-            A = rng.standard_normal((self.in_features, self.r)) * (1.0 / self.r)
+            A = normal(rng, (self.in_features, self.r), dtype, 1.0 / self.r)
         else:
             bound = 1.0 / math.sqrt(self.in_features)
-            A = rng.uniform(-bound, bound, (self.in_features, self.r))
-        self.A = Parameter(A.astype(dtype))
+            A = uniform(rng, -bound, bound, (self.in_features, self.r), dtype)
+        self.A = Parameter(A)
         self.B = Parameter(np.zeros((self.r, self.out_features), dtype))
         self.rng = rng.spawn(1)[0]  # the adapter dropout's own stream
         self.merged = False

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._init import normal
 from .._validate import as_rng, check_float, check_float_dtype, check_positive_int
 from ..module import Module, Parameter
 
@@ -105,7 +106,7 @@ class LearnedPositionalEmbedding(Module):
         self.max_len = check_positive_int(self, "max_len", max_len)
         self.d_model = check_positive_int(self, "d_model", d_model)
         dtype = check_float_dtype(self, dtype)
-        self.P = Parameter((0.02 * as_rng(rng).standard_normal((max_len, d_model))).astype(dtype))
+        self.P = Parameter(normal(as_rng(rng), (max_len, d_model), dtype, 0.02))
 
     def forward(self, x, offset: int = 0):
         x, offset, T = _check_positions(self, x, offset, self.max_len, self.d_model,

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._init import normal
 from .._validate import (as_rng, check_float_dtype, check_ids, check_mask, check_positive_int)
 from ..functional.linear import EmbeddingCache
 from ..functional.memnn import MemN2NHopCache
@@ -157,7 +158,7 @@ class MemN2N(Module):
         V, K = vocab_size, hops
 
         def table(rows):
-            return Parameter((init_std * rng.standard_normal((rows, d))).astype(dtype))
+            return Parameter(normal(rng, (rows, d), dtype, init_std))
 
         # _tables[n] = (word table, temporal table or None) of embedded memory M_n;
         # hop k (0-based) reads keys M[_hop_in[k]], values M[_hop_out[k]].
@@ -184,9 +185,9 @@ class MemN2N(Module):
             self._question_table = "B"
         self._tables = list(zip(words, times))
         if self.use_H:
-            self.H = Parameter((init_std * rng.standard_normal((d, d))).astype(dtype))
+            self.H = Parameter(normal(rng, (d, d), dtype, init_std))
         if tying == "layerwise":
-            self.W = Parameter((init_std * rng.standard_normal((d, V))).astype(dtype))
+            self.W = Parameter(normal(rng, (d, V), dtype, init_std))
 
     @property
     def _B(self) -> Parameter:

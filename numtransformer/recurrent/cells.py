@@ -41,6 +41,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._init import uniform
 from .. import fast
 from .._validate import as_rng, check_float, check_float_dtype, check_positive_int
 from ..fast.recurrent import transposed_copy
@@ -103,10 +104,10 @@ class _Cell(Module):
         rng = as_rng(rng)
         GH = self.n_gates * hidden_size
         bound = 1.0 / math.sqrt(hidden_size)  # PyTorch: every weight and bias ~ U(-k, k)
-        self.W_ih = Parameter(rng.uniform(-bound, bound, (input_size, GH)).astype(dtype))
-        self.W_hh = Parameter(rng.uniform(-bound, bound, (hidden_size, GH)).astype(dtype))
-        self.b_ih = Parameter(rng.uniform(-bound, bound, GH).astype(dtype))
-        self.b_hh = Parameter(rng.uniform(-bound, bound, GH).astype(dtype))
+        self.W_ih = Parameter(uniform(rng, -bound, bound, (input_size, GH), dtype))
+        self.W_hh = Parameter(uniform(rng, -bound, bound, (hidden_size, GH), dtype))
+        self.b_ih = Parameter(uniform(rng, -bound, bound, GH, dtype))
+        self.b_hh = Parameter(uniform(rng, -bound, bound, GH, dtype))
 
     def _forward(self, x, states):
         dtype = self.W_ih.dtype

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _init
 from .._validate import as_rng, check_float, check_float_dtype, check_positive_int
 from ..kernels import select
 from ..module import Module, Parameter
@@ -123,7 +124,7 @@ class LSTMN(Module):
 
         def uniform(shape, fan_in):
             bound = 1.0 / math.sqrt(fan_in)
-            return Parameter(rng.uniform(-bound, bound, shape).astype(dtype))
+            return Parameter(_init.uniform(rng, -bound, bound, shape, dtype))
 
         # The gates as PyTorch's LSTM (U(-1/sqrt(H), 1/sqrt(H))); the attention as Linear layers.
         self.W_ih = uniform((D, 4 * H), H)
