@@ -18,7 +18,7 @@ from ..functional.linear import LinearCache
 from ..kernels import select
 from ..layers.dropout import Dropout
 from ..layers.linear import Linear
-from ..module import Module
+from ..module import Module, Parameter
 from .masks import (alibi_bias, alibi_slopes, check_attn_mask, check_key_padding_mask,
                     sliding_window_mask)
 from .rotary import RotaryEmbedding
@@ -47,6 +47,8 @@ class MultiHeadAttentionCache(NamedTuple):
     C: np.ndarray  # (B, Tq, E): merge(context), the input of out_proj
     out_proj: LinearCache  # the Linear cache of y = C W_o + b_o
     weights: str | None  # which weights forward returned: None, "mean" or "heads"
+    one_input: bool = False  # self-attention through separate q/k/v projections: backward
+    #                          returns the sum of the three input gradients
 
     trace_inline = ("core",)  # not a field: ``trace_lines`` prints core's fields here
 
@@ -346,16 +348,85 @@ class MultiHeadAttention(Module):
                  lin.W.grad, None if lin.b is None else lin.b.grad)
                 for lin in (self.q_proj, self.k_proj, self.v_proj)]
 
+    @staticmethod
+    def _project(kernels, lin, x):
+        """(x W + b, cache) of one projection: the linear kernel on its weights, or, for a
+        LoRA-wrapped projection, its own forward (base plus the low-rank update)."""
+        if not isinstance(lin, Linear):  # a LoRALinear (layers never import attention)
+            return lin.forward(x)
+        return kernels.linear_forward(x, lin.W.data, None if lin.b is None else lin.b.data)
+
+    @staticmethod
+    def _project_backward(kernels, lin, dy, cache):
+        """dx of one projection, its parameter gradients added (a LoRA-wrapped one adds
+        dA and dB, its frozen base nothing)."""
+        if not isinstance(lin, Linear):
+            return lin.backward(dy, cache)
+        dx, dW, db = kernels.linear_backward(dy, cache, lin.W.data, lin.b is not None)
+        lin.W.grad += dW
+        if lin.b is not None:
+            lin.b.grad += db
+        return dx
+
     def _qkv(self, kernels, x):
         """q (B, H, T, d_k) and k, v (B, H_kv, T, d_k) of one input x (B, T, E) by ONE
-        GEMM x [W_q | W_k | W_v] + [b_q | b_k | b_v], and that linear cache."""
+        GEMM x [W_q | W_k | W_v] + [b_q | b_k | b_v], and that linear cache (after
+        ``split_in_proj``: three projections and their three caches)."""
         E, E_kv = self.d_model, self.n_kv_heads * self.d_k
-        b = None if self.in_proj.b is None else self.in_proj.b.data
-        QKV, lin_cache = kernels.linear_forward(x, self.in_proj.W.data, b)  # (B, T, E + 2E_kv)
+        if self.in_proj is None:
+            (Q, cq), (K, ck), (V, cv) = (self._project(kernels, lin, x) for lin in
+                                         (self.q_proj, self.k_proj, self.v_proj))
+            return (split_heads(Q, self.n_heads), split_heads(K, self.n_kv_heads),
+                    split_heads(V, self.n_kv_heads), (cq, ck, cv))
+        QKV, lin_cache = self._project(kernels, self.in_proj, x)  # (B, T, E + 2E_kv)
         q = split_heads(QKV[..., :E], self.n_heads)
         k = split_heads(QKV[..., E:E + E_kv], self.n_kv_heads)
         v = split_heads(QKV[..., E + E_kv:], self.n_kv_heads)
         return q, k, v, lin_cache
+
+    def split_in_proj(self) -> None:
+        """Replace the fused ``in_proj`` (E, E + 2 E_kv) by ``q_proj``, ``k_proj`` and
+        ``v_proj`` holding its column blocks (the same numbers, and their gradients):
+        the same function, three GEMMs instead of one, and three Linear children that
+        ``apply_lora`` can wrap one by one (peft's q_proj/v_proj targets).  State-dict
+        keys become q_proj.*, k_proj.*, v_proj.*; ``fuse_in_proj`` undoes it."""
+        if self.in_proj is None:
+            return
+        if not isinstance(self.in_proj, Linear):
+            raise TypeError("MultiHeadAttention: in_proj is wrapped (LoRA); remove the "
+                            "wrapper before splitting it")
+        E, E_kv = self.d_model, self.n_kv_heads * self.d_k
+        W, b = self.in_proj.W, self.in_proj.b
+        for name, cols in (("q_proj", slice(0, E)), ("k_proj", slice(E, E + E_kv)),
+                           ("v_proj", slice(E + E_kv, E + 2 * E_kv))):
+            lin = Linear(E, cols.stop - cols.start, b is not None, dtype=W.dtype, rng=0)
+            lin.W = Parameter(W.data[:, cols], W.requires_grad)
+            lin.W.grad[...] = W.grad[:, cols]
+            if b is not None:
+                lin.b = Parameter(b.data[cols], b.requires_grad)
+                lin.b.grad[...] = b.grad[cols]
+            setattr(self, name, lin)
+        self.in_proj = None
+
+    def fuse_in_proj(self) -> None:
+        """Undo ``split_in_proj``: one ``in_proj`` with columns [W_q | W_k | W_v] (only
+        when the three are plain Linear layers of width d_model in)."""
+        lins = (self.q_proj, self.k_proj, self.v_proj)
+        if self.in_proj is not None or self.kdim != self.d_model or self.vdim != self.d_model:
+            return
+        if not all(type(lin) is Linear for lin in lins):
+            raise TypeError("MultiHeadAttention: q_proj, k_proj and v_proj must be plain "
+                            "Linear layers (remove LoRA first) to be fused")
+        E, bias = self.d_model, lins[0].b is not None
+        fused = Linear(E, sum(lin.out_features for lin in lins), bias, dtype=self.dtype, rng=0)
+        fused.W = Parameter(np.concatenate([lin.W.data for lin in lins], axis=1),
+                            lins[0].W.requires_grad)
+        fused.W.grad[...] = np.concatenate([lin.W.grad for lin in lins], axis=1)
+        if bias:
+            fused.b = Parameter(np.concatenate([lin.b.data for lin in lins]),
+                                lins[0].b.requires_grad)
+            fused.b.grad[...] = np.concatenate([lin.b.grad for lin in lins])
+        self.in_proj, self.q_proj, self.k_proj, self.v_proj = fused, None, None, None
 
     def _check_inputs(self, query, key, value):
         """Returns (query, key, value, n_inputs, one_gemm)."""
@@ -366,7 +437,7 @@ class MultiHeadAttention(Module):
         query = check_float(self, "query", query, dtype=self.dtype, ndim=3,
                             last_dim=self.d_model, last_dim_name="d_model")
         if key is None:
-            if self.in_proj is None:
+            if self.kdim != self.d_model or self.vdim != self.d_model:
                 raise ValueError(f"MultiHeadAttention: self-attention (key=value=None) needs "
                                  f"kdim == vdim == d_model, got kdim={self.kdim}, "
                                  f"vdim={self.vdim}, d_model={self.d_model}")
@@ -483,12 +554,25 @@ class MultiHeadAttention(Module):
                 blocked, bias, position = self._positional(blocked, Tq, Tk, 0, query.dtype)
         kernels = select(query.dtype)
 
-        if one_gemm:
+        one_input = False
+        if one_gemm and self.in_proj is not None:
             q, k, v, lin_cache = self._qkv(kernels, query)
             inputs = (lin_cache,) * n_inputs
+        elif one_gemm:  # self-attention through split projections: three GEMMs on x
+            q, k, v, inputs = self._qkv(kernels, query)
+            one_input = n_inputs == 1
         else:
-            projected = [kernels.linear_forward(x, W, b)
-                         for x, (W, b, _, _) in zip((query, key, value), self._in_blocks())]
+            if self.in_proj is not None and not isinstance(self.in_proj, Linear):
+                raise ValueError("MultiHeadAttention: a LoRA-wrapped fused in_proj serves "
+                                 "self-attention; for attention over other keys and values "
+                                 "split it first (split_in_proj) and wrap q_proj, k_proj, "
+                                 "v_proj")
+            if self.in_proj is not None:  # column blocks of the fused projection
+                projected = [kernels.linear_forward(x, W, b) for x, (W, b, _, _) in
+                             zip((query, key, value), self._in_blocks())]
+            else:
+                projected = [self._project(kernels, lin, x) for x, lin in
+                             zip((query, key, value), (self.q_proj, self.k_proj, self.v_proj))]
             heads = (self.n_heads, self.n_kv_heads, self.n_kv_heads)
             (q, k, v), inputs = zip(*((split_heads(X, h), c)
                                       for (X, c), h in zip(projected, heads)))
@@ -500,14 +584,14 @@ class MultiHeadAttention(Module):
             context, core = kernels.scaled_dot_product_attention_forward(
                 q, k, v, blocked, p, self.dropout.rng, position, overwrite_q=True, bias=bias)
         C = kernels.merge_heads(context)
-        b_o = None if self.out_proj.b is None else self.out_proj.b.data
-        y, out_cache = kernels.linear_forward(C, self.out_proj.W.data, b_o)
+        y, out_cache = self._project(kernels, self.out_proj, C)
 
         weights = None
         if need_weights:
             weights = "mean" if average_attn_weights else "heads"
         cache = MultiHeadAttentionCache(inputs=tuple(inputs), core=core, C=C,
-                                        out_proj=out_cache, weights=weights)
+                                        out_proj=out_cache, weights=weights,
+                                        one_input=one_input)
         if weights is None:
             return y, cache
         alpha = core.alpha
@@ -519,12 +603,7 @@ class MultiHeadAttention(Module):
         else:
             dy, dweights = dout
         kernels = select(dy.dtype)
-        out_proj = self.out_proj
-        dC, dW_o, db_o = kernels.linear_backward(dy, cache.out_proj, out_proj.W.data,
-                                                 out_proj.b is not None)
-        out_proj.W.grad += dW_o
-        if out_proj.b is not None:
-            out_proj.b.grad += db_o
+        dC = self._project_backward(kernels, self.out_proj, dy, cache.out_proj)
         dcontext = split_heads(dC, self.n_heads)
         dalpha = None
         if dweights is not None:
@@ -537,13 +616,13 @@ class MultiHeadAttention(Module):
                                                                        dalpha)
 
         if len(cache.inputs) == 1:  # self-attention: dx = [dQ | dK | dV] [W_q | W_k | W_v]^T
-            W, b = self.in_proj.W, self.in_proj.b
-            dx, dW, db = kernels.linear_backward(kernels.merge_heads(dq, dk, dv),
-                                                 cache.inputs[0], W.data, b is not None)
-            W.grad += dW
-            if b is not None:
-                b.grad += db
-            return dx
+            return self._project_backward(kernels, self.in_proj, kernels.merge_heads(dq, dk, dv),
+                                          cache.inputs[0])
+        if self.in_proj is None:  # split (or kdim/vdim) projections, each its own backward
+            grads = tuple(self._project_backward(kernels, lin, kernels.merge_heads(d), c)
+                          for d, c, lin in zip((dq, dk, dv), cache.inputs,
+                                               (self.q_proj, self.k_proj, self.v_proj)))
+            return grads[0] + grads[1] + grads[2] if cache.one_input else grads
 
         grads = []
         for d, lin_cache, (W, b, W_grad, b_grad) in zip((dq, dk, dv), cache.inputs,
@@ -559,7 +638,7 @@ class MultiHeadAttention(Module):
     # -- incremental decoding (inference) ---------------------------------------------------
     def new_kv_cache(self, batch_size: int, capacity: int = 16) -> KVCache:
         """An empty cache for ``decode`` in causal self-attention."""
-        if self.in_proj is None:
+        if self.kdim != self.d_model or self.vdim != self.d_model:
             raise ValueError("MultiHeadAttention: incremental self-attention needs "
                              "kdim == vdim == d_model")
         return KVCache(batch_size, self.n_kv_heads, self.d_k, dtype=self.dtype,
@@ -575,9 +654,14 @@ class MultiHeadAttention(Module):
             raise ValueError(f"MultiHeadAttention: key {key.shape} and value {value.shape} "
                              f"must share a non-empty (B, Tk)")
         kernels = select(key.dtype)
-        _, (W_k, b_k, _, _), (W_v, b_v, _, _) = self._in_blocks()
-        K, _ = kernels.linear_forward(key, W_k, b_k)
-        V, _ = kernels.linear_forward(value, W_v, b_v)
+        if self.in_proj is None:
+            (K, _), (V, _) = (self._project(kernels, lin, x) for lin, x in
+                              ((self.k_proj, key), (self.v_proj, value)))
+        else:
+            self._check_fused_plain("cache_memory")
+            _, (W_k, b_k, _, _), (W_v, b_v, _, _) = self._in_blocks()
+            K, _ = kernels.linear_forward(key, W_k, b_k)
+            V, _ = kernels.linear_forward(value, W_v, b_v)
         k, v = split_heads(K, self.n_kv_heads), split_heads(V, self.n_kv_heads)
         return KVCache.from_memory(np.ascontiguousarray(k), np.ascontiguousarray(v))
 
@@ -621,12 +705,16 @@ class MultiHeadAttention(Module):
                 raise ValueError("MultiHeadAttention: decode on a memory (cross-attention) "
                                  "cache with rotary, window or alibi: these relate query and "
                                  "key positions, which a fixed memory does not have")
-            W_q, b_q, _, _ = self._in_blocks()[0]
-            Q, _ = kernels.linear_forward(x, W_q, b_q)
+            if self.in_proj is None:
+                Q, _ = self._project(kernels, self.q_proj, x)
+            else:
+                self._check_fused_plain("decode on a memory")
+                W_q, b_q, _, _ = self._in_blocks()[0]
+                Q, _ = kernels.linear_forward(x, W_q, b_q)
             q = split_heads(Q, self.n_heads)
             blocked = None
         else:
-            if self.in_proj is None:
+            if self.kdim != self.d_model or self.vdim != self.d_model:
                 raise ValueError("MultiHeadAttention: incremental self-attention needs "
                                  "kdim == vdim == d_model")
             q, k_new, v_new, _ = self._qkv(kernels, x)
@@ -659,9 +747,14 @@ class MultiHeadAttention(Module):
             context, _ = kernels.scaled_dot_product_attention_forward(
                 q, kv_cache.k, kv_cache.v, blocked, 0.0, None, position, overwrite_q=True,
                 bias=bias)
-        b_o = None if self.out_proj.b is None else self.out_proj.b.data
-        y, _ = kernels.linear_forward(kernels.merge_heads(context), self.out_proj.W.data, b_o)
+        y, _ = self._project(kernels, self.out_proj, kernels.merge_heads(context))
         return y
+
+    def _check_fused_plain(self, what: str) -> None:
+        if not isinstance(self.in_proj, Linear):
+            raise ValueError(f"MultiHeadAttention: {what} reads column blocks of in_proj, "
+                             f"which is LoRA-wrapped; split it (split_in_proj) and wrap "
+                             f"q_proj, k_proj, v_proj instead")
 
     def extra_repr(self) -> str:
         s = f"d_model={self.d_model}, n_heads={self.n_heads}, dropout={self.dropout.p}"

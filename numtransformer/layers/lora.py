@@ -25,11 +25,12 @@ __all__ = ["LoRALinear", "LoRACache", "apply_lora", "remove_lora", "lora_paramet
 
 LORA_INITS = ("gaussian", "kaiming")
 
-# Parents known to read their Linear children's weights directly (``child.W.data``
-# into a kernel) instead of calling ``child.forward`` / ``child.backward``: a
-# LoRALinear there would be bypassed, so ``apply_lora`` refuses them by name.
-# Matched by class name because layers never import attention (see DESIGN.md).
-_READS_CHILD_WEIGHTS = ("MultiHeadAttention",)
+# Every parent in the library calls its Linear children's forward and backward, or,
+# as MultiHeadAttention does for speed, the kernels on a plain Linear and the
+# child's own forward and backward on a wrapped one; a LoRALinear is never bypassed.
+# A fused q/k/v projection is split when a target names one of its parts: a parent
+# with a ``split_in_proj`` method (MultiHeadAttention) and these child names.
+_SPLIT_PARTS = ("q_proj", "k_proj", "v_proj")
 
 
 class LoRALinear(Module):
@@ -316,6 +317,20 @@ def _replace(found: list[tuple], new: dict) -> list[str]:
     return [path for path, *_ in found]
 
 
+def _split_fused(module: Module, targets) -> list:
+    """Split the fused q/k/v projection of every parent whose parts a target names
+    (``q_proj``, or a path ending in ``.q_proj``, ...); returns the parents split."""
+    split = []
+    for path, parent in module.named_modules():
+        if not (callable(getattr(parent, "split_in_proj", None))
+                and getattr(parent, "in_proj", None) is not None):
+            continue
+        if any(t == part or t == _key(path, part) for t in targets for part in _SPLIT_PARTS):
+            parent.split_in_proj()
+            split.append(parent)
+    return split
+
+
 def apply_lora(module: Module, targets, r: int, alpha: float | None = None,
                dropout: float = 0.0, *, init: str = "gaussian", rng=None) -> list[str]:
     """Replace the named ``Linear`` children of ``module``'s tree by ``LoRALinear``
@@ -329,10 +344,11 @@ def apply_lora(module: Module, targets, r: int, alpha: float | None = None,
 
     The wrapped layer must be called through its ``forward``/``backward`` by its
     parent.  PositionwiseFeedForward (``linear1``, ``linear2``),
-    SwiGLUFeedForward (``gate_proj``, ``up_proj``, ``down_proj``) and output
-    ``Linear`` layers are; ``MultiHeadAttention`` is not (it runs the linear
-    kernels on ``in_proj.W.data`` / ``out_proj.W.data`` itself, and fuses the
-    q/k/v columns), so its projections are refused.  A Linear whose weight is
+    SwiGLUFeedForward (``gate_proj``, ``up_proj``, ``down_proj``), output
+    ``Linear`` layers and ``MultiHeadAttention`` (``out_proj``; ``in_proj``, one
+    adapter over the fused [W_q | W_k | W_v], self-attention only; ``q_proj``,
+    ``k_proj``, ``v_proj``, for which the fused projection is first split into
+    three, ``split_in_proj``: the same function in three GEMMs) are.  A Linear whose weight is
     tied to another parameter is refused too (the wrapper freezes the base's own
     Parameter and ``merge`` writes into it: the other user would be frozen and
     changed with it).  Each wrapper's A is drawn from its own stream of
@@ -364,13 +380,6 @@ def apply_lora(module: Module, targets, r: int, alpha: float | None = None,
             raise ValueError(f"{who}: {path!r} is already a LoRALinear")
         if type(child) is not Linear:
             raise TypeError(f"{who}: {path!r} is a {type(child).__name__}, not a Linear")
-        reader = next((c.__name__ for c in type(parent).__mro__
-                       if c.__name__ in _READS_CHILD_WEIGHTS), None)
-        if reader is not None:
-            raise TypeError(
-                f"{who}: {path!r} belongs to a {reader}, which runs its projections' "
-                f"kernels on their weights directly (not through their forward/backward), "
-                f"so a LoRA wrapper there would be bypassed")
         for pname in ("W", "b"):
             p = getattr(child, pname)
             others = [n for n in owners.get(id(p), []) if n not in
@@ -379,14 +388,20 @@ def apply_lora(module: Module, targets, r: int, alpha: float | None = None,
                 raise ValueError(f"{who}: {path}.{pname} is tied to {', '.join(others)}; "
                                  f"freezing and merging into it would change that too")
 
-    found = _find_children(module, wanted)
-    unmatched = [t for t, n in hit.items() if n == 0]
-    if unmatched:
-        linears = [name for name, m in module.named_modules() if type(m) is Linear]
-        raise ValueError(f"{who}: no child named {', '.join(map(repr, unmatched))} "
-                         f"(Linear children: {', '.join(linears) or 'none'})")
-    for path, parent, _, _, child in found:  # every check before any change
-        check(path, parent, child, [q for q, *_, c in found if c is child])
+    split = _split_fused(module, targets)  # q_proj/k_proj/v_proj named: make them exist
+    try:
+        found = _find_children(module, wanted)
+        unmatched = [t for t, n in hit.items() if n == 0]
+        if unmatched:
+            linears = [name for name, m in module.named_modules() if type(m) is Linear]
+            raise ValueError(f"{who}: no child named {', '.join(map(repr, unmatched))} "
+                             f"(Linear children: {', '.join(linears) or 'none'})")
+        for path, parent, _, _, child in found:  # every check before any change
+            check(path, parent, child, [q for q, *_, c in found if c is child])
+    except Exception:
+        for parent in split:  # nothing changed after all
+            parent.fuse_in_proj()
+        raise
     new = {}
     for _, _, _, _, child in found:  # a Linear shared by two parents gets one wrapper
         if id(child) not in new:
@@ -400,8 +415,12 @@ def remove_lora(module: Module, merge: bool = True) -> list[str]:
     W = W0 + scale A B with ``merge=True`` (peft's ``merge_and_unload``), the base
     W0 otherwise.  The model's ``state_dict`` keys are then those it had before
     ``apply_lora``; the new Linears' Parameters are trainable (copies: the
-    LoRALinear objects are left as they were).  Returns the dotted paths
-    replaced."""
+    LoRALinear objects are left as they were; a q/k/v projection that
+    ``apply_lora`` split is fused again).  Returns the dotted paths replaced."""
     found = _find_children(module, lambda path, attr, child: isinstance(child, LoRALinear))
     new = {id(child): child.to_linear(merge) for *_, child in found}
-    return _replace(found, new)
+    paths = _replace(found, new)
+    for _, parent, attr, _, _ in found:
+        if attr in _SPLIT_PARTS and callable(getattr(parent, "fuse_in_proj", None)):
+            parent.fuse_in_proj()
+    return paths

@@ -266,29 +266,64 @@ def test_apply_lora_refuses_a_tied_weight():
         apply_lora(m, ["a"], r=1)
 
 
-def test_attention_projections_are_refused_and_a_bypass_fails_by_name():
-    """MultiHeadAttention runs the linear kernels on in_proj.W.data / out_proj.W.data
-    itself, so a wrapper there would be bypassed: apply_lora refuses it, and a wrapper
-    put there by hand fails at the first forward instead of computing the base alone."""
-    mha = MultiHeadAttention(8, 2, rng=0)
-    for target in ("in_proj", "out_proj"):
-        with pytest.raises(TypeError, match=f"apply_lora: '{target}' belongs to a "
-                                            "MultiHeadAttention"):
-            apply_lora(mha, [target], r=2)
-    lm = TransformerLM(7, d_model=4, nhead=2, num_layers=1, dim_feedforward=6, max_len=4, rng=0)
-    with pytest.raises(TypeError, match="'blocks.0.self_attn.out_proj' belongs to a "
-                                        "MultiHeadAttention"):
-        apply_lora(lm, ["out_proj"], r=2)
-    # By hand, a wrapper there is bypassed: MultiHeadAttention reads out_proj.W.data
-    # (the frozen base) and adds its gradient to out_proj.W.grad.  gradcheck names
-    # the frozen parameter that received a gradient.
-    mha.out_proj = LoRALinear(mha.out_proj, 2, rng=0)
-    mha.out_proj.B.data[...] = 1.0  # the adapter now changes the output, if it runs
-    x = np.random.default_rng(0).standard_normal((1, 3, 8))
-    report = gradcheck(mha, x, x, x)
-    assert not report.passed
-    assert "out_proj.W: frozen (requires_grad=False), but backward added to its grad" \
-        in report.problems
+@pytest.mark.parametrize("targets", [["out_proj"], ["in_proj", "out_proj"],
+                                     ["q_proj", "v_proj"], ["k_proj", "out_proj"]])
+def test_attention_projections_take_lora(targets):
+    """MultiHeadAttention runs a wrapped projection through its forward/backward: the
+    adapters learn (gradcheck, float64), the frozen bases get no gradient, and q/k/v
+    targets split the fused in_proj first (the same function), fused again by
+    remove_lora."""
+    rng = np.random.default_rng(1)
+    mha = MultiHeadAttention(8, 4, dtype=np.float64, rng=0, n_kv_heads=2, rotary=True)
+    x = rng.standard_normal((2, 5, 8))
+    before = mha(x)
+    wrapped = apply_lora(mha, targets, r=2, rng=3)
+    assert len(wrapped) == len(targets)
+    np.testing.assert_allclose(mha(x), before, rtol=0, atol=1e-14)  # B = 0 at the start
+    for _, p in lora_parameters(mha):
+        if p.data.shape[0] == 2:  # B
+            p.data[...] = 0.5 * rng.standard_normal(p.shape)
+    report = gradcheck(mha, x)
+    report.assert_passed()
+    for path in wrapped:  # the adapters checked, the frozen bases skipped
+        assert f"{path}.A" in report.errors and f"{path}.B" in report.errors
+        assert f"{path}.W" not in report.errors
+    kv = mha.new_kv_cache(2)  # decoding runs the adapters too
+    mask = nt.causal_mask(5)
+    np.testing.assert_allclose(np.concatenate([mha.decode(x[:, t:t + 1], kv) for t in range(5)],
+                                              axis=1), mha(x, attn_mask=mask), atol=1e-12)
+    adapted = mha(x)
+    remove_lora(mha, merge=True)
+    assert mha.in_proj is not None and mha.q_proj is None  # fused again
+    np.testing.assert_allclose(mha(x), adapted, rtol=0, atol=1e-12)
+
+
+def test_a_wrapped_fused_projection_serves_self_attention_only():
+    mha = MultiHeadAttention(8, 2, dtype=np.float64, rng=0)
+    apply_lora(mha, ["in_proj"], r=2, rng=0)
+    x, m = np.ones((1, 3, 8)), np.zeros((1, 4, 8))
+    mha(x)
+    with pytest.raises(ValueError, match="LoRA-wrapped fused in_proj serves self-attention"):
+        mha(x, m, m)
+
+
+def test_split_in_proj_is_the_same_layer():
+    rng = np.random.default_rng(2)
+    mha = MultiHeadAttention(8, 4, dtype=np.float64, rng=0, n_kv_heads=1)
+    x = rng.standard_normal((2, 4, 8))
+    y, c = mha.forward(x)
+    g = rng.standard_normal(y.shape)
+    mha.zero_grad()
+    dx = mha.backward(g, c)
+    fused_grad = mha.in_proj.W.grad.copy()
+    mha.split_in_proj()
+    assert [n for n, _ in mha.named_parameters()][:3] == ["q_proj.W", "q_proj.b", "k_proj.W"]
+    y2, c2 = mha.forward(x)
+    mha.zero_grad()
+    np.testing.assert_allclose(y2, y, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(mha.backward(g, c2), dx, rtol=0, atol=1e-13)
+    mha.fuse_in_proj()
+    np.testing.assert_allclose(mha.in_proj.W.grad, fused_grad, rtol=0, atol=1e-13)
 
 
 # -- merge / unmerge -------------------------------------------------------------------------
