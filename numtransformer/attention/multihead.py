@@ -116,6 +116,17 @@ class KVCache:
         self._v[:, :, start:stop] = v_new
         self.length = stop
 
+    def truncate(self, length: int) -> None:
+        """Forget every step after the first ``length`` (a chat that rewinds to a
+        common prefix keeps the cache up to there and feeds only the rest)."""
+        if self.static:
+            raise ValueError("KVCache: a static (memory) cache cannot be truncated")
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) \
+                or not 0 <= length <= self.length:
+            raise ValueError(f"KVCache: truncate needs 0 <= length <= {self.length}, got "
+                             f"{length!r}")
+        self.length = int(length)
+
     def select(self, rows) -> "KVCache":
         """A new cache holding batch rows ``rows`` (kept, reordered or repeated),
         as beam search needs when it keeps the best hypotheses."""

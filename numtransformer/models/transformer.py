@@ -705,6 +705,7 @@ class LMCache(NamedTuple):
     blocks: list
     norm: tuple
     generator: tuple
+    logits_at: np.ndarray | None = None  # (B, T) bool: the positions that got logits
 
 
 class LMState:
@@ -720,6 +721,12 @@ class LMState:
     def select(self, rows) -> "LMState":
         rows = np.asarray(rows)
         return LMState([c.select(rows) for c in self.caches], self.step)
+
+    def truncate(self, step: int) -> None:
+        """Rewind to the state after the first ``step`` tokens (every layer's cache)."""
+        for c in self.caches:
+            c.truncate(step)
+        self.step = int(step)
 
 
 class TransformerLM(Module):
@@ -834,12 +841,18 @@ class TransformerLM(Module):
     def dtype(self):
         return self.embed.W.dtype
 
-    def forward(self, ids, pad_mask=None):
+    def forward(self, ids, pad_mask=None, logits_at=None):
+        """logits (B, T, V); with ``logits_at`` (B, T) bool, only the N selected
+        positions' logits, (N, V) in row-major order (h[logits_at] E^T: a loss on
+        answer tokens alone skips the output GEMM of every other position; backward
+        then takes dlogits (N, V) and puts dh back at those positions, zero elsewhere)."""
         ids = check_ids(self, "ids", ids, self.vocab_size)
         if ids.ndim != 2 or ids.shape[1] == 0:
             raise ValueError(f"TransformerLM: ids must be (B, T) with T >= 1, got {ids.shape}")
         if pad_mask is not None:
             check_mask(self, "pad_mask", pad_mask, ids.shape)
+        if logits_at is not None:
+            logits_at = check_mask(self, "logits_at", logits_at, ids.shape)
         e, c_e = self.embed.forward(ids)
         p, c_p = self.pos.forward(e)
         x, c_d = self.dropout.forward(p)
@@ -849,11 +862,16 @@ class TransformerLM(Module):
             x, c = block.forward(x, src_key_padding_mask=pad_mask, src_mask=mask)
             caches.append(c)
         h, c_n = self.norm.forward(x)
-        logits, c_g = self.generator.forward(h)
-        return logits, LMCache(c_e, c_p, c_d, caches, c_n, c_g)
+        logits, c_g = self.generator.forward(h if logits_at is None else h[logits_at])
+        return logits, LMCache(c_e, c_p, c_d, caches, c_n, c_g, logits_at)
 
     def backward(self, dlogits, cache: LMCache):
-        dx = self.norm.backward(self.generator.backward(dlogits, cache.generator), cache.norm)
+        dh = self.generator.backward(dlogits, cache.generator)
+        if cache.logits_at is not None:  # the other positions' dh is 0
+            dh_all = np.zeros(cache.logits_at.shape + dh.shape[-1:], dh.dtype)
+            dh_all[cache.logits_at] = dh
+            dh = dh_all
+        dx = self.norm.backward(dh, cache.norm)
         for block, c in zip(reversed(self.blocks), reversed(cache.blocks)):
             dx = block.backward(dx, c)
         dp = self.pos.backward(self.dropout.backward(dx, cache.dropout), cache.pos)

@@ -177,3 +177,27 @@ def test_plain_attention_gives_the_weights_of_a_tiled_model():
         _, cache = lm.forward(ids)
     assert cache.blocks[0].self_attn.alpha.shape == (1, 4, 5, 5)
     assert all(b.self_attn.attention_impl == "tiled" for b in lm.blocks)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_logits_at_selected_positions(tie):
+    """forward(ids, logits_at=mask) gives the selected rows of the full logits, and
+    backward from them equals the full backward with dlogits zero elsewhere."""
+    rng = np.random.default_rng(9)
+    lm = _lm(np.random.default_rng(10), 2, None, tie=tie)
+    ids = rng.integers(0, 13, (2, 6))
+    at = rng.random((2, 6)) < 0.5
+    at[0, 0] = True
+    full, c_full = lm.forward(ids)
+    part, c_part = lm.forward(ids, logits_at=at)
+    np.testing.assert_allclose(part, full[at], rtol=0, atol=1e-13)
+    g = rng.standard_normal(part.shape)
+    G = np.zeros(full.shape)
+    G[at] = g
+    lm.zero_grad()
+    lm.backward(G, c_full)
+    want = {n: p.grad.copy() for n, p in lm.named_parameters()}
+    lm.zero_grad()
+    lm.backward(g, c_part)
+    for n, p in lm.named_parameters():
+        np.testing.assert_allclose(p.grad, want[n], rtol=0, atol=1e-12, err_msg=n)
