@@ -36,8 +36,8 @@ def python_blocks(path: pathlib.Path) -> list[tuple[int, str]]:
             for m in _BLOCK.finditer(text)]
 
 
-def test_there_are_ten_chapters():
-    assert len(CHAPTERS) == 10, [c.name for c in CHAPTERS]
+def test_there_are_eleven_chapters():
+    assert len(CHAPTERS) == 11, [c.name for c in CHAPTERS]
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
