@@ -45,6 +45,11 @@ RUNS = {
                    "--hidden-size", "64", "--lr", "3e-3", "--warmup", "100", "--dropout", "0.0", "--steps", "3000"],
     "transformer-g2p": ["--task", "g2p", "--steps", "12000", "--eval-every", "3000"],
     "lm-hamlet": ["--model", "lm", "--task", "text:hamlet"],  # LM_DEFAULTS of the CLI
+    # the LLaMA-style decoder at the GPT-style LM's parameter count (112,704 against
+    # 112,768: grouped-query heads 4/2 and SwiGLU 217 wide in place of the position table,
+    # the biases and GELU 256 wide), the same steps
+    "lm-llama-hamlet": ["--model", "lm", "--task", "text:hamlet", "--arch", "llama",
+                        "--kv-heads", "2", "--ff", "217"],
 }
 
 

@@ -9,10 +9,13 @@ unicode array, never as a pickled object):
     param/<name>      each entry of ``model.state_dict()``
     optim/<key>       each entry of ``optimizer.state_dict()``
 
-Writing goes to a temporary file in the same directory, is flushed to disk, and
-then renamed over the target (``os.replace`` is atomic on POSIX), so a process
-killed at any moment leaves either the old checkpoint or the new one, never a
-torn file.  Reading uses ``np.load(allow_pickle=False)``: loading a file never
+Writing goes to a temporary file in the same directory, is flushed to disk,
+loaded back and verified (every array equal to what was meant, config and meta
+readable, and the caller's own check, e.g. the optimizer's step count against
+the run's), and only then renamed over the target (``os.replace`` is atomic on
+POSIX), so a process killed at any moment leaves either the old checkpoint or
+the new one, never a torn file, and a failed write (a full disk) leaves the
+old one.  Reading uses ``np.load(allow_pickle=False)``: loading a file never
 runs code, and a pickle-bearing or malformed file is a clear ``ValueError``.
 Before anything is read, every entry's declared size is checked against the
 file (entries must be stored uncompressed, as ``save_checkpoint`` writes them,
@@ -23,6 +26,7 @@ be finite floating-point arrays, config and meta JSON objects.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -35,13 +39,18 @@ import numpy as np
 from .module import Module
 
 __all__ = ["save_checkpoint", "load_checkpoint", "Checkpoint", "rng_states", "set_rng_states",
-           "CheckpointError", "NonFiniteParameters"]
+           "CheckpointError", "CheckpointNotSaved", "NonFiniteParameters"]
 
 FORMAT = "numtransformer-checkpoint-1"
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used (missing, corrupt, another model ...)."""
+
+
+class CheckpointNotSaved(CheckpointError):
+    """save_checkpoint could not write a verified file (a full disk, a file that did
+    not read back); the previous checkpoint at the path is untouched."""
 
 
 class NonFiniteParameters(CheckpointError):
@@ -85,8 +94,17 @@ def set_rng_states(module: Module, states: dict, extra: dict | None = None) -> N
 
 
 def save_checkpoint(path: str, model: Module, config: dict, meta: dict | None = None,
-                    optimizer=None) -> None:
-    """Write model parameters, config, meta and optimizer state to ``path`` atomically."""
+                    optimizer=None, verify=None) -> None:
+    """Write model parameters, config, meta and optimizer state to ``path`` atomically.
+
+    The file is written to a temporary file in the same directory, flushed to
+    disk, loaded back and compared with what was meant to be written (every
+    parameter and optimizer entry bit for bit, config and meta), then checked by
+    ``verify(checkpoint)`` if given (a callable raising ``ValueError`` on a
+    checkpoint its caller cannot use), and only then renamed over ``path``.
+    Until that rename the previous file at ``path`` is untouched: a failure
+    (a full disk, a file that does not read back) raises ``CheckpointNotSaved``
+    naming what happened, and the previous checkpoint stays."""
     arrays = {
         "__format__": np.array(FORMAT),
         "config": np.array(json.dumps(config, sort_keys=True)),
@@ -100,14 +118,26 @@ def save_checkpoint(path: str, model: Module, config: dict, meta: dict | None = 
         for key, value in optimizer.state_dict().items():
             arrays[f"optim/{key}"] = np.asarray(value)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt-", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt-", suffix=".tmp")
+    except OSError as exc:
+        raise CheckpointNotSaved(f"could not save checkpoint {path!r}: {_why(exc)}") from exc
+    try:
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:  # a full disk, a quota, an I/O error
+            raise CheckpointNotSaved(f"could not write checkpoint {path!r}: {_why(exc)}; "
+                                     f"{_kept(path)}") from exc
+        _verify_written(tmp, arrays, path, verify)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise CheckpointNotSaved(f"could not move the new checkpoint into place at "
+                                     f"{path!r}: {_why(exc)}; {_kept(path)}") from exc
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -120,6 +150,48 @@ def save_checkpoint(path: str, model: Module, config: dict, meta: dict | None = 
             os.close(dir_fd)
     except OSError:  # pragma: no cover - some filesystems refuse directory fsync
         pass
+
+
+def _why(exc: OSError) -> str:
+    """``No space left on device (ENOSPC)``: an OSError in words, with its errno name."""
+    code = errno.errorcode.get(exc.errno) if exc.errno is not None else None
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return f"{text} ({code})" if code else text
+
+
+def _kept(path: str) -> str:
+    return ("the previous checkpoint there is kept" if os.path.exists(path)
+            else "nothing was saved")
+
+
+def _verify_written(tmp: str, arrays: dict, path: str, verify) -> None:
+    """Load the temp file back and compare it with ``arrays``; then ``verify``."""
+    def refuse(why):
+        raise CheckpointNotSaved(f"checkpoint {path!r} not saved: the file written did not "
+                                 f"verify ({why}); {_kept(path)}")
+
+    try:
+        ck = load_checkpoint(tmp)
+    except CheckpointError as exc:
+        refuse(str(exc).replace(repr(tmp), "(temp file)"))
+    if json.dumps(ck.config, sort_keys=True) != str(arrays["config"]):
+        refuse("its config reads back differently")
+    if json.dumps(ck.meta, sort_keys=True) != str(arrays["meta"]):
+        refuse("its meta reads back differently")
+    for prefix, stored in (("param/", ck.params), ("optim/", ck.optim)):
+        meant = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        if set(meant) != set(stored):
+            refuse(f"its {prefix[:-1]} entries differ")
+        for name, value in meant.items():
+            got = stored[name]
+            if got.dtype != value.dtype or got.shape != value.shape or \
+                    not np.array_equal(got, value):
+                refuse(f"{prefix}{name} reads back differently")
+    if verify is not None:
+        try:
+            verify(ck)
+        except (ValueError, KeyError, TypeError) as exc:
+            refuse(str(exc))
 
 
 def _check_archive(path: str) -> None:

@@ -6,6 +6,8 @@
     numtransformer decode    translate inputs with a saved run (greedy or beam)
     numtransformer trace     print every named intermediate of one forward pass
     numtransformer embed     sentence embeddings with a pretrained encoder (MiniLM)
+    numtransformer generate  continue a text with SmolLM2-135M-Instruct
+    numtransformer chat      chat with SmolLM2-135M-Instruct (ChatML)
     numtransformer gradcheck check every layer's backward against finite differences
 
 User mistakes (an unknown task, a missing file, a checkpoint of another kind,
@@ -61,11 +63,45 @@ FRACTION = _ranged(float, 0, hi=1)
 
 
 # -- gradcheck ------------------------------------------------------------------------------
+class _Progress:
+    """``progress(k, n, name)`` for a long loop, on ``stream``: a counter rewritten in
+    place on a terminal; in a log, a line each time the layer family (the name before
+    its parenthesis) changes, so a log shows where the time went."""
+
+    def __init__(self, command: str, stream):
+        self.command, self.stream = command, stream
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.family = None
+        self.width = 0
+
+    def __call__(self, k: int, n: int, name: str) -> None:
+        if self.tty:
+            line = f"{self.command}: {k}/{n} {name}"
+            self.stream.write("\r" + line.ljust(self.width))
+            self.width = len(line)
+        else:
+            family = name.split("(", 1)[0]
+            if family == self.family:
+                return
+            self.family = family
+            self.stream.write(f"{self.command}: {k}/{n} {family}\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        """Clear the counter (a terminal) before the results are printed."""
+        if self.tty and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+
+
 def _cmd_gradcheck(args) -> int:
     from .selfcheck import run_all
 
     start = time.perf_counter()
-    results = run_all(seed=args.seed, threshold=args.threshold, only=args.only)
+    progress = _Progress("gradcheck", sys.stderr)
+    results = run_all(seed=args.seed, threshold=args.threshold, only=args.only,
+                      progress=progress)
+    progress.done()
     if not results:
         raise UserError(f"no layer matches {args.only!r}")
     if args.markdown:
@@ -146,6 +182,8 @@ def _task_name(value: str) -> str:
 
 def _cmd_train_memnn(args, kind) -> int:
     """A kind whose trainer is a function with its own options (memnn: train_memnn)."""
+    import shlex
+
     from .memnn_train import save_memnn
     from .train.loop import resolve_trainer
 
@@ -156,24 +194,41 @@ def _cmd_train_memnn(args, kind) -> int:
     if args.resume:
         raise UserError("--resume is not supported for --model memnn (a run takes about a "
                         "minute: train it again)")
-    if args.out and os.path.exists(os.path.join(args.out, "checkpoint.npz")):
-        raise UserError(f"{args.out!r} already holds a checkpoint; choose another --out")
+    # without --out, a run directory named like every other run's (runs/babi1-memnn-<time>),
+    # so that `eval --checkpoint DIR` can read it: a run is never trained for nothing
+    from .train.rundir import default_run_dir
+
+    out = args.out or default_run_dir(task, kind.name)
+    if os.path.exists(os.path.join(out, "checkpoint.npz")):
+        raise UserError(f"{out!r} already holds a checkpoint; choose another --out")
     given = {keyword: getattr(args, dest) for dest, keyword in kind.keywords.items()}
     given.update({o.keyword or o.flag: getattr(args, o.flag) for o in kind.options})
     options = {k: v for k, v in given.items() if v is not None}
     stream = sys.stderr if args.json else sys.stdout
     train = resolve_trainer(kind.trainer)  # train_memnn
-    result = train(int(task.split(":", 1)[1]),
-                   log=lambda line: print(line, file=stream, flush=True), **options)
+    try:
+        result = train(int(task.split(":", 1)[1]),
+                       log=lambda line: print(line, file=stream, flush=True), **options)
+    except KeyboardInterrupt:  # a memnn run keeps its best model in memory: nothing to save
+        print("interrupted: nothing saved (a memnn run is not resumable; it takes about a "
+              "minute: train it again)", file=sys.stderr)
+        return 130
     metrics = {k: v for k, v in result.items() if k not in ("model", "data", "config")}
     # the keys every train --json line has; the answer is one word, so token accuracy and
     # exact match are both the fraction of questions answered right
     metrics.update(task=task, model="memnn", loss=result["test_loss"],
                    token_accuracy=1 - result["test_error"],
                    exact_match=1 - result["test_error"])
-    if args.out:
-        save_memnn(os.path.join(args.out, "checkpoint.npz"), result)
-        metrics["out"] = args.out
+    path = os.path.join(out, "checkpoint.npz")
+    save_memnn(path, result)
+    metrics["out"] = out
+    quoted = shlex.quote(out)
+    for line in (f"stopped: {result['epochs']} epochs ({result['steps']} steps) reached",
+                 f"saved: {path} (the best model by validation error, epoch "
+                 f"{result['best_epoch']})",
+                 "next:", f"  numtransformer eval --checkpoint {quoted}",
+                 f"  numtransformer eval --checkpoint {quoted} --split valid"):
+        print(line, file=stream)
     if args.json:
         print(json.dumps(metrics))
     return 0
@@ -181,47 +236,154 @@ def _cmd_train_memnn(args, kind) -> int:
 
 def _cmd_train(args) -> int:
     from .train import Trainer, make_trainer
+    from .train.rundir import default_run_dir
 
     for kind in (registry.get(args.model) if args.model else None,
                  registry.kind_for_task(args.task)):
         if kind is not None and not kind.train_config:  # trained by its own function
             return _cmd_train_memnn(args, kind)
 
-    overrides = _train_overrides(args)
-    if not args.resume:  # a kind and its tasks go together: either implies the other
-        implied = registry.kind_for_task(overrides.get("task"))
-        if "model" not in overrides and implied is not None:
-            overrides["model"] = implied.name
-        kind = registry.get(overrides.get("model", registry.DEFAULT))
-        if "task" not in overrides and kind.default_task:
-            overrides["task"] = kind.default_task
-        overrides = {**kind.defaults, **overrides}  # the kind's defaults, then the flags
-    if args.resume:
-        if not args.out:
-            raise UserError("--resume needs --out DIR, the run to continue")
-        trainer = Trainer.resume(args.out, **overrides)
-        print(f"resuming {args.out} at step {trainer.step} of {trainer.cfg.steps}",
-              file=sys.stderr if args.json else sys.stdout)
-    else:
-        cfg = TrainConfig(**overrides)
-        out = args.out or os.path.join(
-            "runs", f"{cfg.task}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-        trainer = make_trainer(cfg, out_dir=out)
-        n_params = trainer.model.num_parameters()
-        info = (f"training a {cfg.model} ({n_params:,} parameters, {cfg.dtype}) on {cfg.task}: "
-                f"{trainer.describe_data()}, {cfg.steps} steps of {cfg.batch_size}; "
-                f"saving to {out}")
-        print(info, file=sys.stderr if args.json else sys.stdout)
+    from .train.distributed import launched_by_mpi
+
+    if (getattr(args, "nproc", None) or 1) > 1 and not launched_by_mpi():
+        return _train_under_mpiexec(args)  # --nproc N: the same command on N ranks
+    try:  # (a Ctrl-C while the data is built: before fit took over the signals)
+        overrides = _train_overrides(args)
+        if not args.resume:  # a kind and its tasks go together: either implies the other
+            implied = registry.kind_for_task(overrides.get("task"))
+            if "model" not in overrides and implied is not None:
+                overrides["model"] = implied.name
+            kind = registry.get(overrides.get("model", registry.DEFAULT))
+            if "task" not in overrides and kind.default_task:
+                overrides["task"] = kind.default_task
+            overrides = {**kind.defaults, **overrides}  # the kind's defaults, then the flags
+        if args.resume:
+            if not args.out:
+                raise UserError("--resume needs --out DIR, the run to continue")
+            trainer = Trainer.resume(args.out, log=lambda line: print(
+                line, file=sys.stderr if args.json else sys.stdout), **overrides)
+            if trainer.dist.is_root:
+                print(f"resuming {args.out} at step {trainer.step} of {trainer.cfg.steps}",
+                      file=sys.stderr if args.json else sys.stdout)
+        else:
+            cfg = TrainConfig(**overrides)
+            from .train.sizes import check_fits
+            check_fits(cfg)  # a model too large for memory is refused before any allocation
+            out = args.out or _same_on_every_rank(default_run_dir(cfg.task, cfg.model))
+            trainer = make_trainer(cfg, out_dir=out)
+            n_params = trainer.model.num_parameters()
+            info = (f"training a {cfg.model} ({n_params:,} parameters, {cfg.dtype}) on "
+                    f"{cfg.task}: {trainer.describe_data()}, {cfg.steps} steps of "
+                    f"{cfg.batch_size}; saving to {out}")
+            if trainer.dist.is_root:
+                print(info, file=sys.stderr if args.json else sys.stdout)
+    except KeyboardInterrupt:  # before fit took over the signals: nothing to save yet
+        print("interrupted before training started: nothing saved", file=sys.stderr)
+        return 130
     stream = sys.stderr if args.json else sys.stdout
     trainer.stream = stream
+    dist = trainer.dist
+    if dist.size > 1:  # which process is which rank: mpiexec names a failed one by its pid
+        ranks = ", ".join(f"rank {r} pid {pid} on {host}" for r, (pid, host)
+                          in enumerate(dist.pids()))
+        if dist.is_root:
+            print(f"data-parallel: {dist.size} ranks ({ranks})", file=stream, flush=True)
     try:
         metrics = trainer.fit()
+    except BaseException as exc:
+        if dist.size > 1:  # say why, then stop every rank (the others wait in an Allreduce)
+            print(f"numtransformer train: rank {dist.rank}: {type(exc).__name__}: {exc}; "
+                  f"stopping all {dist.size} ranks", file=sys.stderr, flush=True)
+            dist.abort(1)
+        raise
     finally:
         trainer.close()
+    if not dist.is_root:  # rank 0 alone reports
+        return 0
     metrics["out"] = trainer.out_dir
+    for line in trainer.end_lines(metrics):
+        print(line, file=stream)
     if args.json:
         print(json.dumps(metrics))
+    if metrics.get("stopped_by") == "interrupted":  # saved: 130 for SIGINT, 143 for SIGTERM
+        import signal
+
+        from .train.signals import exit_status
+
+        return exit_status(getattr(signal, metrics.get("signal") or "SIGINT"))
     return 0
+
+
+def _same_on_every_rank(value):
+    """Rank 0's ``value`` on every MPI rank (a default run directory names the time)."""
+    from .train.distributed import world
+
+    w = world()
+    return value if w.size == 1 else w.comm.bcast(value, root=0)
+
+
+def _train_command(args) -> list[str]:
+    """``numtransformer train`` with the flags ``args`` holds, as a command line."""
+    argv = [sys.executable, "-m", "numtransformer", "train"]
+    for f in TrainConfig.settings():
+        value = getattr(args, f.name, None)
+        if f.metadata.get("flag") is None or value is None:
+            continue
+        flag = "--" + (f.metadata["flag"] or f.name).replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    argv += ["--out", args.out] if args.out else []
+    argv += ["--resume"] if args.resume else []
+    argv += ["--json"] if args.json else []
+    return argv
+
+
+def _train_under_mpiexec(args) -> int:
+    """``train --nproc N``: run the same command under ``mpiexec -n N``, pass its
+    output through, and when a rank dies name it (mpiexec names its pid; rank 0
+    prints which pid is which rank)."""
+    import re
+    import subprocess
+
+    from .train.distributed import MPIUnavailable, mpiexec_command
+    from .train.rundir import default_run_dir
+
+    if not args.out and not args.resume:  # every rank must write to one directory
+        overrides = _train_overrides(args)
+        implied = registry.kind_for_task(overrides.get("task"))
+        kind = registry.get(overrides.get("model") or (implied.name if implied
+                                                         else registry.DEFAULT))
+        args.out = default_run_dir(overrides.get("task") or kind.default_task
+                                   or TrainConfig.task, kind.name)
+    try:
+        command = mpiexec_command(args.nproc, _train_command(args))
+    except MPIUnavailable as exc:
+        raise UserError(str(exc)) from None
+    env = dict(os.environ)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):  # one BLAS thread per rank
+        env.setdefault(var, "1")
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
+    ranks, dead, code = {}, None, None
+    try:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if line.startswith("data-parallel: "):
+                ranks = {pid: (int(r), host) for r, pid, host
+                         in re.findall(r"rank (\d+) pid (\d+) on (\S+)", line)}
+            found = re.search(r"PID (\d+) RUNNING AT", line)
+            dead = found.group(1) if found and dead is None else dead
+            found = re.search(r"EXIT CODE: (\d+)", line)
+            code = found.group(1) if found and code is None else code
+    except KeyboardInterrupt:  # mpiexec passes the signal on to the ranks
+        pass
+    status = proc.wait()
+    if status != 0 and dead is not None:
+        rank, host = ranks.get(dead, ("?", "?"))
+        how = f"signal {code}" if code in ("9", "15", "6", "11") else f"exit code {code}"
+        print(f"numtransformer train: rank {rank} (pid {dead} on {host}) ended with {how}; "
+              f"mpiexec stopped the other ranks; the last checkpoint in {args.out!r} is "
+              f"intact: continue with --resume --nproc {args.nproc}", file=sys.stderr)
+    return status if status >= 0 else 128 - status
 
 
 def _run_kind(path: str) -> str | None:
@@ -282,6 +444,9 @@ def _cmd_eval(args) -> int:
     if m.bits_per_char is not None:
         line += f"  bits/char {m.bits_per_char:.3f}"
     print(line)
+    if m.error_rate is not None and m.error_rate > 1:
+        print("  (an error rate above 100%: the outputs are longer than their references, and "
+              "every extra token counts as an insertion; see numtransformer eval --help)")
     if m.bleu is not None:
         print(f"  BLEU {m.bleu:.2f}  ({m.bleu_signature})")
     for example in trainer.example_lines(m):
@@ -289,63 +454,200 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _decode_inputs(args) -> list[tuple[str, str]]:
+    """decode's inputs as (where, text): the TEXT arguments ("argument 2"), then the
+    lines of --input-file ("in.txt line 3"; "-": standard input)."""
+    from ._io import read_lines, source_name
+
+    inputs = [(f"argument {k}", text) for k, text in enumerate(args.text, 1)]
+    if args.input_file is not None:
+        name = source_name(args.input_file)
+        inputs += [(f"{name} line {k}", line)
+                   for k, line in enumerate(read_lines(args.input_file, "--input-file"), 1)]
+    if not inputs:
+        raise UserError("nothing to decode: give TEXT arguments or --input-file F (one input "
+                        "per line; - reads standard input)")
+    return inputs
+
+
+MAX_WARNINGS = 10  # decode's warnings about inputs: at most this many lines, then a count
+
+
+def _screen_inputs(inputs, tokenizer, warn, skipped=": its output line is empty",
+                   max_tokens=None) -> list[bool]:
+    """Which inputs can be decoded.  A blank input (nothing but spaces), one with no
+    token in the vocabulary and one longer than the model reads (``max_tokens``) are
+    not: their output line is left empty.  Tokens outside the vocabulary are read as
+    <unk>.  Every such input is named in a warning."""
+    from .tokens import SPECIALS
+
+    usable, warnings = [], []
+    kind = "character" if tokenizer.kind == "char" else "word"
+    for where, text in inputs:
+        tokens = tokenizer.split(text)
+        unknown = [t for t in tokens if t not in tokenizer.stoi or t in SPECIALS]
+        names = ", ".join(repr(t) for t in dict.fromkeys(unknown))
+        ok = False
+        if not text.strip() or not tokens:
+            warnings.append(f"{where} is blank{skipped}")
+        elif len(unknown) == len(tokens):
+            warnings.append(f"{where}: no {kind} of it is in the vocabulary ({names})"
+                            f"{skipped}")
+        elif max_tokens is not None and len(tokens) > max_tokens:
+            warnings.append(f"{where} has {len(tokens)} {kind}s; this model reads at most "
+                            f"{max_tokens}{skipped}")
+        else:
+            ok = True
+            if unknown:
+                warnings.append(f"{where}: {names} {'is' if len(set(unknown)) == 1 else 'are'} "
+                                f"not in the vocabulary (read as <unk>)")
+        usable.append(ok)
+    for line in warnings[:MAX_WARNINGS]:
+        warn(line)
+    if len(warnings) > MAX_WARNINGS:
+        warn(f"... and {len(warnings) - MAX_WARNINGS} more inputs like these")
+    return usable
+
+
+def _escape_line(text: str) -> str:
+    """A continuation on one output line: backslash, newline and carriage return
+    written as \\\\, \\n and \\r."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _check_attention_path(path: str) -> None:
+    """--attention: matplotlib present, the file writable, its suffix a format it writes."""
+    from ._io import check_output_file
+    from .plotting import image_formats
+
+    try:
+        formats = image_formats()
+    except ImportError as exc:
+        raise UserError(f"--attention: {exc}") from None
+    check_output_file(path, "--attention", formats=formats)
+
+
 def _cmd_decode(args) -> int:
     from .train import LMTrainer, Trainer
 
-    inputs = list(args.text)
-    if args.input_file:
-        if not os.path.exists(args.input_file):
-            raise UserError(f"no such file: {args.input_file!r}")
-        with open(args.input_file, encoding="utf-8") as f:
-            inputs += [line.rstrip("\n") for line in f]
-    if not inputs:
-        raise UserError("nothing to decode: give TEXT arguments or --input-file")
+    # everything the command line says is checked before the run is loaded
+    inputs = _decode_inputs(args)
+    if args.attention:
+        _check_attention_path(args.attention)
     trainer = Trainer.from_checkpoint(_checkpoint_path(args.checkpoint))
     lm = isinstance(trainer, LMTrainer)
     if not lm and (args.temperature is not None or args.top_k is not None):
         raise UserError("--temperature and --top-k sample from a language model (--model lm "
                         "runs); sequence-to-sequence runs decode greedily or with --beam")
+    if lm and args.beam != 1:
+        raise UserError("--beam applies to sequence-to-sequence runs; a language model "
+                        "continues each prompt (greedy with --temperature 0)")
+    if args.attention:
+        n_layers = _attention_layers(trainer)
+        if args.layer is not None and args.layer >= n_layers:
+            raise UserError(f"--layer {args.layer}: the model has {n_layers} "
+                            f"layer{'s' if n_layers != 1 else ''} (--layer counts from 0)")
+    max_source, max_output = _length_limits(trainer.model, bool(args.attention))
+    if args.max_len is not None and max_output is not None and args.max_len > max_output:
+        raise UserError(f"--max-len {args.max_len}: this model's positions end at "
+                        f"{trainer.model.config['max_len']}: it decodes at most {max_output} "
+                        f"tokens{' with --attention' if args.attention else ''}")
+
+    def warn(line):
+        print(f"numtransformer decode: warning: {line}", file=sys.stderr)
+
+    usable = _screen_inputs(inputs, trainer.tgt_tok if lm else trainer.src_tok, warn,
+                            max_tokens=max_source)
+    texts = [text for (_, text), ok in zip(inputs, usable) if ok]
     if lm:
-        if args.beam != 1:
-            raise UserError("--beam applies to sequence-to-sequence runs; a language model "
-                            "continues each prompt (greedy with --temperature 0)")
         max_len = 300 if args.max_len is None else args.max_len
         temperature = 0.8 if args.temperature is None else args.temperature
-        outputs = trainer.generate(inputs, max_len, temperature=temperature, top_k=args.top_k,
-                                   seed=args.seed)
-        outputs = [o.replace("\n", "\\n") if args.input_file else o for o in outputs]
+        decoded = trainer.generate(texts, max_len, temperature=temperature, top_k=args.top_k,
+                                   seed=args.seed) if texts else []
     else:
-        empty = [i + 1 for i, text in enumerate(inputs) if not text]
-        if empty:
-            raise UserError(f"input {empty[0]} is empty: a sequence-to-sequence run translates "
-                            f"a source of at least one token")
         max_len = 64 if args.max_len is None else args.max_len
-        outputs = trainer.translate(inputs, beam=args.beam, max_len=max_len)
-    for inp, out in zip(inputs, outputs):
-        print(inp + out if lm and not args.input_file else out)
+        decoded = trainer.translate(texts, beam=args.beam, max_len=max_len) if texts else []
+    it = iter(decoded)
+    outputs = [next(it) if ok else "" for ok in usable]
+    if lm and len(inputs) == 1 and args.input_file is None:
+        print(inputs[0][1] + outputs[0])  # one prompt: the text it starts, as text
+    else:  # one line per input (an lm's continuation escaped onto its line)
+        for out in outputs:
+            print(_escape_line(out) if lm else out)
+    sys.stdout.flush()
     if args.attention:
-        from .plotting import plot_attention
-
-        if lm:  # the causal self-attention over the prompt and what followed it
-            src, w = trainer.self_attention(inputs[0] + outputs[0])
-            out = src
-        else:
-            src, out, w = trainer.cross_attention(inputs[0], beam=args.beam, max_len=max_len)
-        layer = w.shape[0] - 1 if args.layer is None else args.layer
-        if not -w.shape[0] <= layer < w.shape[0]:
-            raise UserError(f"--layer {layer}: the model has {w.shape[0]} layers")
-        heads = w[layer]
-        mats = heads if args.heads else heads.mean(axis=0)
-        titles = [f"layer {layer % w.shape[0]}, head {h}" for h in range(len(heads))] \
-            if args.heads else None
-        try:
-            kind = "causal self-attention" if lm else "cross-attention"
-            plot_attention(mats, src, out, args.attention, titles=titles,
-                           suptitle=f"{kind}: {inputs[0]!r} -> {outputs[0]!r}")
-        except ImportError as exc:
-            raise UserError(str(exc)) from None
-        print(f"attention of {inputs[0]!r} written to {args.attention}", file=sys.stderr)
+        first = next((k for k, ok in enumerate(usable) if ok), None)
+        if first is None:
+            warn("no input could be decoded: no attention drawn")
+            return 0
+        _draw_attention(args, trainer, lm, inputs[first], outputs[first], max_len)
     return 0
+
+
+def _short(text: str, width: int = 40) -> str:
+    """repr(text), cut to about ``width`` characters for a title."""
+    return repr(text) if len(text) <= width else repr(text[:width - 3]) + "..."
+
+
+def _length_limits(model, attention: bool):
+    """(longest source, longest output) a model can decode, None where unlimited: a
+    Transformer's positions end at its max_len (the teacher-forced pass that draws the
+    attention adds <bos>); an RNN's location score reads at most max_src_len."""
+    from .models import Seq2Seq, Transformer
+
+    if isinstance(model, Transformer):
+        n = model.config["max_len"]
+        return n, n - 1 if attention else n
+    if isinstance(model, Seq2Seq) and model.config.get("score") == "location" \
+            and model.config.get("attention") == "luong":
+        return model.config["max_src_len"], None
+    return None, None
+
+
+def _attention_layers(trainer) -> int:
+    """The layers --attention can draw (an RNN decoder: one attention)."""
+    from .models import Seq2Seq
+
+    if isinstance(trainer.model, Seq2Seq):
+        if trainer.cfg.decoder == "none":
+            raise UserError("--attention: this run has no attention to draw (it was trained "
+                            "with --decoder none)")
+        return 1
+    return trainer.cfg.layers
+
+
+def _draw_attention(args, trainer, lm, source, output, max_len) -> None:
+    """--attention: the weights of the first decoded input, a panel per head (--heads)
+    or their mean; layers and heads numbered from 1 in the plot, as the study guide
+    numbers them (--layer counts from 0, as the parameter names decoder.layers.N do)."""
+    from .plotting import plot_attention
+
+    where, text = source
+    if lm:  # the causal self-attention over the prompt and what followed it
+        src, w = trainer.self_attention(text + output)
+        out = src
+        kind, labels = "causal self-attention", dict(xlabel="attended position (key)",
+                                                    ylabel="position (query)")
+    else:
+        src, out, w = trainer.cross_attention(text, beam=args.beam, max_len=max_len)
+        kind, labels = "cross-attention", dict(xlabel="input", ylabel="output")
+    n_layers, n_heads = w.shape[0], w.shape[1]
+    layer = n_layers - 1 if args.layer is None else args.layer
+    heads = w[layer]
+    what = "block" if lm else "decoder layer"
+    place = (f" of {what} {layer + 1} of {n_layers} (--layer {layer})"
+             if n_layers > 1 or n_heads > 1 else "")
+    if args.heads:
+        mats, titles = heads, [f"head {h + 1} of {n_heads}" for h in range(n_heads)]
+    else:
+        mats = heads.mean(axis=0)
+        titles = [f"mean of {n_heads} heads"] if n_heads > 1 else None
+    try:
+        plot_attention(mats, src, out, args.attention, titles=titles,
+                       suptitle=f"{kind}{place}: {_short(text)} -> {_short(output)}", **labels)
+    except ImportError as exc:
+        raise UserError(str(exc)) from None
+    print(f"{kind} of {where} ({text!r}) written to {args.attention}", file=sys.stderr)
 
 
 def _cmd_trace(args) -> int:
@@ -362,6 +664,15 @@ def _cmd_trace(args) -> int:
                           layers=1, dim_feedforward=16, dropout=0.0, seed=args.seed)
         trainer = Trainer(cfg)
     model = trainer.model.eval()
+    if args.text is not None and args.text.strip():  # characters outside the vocabulary
+        _screen_inputs([("--text", args.text)],
+                       trainer.tgt_tok if isinstance(trainer, LMTrainer) else trainer.src_tok,
+                       lambda line: print(f"numtransformer trace: warning: {line}",
+                                          file=sys.stderr), skipped=" (read as <unk>)")
+        longest = _length_limits(model, attention=False)[0]
+        n_tokens = len(trainer.src_tok.split(args.text))
+        if not isinstance(trainer, LMTrainer) and longest is not None and n_tokens > longest:
+            raise UserError(f"--text has {n_tokens} tokens; this model reads at most {longest}")
     if isinstance(trainer, LMTrainer):
         source = args.text if args.text is not None else trainer.task.train[:32]
         ids = np.array([trainer.tgt_tok.encode(source)[-trainer.cfg.context:]])
@@ -400,9 +711,12 @@ _FLAG_TYPES = {"task": _task_name}  # settings whose command-line value the CLI 
 
 
 def _add_train_flags(p) -> None:
-    """One flag per TrainConfig setting (its range or choices, its help), then the
-    options of the model kinds not run by a TrainConfig (memnn's --hops ...).  Every
-    flag defaults to None: "keep the config's value"."""
+    """One flag per TrainConfig setting (its range or choices, its help and default),
+    then the options of the model kinds not run by a TrainConfig (memnn's --hops ...).
+    Every flag defaults to None: "keep the config's value"; the help shows the value
+    that is kept (TrainConfig's, and where a model kind starts from another, its)."""
+    import re
+
     for f in TrainConfig.settings():
         meta = f.metadata
         if meta.get("flag") is None:
@@ -417,95 +731,252 @@ def _add_train_flags(p) -> None:
         choices = meta.get("choices")
         if choices is not None:
             kwargs["choices"] = list(choices() if callable(choices) else choices)
-        help_text = _model_help() if f.name == "model" else meta.get("help")
-        if help_text:
-            kwargs["help"] = help_text.format(default=f.default)
+        help_text = _model_help() if f.name == "model" else meta.get("help") or ""
+        # the default is said once, at the end, with the kinds' own defaults
+        help_text = re.sub(r"\s*\(default \{default\}\)", "", help_text).format(default=f.default)
+        if not re.search(r"default[: ]", help_text):  # (a help may say it: "default: all")
+            help_text += " " + _default_note(f)
+        kwargs["help"] = help_text.strip().replace("%", "%%")
         flag = meta["flag"] or f.name
         if meta.get("metavar") or "choices" not in kwargs and "action" not in kwargs:
             kwargs["metavar"] = meta.get("metavar") or flag.upper()
         p.add_argument("--" + flag.replace("_", "-"), **kwargs)
     for kind in registry.kinds():
+        defaults = _trainer_defaults(kind)
         for o in kind.options:
             kwargs = {"help": o.help}
             if o.choices is not None:
                 kwargs["choices"] = list(o.choices)
             else:
                 kwargs["type"] = _range_type(Range(o.type, o.lo))
+            default = defaults.get(o.keyword or o.flag)
+            if default is not None:
+                kwargs["help"] += f" (default: {_shown(default)})"
             p.add_argument("--" + o.flag.replace("_", "-"), **kwargs)
 
 
+def _trainer_defaults(kind) -> dict:
+    """The keyword defaults of a kind's trainer function (memnn: train_memnn's)."""
+    if kind.train_config:
+        return {}
+    import inspect
+
+    from .train.loop import resolve_trainer
+
+    return {name: p.default for name, p in
+            inspect.signature(resolve_trainer(kind.trainer)).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _shown(value) -> str:
+    if isinstance(value, type):  # a dtype given as its numpy type
+        return str(value.__name__)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _default_note(f) -> str:
+    """'(default: X; lm: Y; memnn: Z)' for a TrainConfig setting: the value an unset flag
+    keeps, and where a model kind starts from another value, that kind's."""
+    if f.type == "bool":
+        shown = "on" if f.default else "off"
+    elif f.default is None:
+        shown = {"n_train": "the task's own (a corpus: all but valid and test)",
+                 "time_budget": "none"}.get(f.name, "none")
+    else:
+        shown = _shown(f.default)
+    per_kind = []
+    for kind in registry.kinds():
+        if kind.train_config:
+            value = (kind.default_task if f.name == "task" else kind.defaults.get(f.name))
+        else:  # a kind with its own trainer (memnn): its keyword's default
+            keyword = "task" if f.name == "task" else kind.keywords.get(f.name)
+            value = kind.default_task if f.name == "task" else (
+                _trainer_defaults(kind).get(keyword) if keyword else None)
+        if value is not None and _shown(value) != _shown(f.default):
+            per_kind.append(f"{kind.name}: {_shown(value)}")
+    return f"(default: {'; '.join([shown] + per_kind)})"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, with every option's default shown ("(default: ...)") unless its
+    help already says it; flags (on/off) and options without a value have none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (not action.option_strings or "default" in text
+                or action.default is None or action.default is False  # (0 is a default)
+                or action.default == argparse.SUPPRESS
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+class _RawHelpFormatter(_HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The same, with the description's and epilog's paragraphs kept as written."""
+
+
+EVAL_DESCRIPTION = """\
+Evaluate a saved run on a split of its data (the test split by default).
+
+metrics (sequence-to-sequence runs):
+  loss            mean cross-entropy per target token, teacher-forced, without
+                  label smoothing (the training loss of a run with
+                  --label-smoothing > 0 includes it, so it sits higher)
+  perplexity      exp(loss)
+  token accuracy  the share of target tokens (and the final <eos>) whose
+                  likeliest prediction, teacher-forced, is the reference token
+  exact match     the share of inputs whose decoded output (greedy, or --beam)
+                  equals the reference exactly
+  error rate      edit distance between decoded outputs and references
+                  (substitutions + deletions + insertions), summed over the
+                  split and divided by the number of reference tokens: the
+                  character error rate for character tokens, the word error
+                  rate for --tokens word, the phoneme error rate for g2p.  It
+                  can exceed 100%: every token an output has beyond its
+                  reference is an insertion, so an output three times as long
+                  as its reference has an error rate of at least 200%.
+  BLEU            tsv: corpora, when sacrebleu is installed
+lm runs: loss, perplexity, next-character accuracy, bits per character
+(loss / ln 2).  memnn runs: the share of questions answered right and wrong.
+"""
+
+DECODE_DESCRIPTION = """\
+Decode inputs with a saved run: translate them (sequence-to-sequence runs) or
+continue them (lm runs).
+
+inputs: the TEXT arguments, then the lines of --input-file (- reads standard
+input), numbered from 1 in messages.  Every input gives one output line, in
+order.  A blank input (empty or only spaces), an input none of whose
+characters (words, for --tokens word runs) is in the run's vocabulary, and an
+input longer than the model reads (a Transformer: 256 tokens) are not decoded:
+their output line is empty and a warning on stderr names them.  Characters
+(words) outside the vocabulary are read as <unk>, with a warning naming them
+and the input.
+
+lm runs: one TEXT prompt prints the prompt and its continuation as text.
+Several inputs, or --input-file, print one line per input: the continuation
+only, with a newline written as \\n, a carriage return as \\r and a backslash
+as \\\\.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(
         prog="numtransformer",
         description="Attention models in NumPy with hand-written backward passes.",
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=_version_line(__version__))
     sub = parser.add_subparsers(dest="command", metavar="command")
 
     p = sub.add_parser("train", help="train a model (no arguments: the default dates run)",
+                       formatter_class=_HelpFormatter,
                        description="Train a sequence-to-sequence model on a built-in task "
                        "or corpus, a memory network on bAbI, or a character language model "
                        "on a text. "
-                       "Unset options keep the defaults of TrainConfig (or, with --resume, "
-                       "the saved run's values).")
+                       "Unset options keep the defaults shown (those of TrainConfig, or of "
+                       "the model kind where it names its own; with --resume, the saved "
+                       "run's values).")
     _add_train_flags(p)
-    p.add_argument("--out", metavar="DIR", help="run directory (default runs/<task>-<model>-<time>)")
+    p.add_argument("--out", metavar="DIR",
+                   help="run directory (default: runs/<task name>-<model>-<date-time>)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--json", action="store_true",
                    help="end with one line of JSON holding the final metrics")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a saved run")
-    p.add_argument("--checkpoint", required=True, metavar="DIR_OR_FILE")
-    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    p.add_argument("--limit", type=POSITIVE, help="evaluate only the first N pairs")
+    p = sub.add_parser("eval", help="evaluate a saved run", description=EVAL_DESCRIPTION,
+                       formatter_class=_RawHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="DIR_OR_FILE",
+                   help="a run directory, or its checkpoint.npz")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"],
+                   help="the split to evaluate")
+    p.add_argument("--limit", type=POSITIVE,
+                   help="evaluate only the first N pairs (default: all of the split)")
     p.add_argument("--beam", type=POSITIVE, default=1, help="beam size (1: greedy)")
     p.add_argument("--json", action="store_true", help="print one line of JSON")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("decode", help="decode inputs with a saved run")
+    p = sub.add_parser("decode", help="decode inputs with a saved run",
+                       description=DECODE_DESCRIPTION, formatter_class=_RawHelpFormatter)
     p.add_argument("text", nargs="*", help="inputs to decode")
-    p.add_argument("--checkpoint", required=True, metavar="DIR_OR_FILE")
-    p.add_argument("--input-file", metavar="F", help="one input per line; one output per line")
+    p.add_argument("--checkpoint", required=True, metavar="DIR_OR_FILE",
+                   help="a run directory, or its checkpoint.npz")
+    p.add_argument("--input-file", metavar="F",
+                   help="one input per line (- : standard input); one output line per input "
+                   "(default: none, the TEXT arguments only)")
     p.add_argument("--beam", type=POSITIVE, default=1, help="beam size (1: greedy)")
     p.add_argument("--max-len", type=POSITIVE, default=None,
-                   help="longest output (default 64); lm: characters to generate (default 300)")
+                   help="longest output (default: 64); lm: characters to generate "
+                   "(default: 300)")
     p.add_argument("--temperature", type=NONNEGATIVE_FLOAT, default=None,
-                   help="lm: sampling temperature (default 0.8; 0: greedy)")
-    p.add_argument("--top-k", type=POSITIVE, default=None, help="lm: sample from the k likeliest")
+                   help="lm: sampling temperature (default: 0.8; 0: greedy)")
+    p.add_argument("--top-k", type=POSITIVE, default=None,
+                   help="lm: sample from the k likeliest (default: from all)")
     p.add_argument("--seed", type=NONNEGATIVE, default=0, help="lm: sampling seed")
     p.add_argument("--attention", metavar="OUT.png",
-                   help="draw the cross-attention of the first input (lm: the causal "
-                   "self-attention over prompt and continuation; needs matplotlib)")
-    p.add_argument("--layer", type=NONNEGATIVE, help="decoder layer to draw (default: the last)")
-    p.add_argument("--heads", action="store_true", help="draw each head, not their mean")
+                   help="draw the cross-attention of the first decoded input (lm: the causal "
+                   "self-attention over prompt and continuation) to a .png, .pdf, .svg, ... "
+                   "file; needs matplotlib (default: no drawing)")
+    p.add_argument("--layer", type=NONNEGATIVE,
+                   help="decoder layer to draw, counted from 0 as in the parameter names "
+                   "(decoder.layers.0: the first); the plot numbers layers and heads from 1 "
+                   "(default: the last layer)")
+    p.add_argument("--heads", action="store_true",
+                   help="draw each head in a grid, not their mean")
     p.set_defaults(func=_cmd_decode)
 
     from .pretrained.embed import add_embed_arguments, run_embed
 
     p = sub.add_parser("embed", help="sentence embeddings and cosine similarities "
-                       "(all-MiniLM-L6-v2 in NumPy)")
+                       "(all-MiniLM-L6-v2 in NumPy)", formatter_class=_HelpFormatter)
     add_embed_arguments(p)
+    for action in p._actions:  # say what an unset option means (pretrained/embed.py's flags)
+        if action.dest == "input_file" and "default" not in (action.help or ""):
+            action.help += " (default: none, the SENTENCE arguments only)"
     p.set_defaults(func=run_embed)
 
-    p = sub.add_parser("trace", help="print every named intermediate of one forward pass")
+    from .chat import add_commands as add_chat_commands
+
+    add_chat_commands(sub)  # generate, chat: SmolLM2-135M-Instruct (numtransformer/chat.py)
+
+    p = sub.add_parser("trace", help="print every named intermediate of one forward pass",
+                       formatter_class=_HelpFormatter)
     p.add_argument("--checkpoint", metavar="DIR_OR_FILE",
                    help="a saved run (default: a tiny fresh Transformer on a date)")
     p.add_argument("--text", help="the source to trace (default: a training example)")
     p.add_argument("--values", type=NONNEGATIVE, default=4, help="values shown per array")
-    p.add_argument("--seed", type=NONNEGATIVE, default=0)
+    p.add_argument("--seed", type=NONNEGATIVE, default=0,
+                   help="seed of the tiny fresh model (without --checkpoint)")
     p.set_defaults(func=_cmd_trace)
 
-    p = sub.add_parser("gradcheck", help="check every layer's backward against finite differences")
-    p.add_argument("--seed", type=NONNEGATIVE, default=0, help="random seed for the inputs, parameters and G "
-                   "(each case's sizes are fixed)")
+    p = sub.add_parser("gradcheck", help="check every layer's backward against finite differences",
+                       formatter_class=_HelpFormatter,
+                       description="Check every layer's backward pass against finite "
+                       "differences in float64 (about a minute; progress on stderr).")
+    p.add_argument("--seed", type=NONNEGATIVE, default=0,
+                   help="random seed for the inputs, parameters and G (each case's sizes are "
+                   "fixed)")
     p.add_argument("--threshold", type=POSITIVE_FLOAT, default=1e-7,
-                   help="max relative error allowed (default 1e-7)")
+                   help="max relative error allowed")
     p.add_argument("--only", metavar="NAME", default=None,
-                   help="check only layers whose name contains NAME")
+                   help="check only layers whose name contains NAME (default: every layer)")
     p.add_argument("--markdown", action="store_true",
                    help="print one Markdown row per layer (its worst tensor) instead")
     p.set_defaults(func=_cmd_gradcheck)
     return parser
+
+
+def _version_line(version: str) -> str:
+    import platform
+
+    import numpy as np
+
+    return f"numtransformer {version} (numpy {np.__version__}, Python {platform.python_version()})"
 
 
 def main(argv=None) -> int:

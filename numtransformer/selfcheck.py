@@ -21,13 +21,19 @@ from .gradcheck import Case, GradcheckReport, gradcheck, relu_margin
 __all__ = ["run_all", "RELU_MARGIN", "Case", "CASES", "all_cases"]
 
 
-def run_all(seed: int = 0, threshold: float = 1e-7,
-            only: str | None = None) -> list[tuple[str, GradcheckReport]]:
-    """Run every case (or those whose name contains ``only``)."""
+def run_all(seed: int = 0, threshold: float = 1e-7, only: str | None = None,
+            progress=None) -> list[tuple[str, GradcheckReport]]:
+    """Run every case (or those whose name contains ``only``).
+
+    ``progress(k, n, name)``, if given, is called before each case is checked: the
+    k-th (from 1) of the n selected, by its name (``numtransformer gradcheck``
+    reports it on stderr)."""
     results = []
-    for i, case in enumerate(all_cases()):
-        if only and only.lower() not in case.name.lower():
-            continue
+    selected = [(i, case) for i, case in enumerate(all_cases())
+                if not only or only.lower() in case.name.lower()]
+    for number, (i, case) in enumerate(selected, 1):
+        if progress is not None:
+            progress(number, len(selected), case.name)
         for attempt in range(_MAX_DRAWS):
             rng = np.random.default_rng([seed, i] + ([attempt] if attempt else []))
             module, inputs, kwargs = case.build(rng)

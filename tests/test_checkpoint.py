@@ -106,3 +106,80 @@ def test_truncated_and_foreign_files_are_clear_errors(tmp_path):
         load_checkpoint(other)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(str(tmp_path / "nope.npz"))
+
+
+# -- verified saves (issue 23) ------------------------------------------------------------------
+def _full_disk(monkeypatch, after_bytes=64):
+    """np.savez that writes ``after_bytes`` bytes and then fails as a full disk does."""
+    import errno
+
+    real = np.savez
+
+    class Full:
+        def __init__(self, f):
+            self._f, self._left = f, after_bytes
+
+        def write(self, b):
+            if len(b) > self._left:
+                self._f.write(bytes(b)[: self._left])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self._left -= len(b)
+            return self._f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+    monkeypatch.setattr(np, "savez", lambda f, **arrays: real(Full(f), **arrays))
+
+
+def test_a_full_disk_leaves_the_previous_checkpoint_and_says_so_in_one_line(tmp_path,
+                                                                            monkeypatch):
+    from numtransformer.checkpoint import CheckpointNotSaved
+
+    model = Tiny()
+    path = str(tmp_path / "ckpt.npz")
+    save_checkpoint(path, model, {"v": 1})
+    _full_disk(monkeypatch)
+    with pytest.raises(CheckpointNotSaved) as info:
+        save_checkpoint(path, model, {"v": 2})
+    message = str(info.value)
+    assert "No space left on device (ENOSPC)" in message and "ckpt.npz" in message
+    assert "previous checkpoint there is kept" in message and "\n" not in message
+    monkeypatch.undo()
+    assert load_checkpoint(path).config == {"v": 1}
+    assert os.listdir(tmp_path) == ["ckpt.npz"]  # the partial temp file is gone
+    # a first save that fails leaves nothing behind, and says that nothing was saved
+    _full_disk(monkeypatch)
+    with pytest.raises(CheckpointNotSaved, match="nothing was saved"):
+        save_checkpoint(str(tmp_path / "new.npz"), model, {"v": 1})
+    assert os.listdir(tmp_path) == ["ckpt.npz"]
+
+
+def test_a_file_that_does_not_read_back_as_written_never_replaces_the_previous(tmp_path,
+                                                                               monkeypatch):
+    from numtransformer.checkpoint import CheckpointNotSaved
+
+    model = Tiny()
+    path = str(tmp_path / "ckpt.npz")
+    save_checkpoint(path, model, {"v": 1})
+    real = np.savez
+
+    def flipped(f, **arrays):  # a bit lost on its way to the disk
+        arrays = dict(arrays)
+        w = arrays["param/lin.W"].copy()
+        w.view(np.uint8)[0] ^= 1
+        arrays["param/lin.W"] = w
+        return real(f, **arrays)
+
+    monkeypatch.setattr(np, "savez", flipped)
+    with pytest.raises(CheckpointNotSaved, match="param/lin.W reads back differently"):
+        save_checkpoint(path, model, {"v": 2})
+    monkeypatch.undo()
+    # the caller's own check: a checkpoint its loader would refuse is never put in place
+    with pytest.raises(CheckpointNotSaved, match="did not verify \\(the run disagrees\\)"):
+        save_checkpoint(path, model, {"v": 3},
+                        verify=lambda ck: (_ for _ in ()).throw(ValueError("the run disagrees")))
+    assert load_checkpoint(path).config == {"v": 1}
+    assert os.listdir(tmp_path) == ["ckpt.npz"]
+    save_checkpoint(path, model, {"v": 4}, verify=lambda ck: None)
+    assert load_checkpoint(path).config == {"v": 4}

@@ -305,3 +305,151 @@ def test_claim_locks_the_run_directory_and_refuses_a_fresh_run_over_a_checkpoint
     lock = claim(run, fresh=False)  # a resume takes it, and clears a save's leftovers
     assert not (tmp_path / "run" / ".ckpt-x.tmp").exists()
     lock.release()
+
+
+# -- issue 23: saves that verify, what the end of a run says -------------------------------------
+def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_last_checkpoint(tmp_path,
+                                                                             monkeypatch):
+    import errno
+
+    out = str(tmp_path / "run")
+    t = Trainer(TrainConfig(steps=10, **dict(TINY, checkpoint_every=2)), out_dir=out,
+                stream=_quiet())
+    t.fit(until=4)
+    real = np.savez
+
+    def full(f, **arrays):
+        f.write(b"PK\x03\x04")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(TrainingError) as info:
+        t.fit()
+    message = str(info.value)
+    assert message.startswith("step 6: could not write checkpoint")
+    assert "No space left on device (ENOSPC)" in message
+    assert "the previous checkpoint there is kept (step 4); stopping" in message
+    t.close()
+    monkeypatch.setattr(np, "savez", real)
+    assert sorted(os.listdir(out)) == [".lock", "checkpoint.npz"]
+    again = Trainer.resume(out, stream=_quiet())
+    assert again.step == 4
+    again.close()
+
+
+def test_a_checkpoint_whose_optimizer_disagrees_with_the_run_is_never_put_in_place(tmp_path):
+    """The issue's lost run: a checkpoint of 634 optimizer steps for a run of 633
+    replaced the good one.  Now the save verifies it first and keeps the old one."""
+    out = str(tmp_path / "run")
+    t = Trainer(TrainConfig(steps=10, **TINY), out_dir=out, stream=_quiet())
+    t.fit(until=3)  # saves step 3
+    t.optimizer.step()  # as if interrupted between optimizer.step() and step += 1
+    with pytest.raises(TrainingError, match="the optimizer made 4 steps, the run 3"):
+        t.save()
+    t.close()
+    again = Trainer.resume(out, stream=_quiet())
+    assert again.step == again.optimizer.step_count == 3
+    again.close()
+
+
+def test_a_time_budget_stop_is_announced_and_the_eta_counts_the_budget(tmp_path):
+    import io
+
+    from numtransformer.train import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):  # every step redraws the progress line
+            return True
+
+    stream = Terminal()
+    t = Trainer(TrainConfig(steps=10**6, time_budget=0.05, **TINY), out_dir=str(tmp_path / "r"),
+                stream=stream)
+    result = t.fit()
+    t.close()
+    text = stream.getvalue()
+    assert result["stopped_by"] == "time budget"
+    assert f"time budget of 0.05 s reached at step {result['steps']} of 1000000: stopping" in text
+    assert "(time budget)" in text  # the ETA line: the budget, not a million steps, ends it
+    lines = t.end_lines(result)
+    assert lines[0].startswith("stopped: time budget of 0.05 s reached at step")
+    # the ETA: the sooner of the steps left and the budget left
+    p = Progress(1000, stream=io.StringIO(), budget=60.0)
+    p.start -= 10.0  # 10 s for 10 steps: 990 s of steps left, 30 s of budget
+    eta, by_budget = p.eta(10, 10, seconds=30.0)
+    assert by_budget and eta == pytest.approx(30.0)
+    eta, by_budget = p.eta(990, 990, seconds=30.0)
+    assert not by_budget and eta < 30.0
+
+
+@pytest.mark.parametrize("smoothing,label", [(0.1, "train loss (label smoothing 0.1) "),
+                                             (0.0, "train loss ")])
+def test_the_training_loss_line_says_when_label_smoothing_is_on(smoothing, label):
+    import io
+
+    stream = io.StringIO()
+    t = Trainer(TrainConfig(steps=3, **dict(TINY, label_smoothing=smoothing)), stream=stream)
+    t.fit()
+    progress = [line for line in stream.getvalue().splitlines() if line.startswith("[")]
+    assert progress and all(label in line for line in progress), progress
+    assert ("label smoothing" in stream.getvalue()) == bool(smoothing)
+
+
+def test_the_end_of_a_cli_run_says_where_why_and_what_next(tmp_path, capsys):
+    import shlex
+
+    out = str(tmp_path / "run")
+    args = ["train", "--task", "copy", "--steps", "4", "--d-model", "16", "--nhead", "2",
+            "--layers", "1", "--ff", "32", "--n-train", "200", "--n-valid", "10",
+            "--n-test", "10", "--out", out]
+    assert cli.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    end = lines[lines.index("next:") - 2:]
+    assert end[0] == "stopped: 4 steps reached"
+    assert end[1] == f"saved: {os.path.join(out, 'checkpoint.npz')} (step 4)"
+    commands = [shlex.split(line.split("   (")[0]) for line in end[3:]]
+    assert [c[:2] for c in commands] == [["numtransformer", "decode"],
+                                         ["numtransformer", "eval"],
+                                         ["numtransformer", "train"]]
+    assert commands[2][2:] == ["--out", out, "--resume", "--steps", "8"]
+    assert "stretch the cosine schedule" in end[-1]
+    for command in commands:  # each one runs as printed
+        assert cli.main(command[1:]) == 0, command
+        capsys.readouterr()
+
+
+def test_memnn_without_out_saves_to_a_run_directory_and_says_where(tmp_path, monkeypatch,
+                                                                   capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--model", "memnn", "--task", "babi:1", "--epochs", "1", "--n-train",
+            "100"]
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    (run,) = os.listdir(tmp_path / "runs")
+    assert run.startswith("babi1-memnn-") and ":" not in run
+    path = os.path.join("runs", run, "checkpoint.npz")
+    assert f"saved: {path} (the best model" in text
+    assert f"numtransformer eval --checkpoint {os.path.join('runs', run)}" in text
+    assert cli.main(["eval", "--checkpoint", os.path.join("runs", run)]) == 0
+
+
+@pytest.mark.parametrize("schedule,identical", [("constant", True), ("noam", True),
+                                                ("warmup_cosine", False)])
+def test_resuming_with_more_steps_matches_a_longer_run_only_when_the_schedule_ignores_steps(
+        tmp_path, schedule, identical):
+    """The README's guarantee, exactly: stopped anywhere (interrupt, kill, time budget)
+    and resumed with the same --steps, any schedule gives the uninterrupted run's
+    parameters; N steps and then --resume --steps 2N gives the 2N-step run's only when
+    the schedule does not depend on --steps (constant, noam): warmup_cosine decays to
+    the run's last step."""
+    cfg = dict(TINY, schedule=schedule)
+    straight = Trainer(TrainConfig(steps=12, **cfg), stream=_quiet())
+    straight.fit()
+    first = Trainer(TrainConfig(steps=6, **cfg), out_dir=str(tmp_path / "run"),
+                    stream=_quiet())
+    first.fit()
+    first.close()
+    longer = Trainer.resume(str(tmp_path / "run"), stream=_quiet(), steps=12)
+    longer.fit()
+    longer.close()
+    a, b = _params(straight), _params(longer)
+    assert all(np.array_equal(a[k], b[k]) for k in a) == identical

@@ -27,14 +27,16 @@ import numpy as np
 
 from .memnn import MemN2N
 from .seq2seq import Seq2Seq
+from .llama import llama_lm
 from .transformer import Transformer, TransformerLM
 
 __all__ = ["ModelKind", "Option", "register", "get", "names", "kinds", "kind_for_task",
-           "DEFAULT", "SCORES", "ACTIVATIONS", "CELLS", "DECODERS"]
+           "DEFAULT", "SCORES", "ACTIVATIONS", "CELLS", "DECODERS", "LM_ARCHS"]
 
 # the choices of the settings the models take by name (the CLI offers exactly these)
 SCORES = ("dot", "scaled_dot", "general", "additive", "cosine", "location")  # Seq2Seq(score=)
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh")  # Transformer / TransformerLM(activation=)
+LM_ARCHS = ("gpt", "llama")  # TransformerLM's GPT-style defaults, or models.llama_lm's options
 CELLS = ("rnn", "lstm", "gru")  # Seq2Seq(cell=)
 DECODERS = ("luong", "bahdanau", "none")  # Seq2Seq(attention=); none: the bottleneck
 DEFAULT = "transformer"  # the kind a run trains when neither --model nor its task says
@@ -150,11 +152,19 @@ def _build_seq2seq(cfg, src_vocab, tgt_vocab, rng):
 
 
 def _build_lm(cfg, src_vocab, tgt_vocab, rng):  # decoder-only, pre-LN (norm_first n/a)
+    options = dict(n_kv_heads=cfg.kv_heads, window=cfg.window,
+                   attention_impl=cfg.attention_impl)
+    if cfg.arch == "llama":  # RMSNorm, rotary, SwiGLU, no biases (--activation does not apply)
+        return llama_lm(tgt_vocab, d_model=cfg.d_model, nhead=cfg.nhead,
+                        num_layers=cfg.layers, dim_feedforward=cfg.dim_feedforward,
+                        dropout=cfg.dropout, max_len=cfg.context, tie_output=cfg.tie_output,
+                        dtype=np.dtype(cfg.dtype), rng=rng, **options)
     return TransformerLM(tgt_vocab, d_model=cfg.d_model, nhead=cfg.nhead,
                          num_layers=cfg.layers, dim_feedforward=cfg.dim_feedforward,
                          dropout=cfg.dropout, activation=cfg.activation,
                          positional="learned", max_len=cfg.context,
-                         tie_output=cfg.tie_output, dtype=np.dtype(cfg.dtype), rng=rng)
+                         tie_output=cfg.tie_output, dtype=np.dtype(cfg.dtype), rng=rng,
+                         **options)
 
 
 def _build_memnn(cfg, src_vocab, tgt_vocab, rng):  # cfg: train_memnn's settings
@@ -174,21 +184,52 @@ def _lm_problems(cfg) -> list:
     problems = _heads_divide(cfg)
     if cfg.context < 2:
         problems.append(f"context must be >= 2 for --model lm, got {cfg.context}")
+    if cfg.kv_heads is not None and cfg.nhead % cfg.kv_heads:
+        problems.append(f"nhead={cfg.nhead} is not divisible by kv_heads={cfg.kv_heads} (each "
+                        f"key/value head serves nhead / kv_heads query heads)")
+    if cfg.attention_impl == "tiled" and cfg.dropout > 0:
+        problems.append(f"--attention-impl tiled applies no dropout to the attention weights; "
+                        f"use --dropout 0 (got {cfg.dropout})")
+    if cfg.arch == "llama" and not problems and (cfg.d_model // cfg.nhead) % 2:
+        problems.append(f"--arch llama rotates head dimensions in pairs: d_model / nhead = "
+                        f"{cfg.d_model // cfg.nhead} must be even")
     return problems
+
+
+def _lm_only(cfg) -> list:
+    """--arch, --kv-heads and --window shape the decoder-only LM alone."""
+    given = [f"--{flag}" for flag, on in (("arch", cfg.arch != "gpt"),
+                                          ("kv-heads", cfg.kv_heads is not None),
+                                          ("window", cfg.window is not None),
+                                          ("attention-impl", cfg.attention_impl != "plain"))
+             if on]
+    verb = "applies" if len(given) == 1 else "apply"
+    return [f"{', '.join(given)} {verb} to --model lm only"] if given else []
+
+
+def _lm_parameters(c) -> int:
+    """Attention and FFN weights (and the GPT-style position table)."""
+    d, ff = c.d_model, c.dim_feedforward
+    d_kv = d // c.nhead * (c.kv_heads or c.nhead)
+    if c.arch == "llama":  # q, o: d x d; k, v: d x d_kv; gate, up, down: d x ff
+        return c.layers * (2 * d * d + 2 * d * d_kv + 3 * d * ff)
+    return c.layers * (2 * d * d + 2 * d * d_kv + 2 * d * ff) + c.context * d
 
 
 register(ModelKind(
     "transformer", "Transformer encoder-decoder", _build_transformer,
-    trainer="numtransformer.train.loop:Trainer", problems=_heads_divide,
+    trainer="numtransformer.train.loop:Trainer",
+    problems=lambda c: _heads_divide(c) + _lm_only(c),
     # the encoder's and decoder's attention and FFN weights alone
     min_parameters=lambda c: c.layers * (12 * c.d_model ** 2 + 4 * c.d_model * c.dim_feedforward)))
 register(ModelKind(
     "seq2seq", "RNN encoder-decoder", _build_seq2seq,
-    trainer="numtransformer.train.loop:Trainer", problems=_seq2seq_problems,
+    trainer="numtransformer.train.loop:Trainer",
+    problems=lambda c: _seq2seq_problems(c) + _lm_only(c),
     min_parameters=lambda c: c.layers * c.hidden_size ** 2 + c.d_model))
 register(ModelKind(
     "lstmn", "LSTMN encoder, RNN decoder", _build_seq2seq,
-    trainer="numtransformer.train.loop:Trainer",
+    trainer="numtransformer.train.loop:Trainer", problems=_lm_only,
     min_parameters=lambda c: c.hidden_size ** 2 + c.d_model))
 register(ModelKind(
     "memnn", "end-to-end memory network (bAbI)", _build_memnn,
@@ -212,6 +253,4 @@ register(ModelKind(
     defaults={"label_smoothing": 0.0, "batch_size": 32, "steps": 2000, "lr": 1e-2,
               "warmup": 100, "dropout": 0.0},
     problems=_lm_problems,
-    # self-attention and FFN weights, the position table
-    min_parameters=lambda c: (c.layers * (4 * c.d_model ** 2 + 2 * c.d_model * c.dim_feedforward)
-                              + c.context * c.d_model)))
+    min_parameters=_lm_parameters))

@@ -123,6 +123,18 @@ class TrainConfig:
     norm_first: bool = _setting(False, "pre-LN instead of post-LN")
     activation: str = _setting("relu", choices=registry.ACTIVATIONS)
     tie_output: bool = _setting(True, flag=None)
+    # model: decoder-only LM architecture (used by --model lm)
+    arch: str = _setting("gpt", "lm architecture: gpt (LayerNorm, learned positions, GELU "
+                         "MLP) or llama (RMSNorm, rotary, SwiGLU, no biases)",
+                         choices=registry.LM_ARCHS)
+    kv_heads: int | None = _setting(None, "lm: key/value heads (grouped-query attention; "
+                                    "default: --nhead)", range=Range(int, 1, optional=True))
+    window: int | None = _setting(None, "lm: sliding-window attention, each position sees "
+                                  "the last N (default: all)",
+                                  range=Range(int, 1, optional=True))
+    attention_impl: str = _setting("plain", "lm: plain attention, or tiled (FlashAttention-"
+                                   "style: no (T, T) weights per head; needs --dropout 0)",
+                                   choices=("plain", "tiled"))
     # model: RNN seq2seq (used by --model seq2seq / lstmn)
     cell: str = _setting("lstm", "seq2seq recurrent cell", choices=registry.CELLS)
     score: str = _setting("general", "seq2seq attention score (Luong)",
@@ -156,6 +168,13 @@ class TrainConfig:
     time_budget: float | None = _setting(
         None, "stop cleanly (checkpoint, evaluation) after this much training time",
         range=Range(float, 0, strict=True, optional=True, unit="seconds"), metavar="SECONDS")
+    budget_schedule: str = _setting(
+        "time", "with --time-budget and warmup_cosine: decay over the budget's time (time: "
+        "the last steps at a low rate, whatever the machine's speed) or over --steps",
+        choices=("time", "steps"))
+    # data-parallel ranks (MPI): the count the run trains on, recorded for --resume
+    nproc: int = _setting(1, "data-parallel processes: runs under mpiexec -n N (pip install "
+                          "\".[mpi]\"); each takes 1/N of every batch", range=POSITIVE)
     seed: int = _setting(0, range=NONNEGATIVE)
     dtype: str = _setting("float32", choices=DTYPES)
 

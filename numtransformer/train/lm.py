@@ -10,8 +10,9 @@ import math
 
 import numpy as np
 
-from ..data.text import WindowIterator, eval_windows, is_text_task, make_text_task
-from ..data.tokenizers import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from ..attention import plain_attention
+from ..data.text import TextTask, WindowIterator, eval_windows, is_text_task, make_text_task
+from ..data.tokenizers import BOS_ID, EOS_ID, PAD_ID, UNK_ID, tokenizer_from_json
 from ..decoding import sample
 from ..losses import CrossEntropyLoss
 from .config import TrainConfig
@@ -50,7 +51,14 @@ class LMTrainer(Trainer):
         if cfg.context < 2:  # (TrainConfig refuses it for --model lm too)
             raise UserError(f"context must be >= 2, got {cfg.context}")
         try:  # the loader checks the text's name, file and length
-            self.task = make_text_task(cfg.task, cfg.context)
+            if "splits" in self._source:  # a large text's kept splits (eval, decode)
+                kept, (vocab, _) = self._source["splits"], self._source["vocab"]
+                self.task = TextTask(cfg.task, kept["train_head"], kept["valid"],
+                                     kept["test"], tokenizer_from_json(vocab))
+            else:
+                name = ("text:" + self._source["file"]) if "file" in self._source else cfg.task
+                self.task = make_text_task(name, cfg.context)
+                self.task.name = cfg.task
         except ValueError as exc:
             raise UserError(str(exc)) from exc
         self.src_tok = self.tgt_tok = self.task.tokenizer
@@ -74,6 +82,7 @@ class LMTrainer(Trainer):
         if beam != 1:
             raise UserError("a language model is scored by its probabilities; beam search "
                             "applies to sequence-to-sequence runs")
+        self._check_split(split)
         ids = self.task.ids(split)
         windows = eval_windows(ids, self.cfg.context, limit)
         self.model.eval()
@@ -104,6 +113,11 @@ class LMTrainer(Trainer):
         return Metrics(loss=loss, token_accuracy=n_correct / max(n_tokens, 1),
                        exact_match=None, perplexity=math.exp(min(loss, 50)), error_rate=None,
                        bits_per_char=loss / math.log(2), examples=shown)
+
+    def example_input(self) -> str:
+        """A prompt for the suggested ``decode`` command: the start of the valid split."""
+        text = self.task.valid or self.task.train
+        return text[:40].split("\n")[0].strip() or text[:20]
 
     def example_lines(self, m: Metrics) -> list[str]:
         lines = []
@@ -162,7 +176,8 @@ class LMTrainer(Trainer):
         ids = self.tgt_tok.encode(text)[-self.cfg.context:]
         if not ids:
             raise UserError("no text to draw the attention of")
-        _, cache = self.model.forward(np.array([ids]))
+        with plain_attention(self.model):  # a tiled core never forms the weights
+            _, cache = self.model.forward(np.array([ids]))
         weights = np.stack([c.self_attn.alpha[0] for c in cache.blocks])
         return [self.tgt_tok.itos[i] for i in ids], weights
 

@@ -11,30 +11,57 @@ __all__ = ["Progress", "Metrics"]
 
 class Progress:
     """One status line: step, loss, tokens/s, learning rate, ETA.  Redrawn in
-    place on a terminal, printed every ``every`` steps otherwise."""
+    place on a terminal, printed every ``every`` steps otherwise (and at least
+    every ``AT_LEAST_EVERY`` seconds: a time budget may end the run long before
+    ``every`` steps).
 
-    def __init__(self, total: int, stream=None, every: int = 100):
+    ``loss_label`` names the loss shown (``"train loss (label smoothing 0.1)"``:
+    a smoothed loss sits above the validation loss).  With a time ``budget``
+    (seconds of training) the ETA is the sooner of the steps left and the
+    budget left (``seconds``, given to ``update``, is the training time so
+    far), marked "(time budget)" when the budget ends the run first."""
+
+    AT_LEAST_EVERY = 30.0  # seconds: off a terminal, a line at least this often too
+
+    def __init__(self, total: int, stream=None, every: int = 100, budget: float | None = None,
+                 loss_label: str = "loss"):
         self.total, self.stream = total, stream or sys.stdout
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.every = every
+        self.budget, self.loss_label = budget, loss_label
         self.start = time.perf_counter()
         self.tokens = 0
         self.loss_avg = None
 
-    def update(self, step, loss, lr, tokens, steps_done):
+    def eta(self, step, steps_done, seconds=None) -> tuple[float, bool]:
+        """(seconds left, whether the time budget is what ends the run)."""
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / max(steps_done, 1) * (self.total - step)
+        if self.budget is not None and seconds is not None:
+            left = max(self.budget - seconds, 0.0)
+            if left < eta:
+                return left, True
+        return eta, False
+
+    def update(self, step, loss, lr, tokens, steps_done, seconds=None):
         self.tokens += tokens
         self.loss_avg = loss if self.loss_avg is None else 0.98 * self.loss_avg + 0.02 * loss
-        if not self.tty and step % self.every and step != self.total:
+        now = time.perf_counter()
+        if (not self.tty and step % self.every and step != self.total
+                and now - getattr(self, "_printed", self.start) < self.AT_LEAST_EVERY):
             return
+        self._printed = now
         elapsed = time.perf_counter() - self.start
         rate = self.tokens / max(elapsed, 1e-9)
-        eta = elapsed / max(steps_done, 1) * (self.total - step)
+        eta, budget = self.eta(step, steps_done, seconds)
         width = 24
         filled = int(width * step / max(self.total, 1))
         bar = "#" * filled + "." * (width - filled)
-        line = (f"[{bar}] step {step}/{self.total}  loss {self.loss_avg:.4f}  "
-                f"{rate:,.0f} tok/s  lr {lr:.2e}  eta {_fmt_time(eta)}")
+        line = (f"[{bar}] step {step}/{self.total}  {self.loss_label} {self.loss_avg:.4f}  "
+                f"{rate:,.0f} tok/s  lr {lr:.2e}  eta {_fmt_time(eta)}"
+                + (" (time budget)" if budget else ""))
         if self.tty:
+            self._drawn = max(getattr(self, "_drawn", 0), len(line))
             self.stream.write("\r" + line)
         else:
             self.stream.write(line + "\n")
@@ -42,7 +69,7 @@ class Progress:
 
     def message(self, text):
         if self.tty:
-            self.stream.write("\r" + " " * 100 + "\r")
+            self.stream.write("\r" + " " * max(getattr(self, "_drawn", 0), 100) + "\r")
         self.stream.write(text + "\n")
         self.stream.flush()
 
