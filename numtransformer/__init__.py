@@ -60,6 +60,7 @@ from .losses import CrossEntropyLoss
 from .recurrent import LSTMN, RNN, GRUCell, LSTMCell, RNNCell
 from .models import MemN2N, Seq2Seq, Transformer, TransformerLM, llama_lm
 from .module import Module, Parameter
+from .inference import inference_mode
 from .optim import SGD, Adam, AdamW, clip_grad_norm
 
 __version__ = "0.1.0"
@@ -77,5 +78,5 @@ __all__ = [
     "RotaryEmbedding", "sliding_window_mask",
     "RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTMN",
     "Transformer", "TransformerLM", "llama_lm", "Seq2Seq", "MemN2N",
-    "SGD", "Adam", "AdamW", "clip_grad_norm",
+    "SGD", "Adam", "AdamW", "clip_grad_norm", "inference_mode",
 ]

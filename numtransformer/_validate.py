@@ -8,9 +8,49 @@ outermost forward (see ``numtransformer.module``).
 
 from __future__ import annotations
 
+import contextvars
+import sys
+
 import numpy as np
 
-from .module import is_outermost_call
+from .module import _OUTERMOST, Module, _track_depth, is_outermost_call
+
+# Set by ``numtransformer.inference_mode()`` (numtransformer/inference.py): True inside it.
+# There the NaN/inf scan runs only at the entry: for an array the user's code handed to this
+# very layer, never for one that our own code passes on (the layers a decode_step, an encode
+# or a model's forward calls, even where each of them is an "outermost" forward); see
+# ``_scans_here``.
+ENTRY_CHECKS_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "numtransformer_entry_checks_only", default=False)
+
+
+_OURS: dict = {}  # code object -> whether it is numtransformer's
+
+
+def _ours(code, frame) -> bool:
+    mine = _OURS.get(code)
+    if mine is None:
+        name = frame.f_globals.get("__name__", "")
+        mine = _OURS[code] = name == "numtransformer" or name.startswith("numtransformer.")
+    return mine
+
+
+def _scans_here(layer) -> bool:
+    """Whether check_float scans its input for NaN/inf: in the outermost forward
+    (numtransformer.module); inside inference_mode, only at the entry, where the code
+    that called into numtransformer called this layer itself: its forward, or a method
+    (such as decode) that checks the input directly."""
+    if not is_outermost_call(layer):
+        return False
+    if not ENTRY_CHECKS_ONLY.get():
+        return True
+    first = frame = sys._getframe(2)  # the caller of check_float
+    entry = None
+    while frame is not None and _ours(frame.f_code, frame):
+        entry, frame = frame, frame.f_back
+    if entry is None or entry is first:
+        return True
+    return entry.f_code in _FORWARD_ENTRIES and _OUTERMOST.get() == id(layer)
 
 
 # The dtypes layers compute in.  float16 is refused rather than half-supported:
@@ -65,10 +105,14 @@ def check_float(
         got = x.shape[-1] if x.ndim else "none (a scalar)"
         label = f"{last_dim_name}={last_dim}" if last_dim_name else str(last_dim)
         raise ValueError(f"{who}: {arg} has last dim {got}, expected {label}")
-    if finite and is_outermost_call(layer) and not np.isfinite(x).all():
+    if finite and _scans_here(layer) and not np.isfinite(x).all():
         bad = int(x.size - np.count_nonzero(np.isfinite(x)))
         raise ValueError(f"{who}: {arg} contains {bad} NaN/inf value(s)")
     return x
+
+
+# how user code enters a forward: m(...) or m.forward(...) (every forward's wrapper)
+_FORWARD_ENTRIES = (Module.__call__.__code__, _track_depth(lambda self: None).__code__)
 
 
 def check_ids(layer, arg: str, ids, num: int, *, min_ndim: int = 0) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 
 from .._validate import (as_rng, check_float, check_float_dtype, check_ids, check_positive_int,
                          check_probability)
+from ..inference import is_inference_mode
 from ..layers import Dropout, Embedding
 from ..layers.norms import check_norm, make_norm
 from ..models.transformer import TransformerEncoderLayer
@@ -119,7 +120,7 @@ class BertEmbeddings(Module):
 # -- the encoder ---------------------------------------------------------------------------------
 class BertModelCache(NamedTuple):
     embeddings: tuple
-    layers: list  # one TransformerEncoderLayer cache per layer
+    layers: list | None  # one TransformerEncoderLayer cache per layer (None: inference mode)
 
 
 class BertModel(Module):
@@ -148,6 +149,9 @@ class BertModel(Module):
     not on the FFN's hidden activation (each layer's ffn.dropout is p = 0).
     Padded positions attend normally and get hidden states, which pooling
     ignores; a padded position is never attended to.
+    In ``inference_mode()`` the layers' caches are not kept (the returned cache
+    holds the embeddings' alone, and ``backward`` refuses it): the peak memory is
+    one layer's temporaries, not every layer's.
     Weight names: see ``hf_bert_name_map``.
     """
 
@@ -220,6 +224,10 @@ class BertModel(Module):
             kpm = ~keep
             if not kpm.any():
                 kpm = None  # nothing is padding: skip the masking work
+        if is_inference_mode():  # no backward: each layer's cache is dropped as it returns
+            for layer in self.layers:
+                x = layer(x, src_key_padding_mask=kpm)
+            return x, BertModelCache(c_e, None)
         caches = []
         for layer in self.layers:
             x, c = layer.forward(x, src_key_padding_mask=kpm)
@@ -227,6 +235,10 @@ class BertModel(Module):
         return x, BertModelCache(c_e, caches)
 
     def backward(self, dx, cache: BertModelCache):
+        if cache.layers is None:
+            raise ValueError("BertModel: this cache comes from a forward in inference_mode(), "
+                             "which keeps no layer caches; run the forward outside "
+                             "inference_mode() to backpropagate")
         for layer, c in zip(reversed(self.layers), reversed(cache.layers)):
             dx = layer.backward(dx, c)
         self.embeddings.backward(dx, cache.embeddings)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .._validate import check_float_dtype
+from ..inference import inference_mode
 from .bert import BertModel, SentenceEncoder, load_hf_bert_weights
 from .safetensors import load_safetensors
 from .tokenizer import WordPieceTokenizer
@@ -94,32 +95,60 @@ class SentenceModel:
     def hidden_states(self, sentences):
         ids, mask = self.tokenize(sentences)
         self.encoder.eval()
-        return ids, mask, self.encoder.bert(ids, mask)
+        with inference_mode():
+            return ids, mask, self.encoder.bert(ids, mask)
 
     def encode(self, sentences, batch_size: int = 32) -> np.ndarray:
-        """Sentence embeddings (N, D), in input order; batches of similar length."""
+        """Sentence embeddings (N, D), in input order.
+
+        The sentences are tokenised and sorted by token count (longest first); a batch
+        takes the longest sentence left and the next ones, up to ``batch_size`` of
+        them, as long as each has at least 9/10 of the first one's tokens, so at most
+        a tenth of a batch is padding (on 256 sentences of 6-44 tokens: 3% padding
+        in 16 batches, against 18% in 8 batches of 32; the padding rows are wasted
+        work in every GEMM).  Each batch runs in ``inference_mode()`` and its rows
+        are written back to the callers' positions."""
         sentences = self._sentences(sentences)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"SentenceModel.encode: batch_size must be an int >= 1, got "
+                             f"{batch_size!r}")
         if not sentences:
             return np.zeros((0, self.dim), self.encoder.bert.dtype)
         self.encoder.eval()
         encoded = [self.tokenizer.encode(s, self.max_seq_length) for s in sentences]
-        order = np.argsort([-len(e) for e in encoded], kind="stable")
+        lengths = np.array([len(e) for e in encoded])
+        order = np.argsort(-lengths, kind="stable")
         out = np.empty((len(sentences), self.dim), self.encoder.bert.dtype)
         pad = self.tokenizer.pad_id
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            T = max(len(encoded[i]) for i in rows)
-            ids = np.full((len(rows), T), pad, dtype=np.int64)
-            mask = np.zeros((len(rows), T), dtype=np.int64)
-            for k, i in enumerate(rows):
-                ids[k, :len(encoded[i])] = encoded[i]
-                mask[k, :len(encoded[i])] = 1
-            out[rows] = self.encoder(ids, mask)
+        with inference_mode():
+            for rows in _length_buckets(lengths[order], batch_size):
+                rows = order[rows]
+                T = int(lengths[rows].max())
+                ids = np.full((len(rows), T), pad, dtype=np.int64)
+                mask = np.zeros((len(rows), T), dtype=np.int64)
+                for k, i in enumerate(rows):
+                    ids[k, :lengths[i]] = encoded[i]
+                    mask[k, :lengths[i]] = 1
+                out[rows] = self.encoder(ids, mask)
         return out
 
     def __repr__(self) -> str:
         return (f"SentenceModel(dim={self.dim}, max_seq_length={self.max_seq_length}, "
                 f"{self.tokenizer!r})")
+
+
+def _length_buckets(sorted_lengths, batch_size: int) -> list:
+    """Slices of ``sorted_lengths`` (non-increasing): at most ``batch_size`` each,
+    every length at least 9/10 of the slice's first."""
+    out, i, n = [], 0, len(sorted_lengths)
+    while i < n:
+        j = i + 1
+        while j < n and j - i < batch_size and 10 * sorted_lengths[j] >= 9 * sorted_lengths[i]:
+            j += 1
+        out.append(slice(i, j))
+        i = j
+    return out
 
 
 def load_sentence_model(directory, *, dtype=np.float32) -> SentenceModel:
