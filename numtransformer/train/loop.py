@@ -16,7 +16,10 @@ an interrupt, a kill, a time budget) and resumed to S has the parameters
 (``np.array_equal``) of S steps straight, under every schedule.  Resuming with
 a larger ``steps`` matches a straight run of that many steps only under a
 schedule that does not depend on ``steps`` (constant, noam): warmup_cosine
-decays to the run's last step.
+decays to the run's last step.  The time-budget schedule (``--time-budget``
+with ``budget_schedule="time"``, train/budget.py) sets each step's rate from the
+elapsed time as well, so a run under it is reproducible given the same clock
+readings only.
 
 Checkpoints are verified before they replace the previous one (loaded back:
 every array, the optimizer's step count equal to the run's); SIGINT and SIGTERM
@@ -432,11 +435,12 @@ class Trainer:
                  "next:",
                  f"  {prog} decode --checkpoint {out} {shlex.quote(self.example_input())}",
                  f"  {prog} eval --checkpoint {out}"]
+        ranks = f" --nproc {cfg.nproc}" if cfg.nproc > 1 else ""
         if step < cfg.steps:
-            lines.append(f"  {prog} train --out {out} --resume           (on to step "
+            lines.append(f"  {prog} train --out {out} --resume{ranks}           (on to step "
                          f"{cfg.steps})")
         else:
-            more = f"  {prog} train --out {out} --resume --steps {2 * cfg.steps}"
+            more = f"  {prog} train --out {out} --resume{ranks} --steps {2 * cfg.steps}"
             if cfg.schedule == "warmup_cosine":
                 more += "   (more steps stretch the cosine schedule)"
             lines.append(more)
