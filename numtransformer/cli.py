@@ -8,6 +8,7 @@
     numtransformer embed     sentence embeddings with a pretrained encoder (MiniLM)
     numtransformer generate  continue a text with SmolLM2-135M-Instruct
     numtransformer chat      chat with SmolLM2-135M-Instruct (ChatML)
+    numtransformer finetune  LoRA fine-tuning of SmolLM2-135M-Instruct
     numtransformer gradcheck check every layer's backward against finite differences
 
 User mistakes (an unknown task, a missing file, a checkpoint of another kind,
@@ -943,6 +944,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .chat import add_commands as add_chat_commands
 
     add_chat_commands(sub)  # generate, chat: SmolLM2-135M-Instruct (numtransformer/chat.py)
+    from .finetune import add_commands as add_finetune_commands
+
+    add_finetune_commands(sub)  # finetune: LoRA adapters for SmolLM2 (numtransformer/finetune.py)
 
     p = sub.add_parser("trace", help="print every named intermediate of one forward pass",
                        formatter_class=_HelpFormatter)

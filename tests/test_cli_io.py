@@ -245,8 +245,9 @@ def test_every_option_with_a_value_shows_its_default():
         formatter = sub._get_formatter()
         for action in sub._actions:
             if (not action.option_strings or action.nargs == 0 or action.required
-                    or isinstance(action, argparse._HelpAction)):
-                continue  # flags (on / off), required options, -h
+                    or isinstance(action, argparse._HelpAction)
+                    or action.help == argparse.SUPPRESS):
+                continue  # flags (on / off), required options, -h, hidden options
             text = formatter._expand_help(action) if action.help else ""
             assert "default" in text, (name, action.option_strings, text)
     train = _subparsers(cli.build_parser())["train"].format_help()

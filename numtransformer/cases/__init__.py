@@ -10,6 +10,7 @@ of the layer tree:
     memnn.py       numtransformer/models/memnn.py
     interop.py     numtransformer/interop/
     pretrained.py  numtransformer/pretrained/
+    smollm2.py     a 2-block slice of the real SmolLM2 with LoRA (pretrained/smollm2.py, finetune.py)
 
 Each module holds ``CASES``, a list of ``Case(name, build)`` (the type lives in
 ``numtransformer.gradcheck``): ``build(rng) -> (module, inputs, kwargs)`` makes a
@@ -23,12 +24,13 @@ from __future__ import annotations
 
 from ..gradcheck import Case
 from . import (attention, flash, interop, layers, memnn, pretrained, recurrent, seq2seq,
-               transformer)
+               smollm2, transformer)
 
 __all__ = ["Case", "all_cases"]
 
 # In the order of the table that ``numtransformer gradcheck`` prints.
-_PARTS = (layers, attention, flash, recurrent, transformer, seq2seq, memnn, interop, pretrained)
+_PARTS = (layers, attention, flash, recurrent, transformer, seq2seq, memnn, interop, pretrained,
+          smollm2)
 
 
 def all_cases() -> list[Case]:

@@ -364,7 +364,8 @@ def apply_lora(module: Module, targets, r: int, alpha: float | None = None,
     if not targets or not all(isinstance(t, str) and t for t in targets):
         raise ValueError(f"{who}: targets must be a non-empty list of names, got {targets!r}")
     rng = as_rng(rng)
-    owners: dict[int, list[str]] = {}
+    split = _split_fused(module, targets)  # q_proj/k_proj/v_proj named: make them exist
+    owners: dict[int, list[str]] = {}  # after the split: the fused weights are gone
     for name, p in module._named_parameters_all():
         owners.setdefault(id(p), []).append(name)
     hit = {t: 0 for t in targets}
@@ -388,7 +389,6 @@ def apply_lora(module: Module, targets, r: int, alpha: float | None = None,
                 raise ValueError(f"{who}: {path}.{pname} is tied to {', '.join(others)}; "
                                  f"freezing and merging into it would change that too")
 
-    split = _split_fused(module, targets)  # q_proj/k_proj/v_proj named: make them exist
     try:
         found = _find_children(module, wanted)
         unmatched = [t for t, n in hit.items() if n == 0]

@@ -662,3 +662,15 @@ def test_weight_exchange_refuses_a_lora_model_by_path():
     apply_lora(ffn, ["linear1"], r=2, rng=1)
     with pytest.raises(TypeError, match="interop: linear1 is a LoRALinear; fold the adapters"):
         parameter_map(ffn)
+
+
+def test_splitting_many_attention_layers_is_not_taken_for_tied_weights():
+    """apply_lora records which parameters each name owns after the split: a freed
+    fused weight's id reused by a new projection is not a tie."""
+    lm = nt.llama_lm(11, d_model=16, nhead=4, n_kv_heads=2, num_layers=6, dtype=np.float64,
+                     rng=0)
+    x = np.random.default_rng(0).integers(0, 11, (1, 5))
+    before = lm(x)
+    wrapped = apply_lora(lm, ["q_proj", "v_proj"], r=2, rng=1)
+    assert len(wrapped) == 12
+    np.testing.assert_allclose(lm(x), before, rtol=0, atol=1e-13)
