@@ -131,83 +131,12 @@ def make_batch(examples):
 
 
 # -- LoRA on the model ------------------------------------------------------------------------
-def _split_attention(model, targets) -> None:
-    """Split every fused q/k/v projection before apply_lora when a target names a
-    part (apply_lora would do it too; doing it first keeps its tie check on the
-    final parameters)."""
-    if not any(t in ("q_proj", "k_proj", "v_proj") for t in targets):
-        return
-    for _, m in model.named_modules():
-        if callable(getattr(m, "split_in_proj", None)) and getattr(m, "in_proj", None) \
-                is not None:
-            m.split_in_proj()
-
-
-def _frozen_classes():
-    """Subclasses of the layers whose backward adds a weight gradient even when the
-    weight is frozen: the same function, without the gradient GEMM (or scatter) of a
-    frozen weight, and with the frozen parameter's ``.grad`` left untouched.
-    (TiedLinear's dE = dy^T x is a (49152, 576) GEMM per step, the Embedding's
-    scatter-add touches the same table: together most of a 2-layer slice's step;
-    RMSNorm's dgamma is cheap, but a frozen grad must stay zero.)  The library's
-    Linear skips a frozen weight's gradient already, but still forms dW."""
-    from .kernels import select
-    from .layers.embedding import Embedding
-    from .layers.linear import Linear, TiedLinear
-    from .layers.rmsnorm import RMSNorm
-
-    class FrozenAwareTiedLinear(TiedLinear):
-        def backward(self, dy, cache):
-            if self.E.requires_grad or (self.b is not None and self.b.requires_grad):
-                return super().backward(dy, cache)
-            dy2 = dy.reshape(-1, self.out_features)
-            return (dy2 @ self.E.data).reshape(*cache.lead_shape, self.in_features)
-
-    class FrozenAwareEmbedding(Embedding):
-        def backward(self, dy, cache):
-            if self.W.requires_grad:
-                return super().backward(dy, cache)
-            return None
-
-    class FrozenAwareLinear(Linear):
-        def backward(self, dy, cache):
-            if self.W.requires_grad or (self.b is not None and self.b.requires_grad):
-                return super().backward(dy, cache)
-            return select(dy.dtype).frozen_linear_backward(dy, cache, self.W.data)
-
-    class FrozenAwareRMSNorm(RMSNorm):
-        def backward(self, dy, cache):
-            if self.gamma is None or self.gamma.requires_grad:
-                return super().backward(dy, cache)
-            kept, self.gamma.grad = self.gamma.grad, np.zeros_like(self.gamma.grad)
-            try:  # dgamma (a (D,) reduction) lands in scratch; the frozen grad stays as it was
-                return super().backward(dy, cache)
-            finally:
-                self.gamma.grad = kept
-
-    return {TiedLinear: FrozenAwareTiedLinear, Embedding: FrozenAwareEmbedding,
-            Linear: FrozenAwareLinear, RMSNorm: FrozenAwareRMSNorm}
-
-
-def _skip_frozen_grads(model) -> None:
-    """Give the frozen plain layers of ``model`` the backward of ``_frozen_classes``
-    (their instances keep every attribute; only the class changes)."""
-    classes = _frozen_classes()
-    for _, m in model.named_modules():
-        new = classes.get(type(m))
-        if new is not None:
-            m.__class__ = new
-
-
 def prepare_lora(model, targets, rank: int, alpha: float, dropout: float = 0.0, seed=0):
     """Freeze ``model`` and wrap ``targets`` with LoRA; returns the wrapped paths."""
     from .layers.lora import apply_lora
     targets = tuple(targets)
-    model.requires_grad_(False)
-    _split_attention(model, targets)
-    paths = apply_lora(model, targets, rank, alpha, dropout, rng=np.random.default_rng(seed))
-    _skip_frozen_grads(model)
-    return paths
+    model.requires_grad_(False)  # the layers then form no gradient of a frozen weight
+    return apply_lora(model, targets, rank, alpha, dropout, rng=np.random.default_rng(seed))
 
 
 def _check_targets(who, targets):

@@ -373,9 +373,12 @@ class MultiHeadAttention(Module):
         dA and dB, its frozen base nothing)."""
         if not isinstance(lin, Linear):
             return lin.backward(dy, cache)
+        if not lin.W.requires_grad and (lin.b is None or not lin.b.requires_grad):
+            return kernels.frozen_linear_backward(dy, cache, lin.W.data)  # dW, db not formed
         dx, dW, db = kernels.linear_backward(dy, cache, lin.W.data, lin.b is not None)
-        lin.W.grad += dW
-        if lin.b is not None:
+        if lin.W.requires_grad:  # a frozen parameter's grad stays zero
+            lin.W.grad += dW
+        if lin.b is not None and lin.b.requires_grad:
             lin.b.grad += db
         return dx
 
@@ -636,12 +639,14 @@ class MultiHeadAttention(Module):
             return grads[0] + grads[1] + grads[2] if cache.one_input else grads
 
         grads = []
+        fused = self.in_proj
         for d, lin_cache, (W, b, W_grad, b_grad) in zip((dq, dk, dv), cache.inputs,
                                                         self._in_blocks()):
             dx, dW, db = kernels.linear_backward(kernels.merge_heads(d), lin_cache, W,
                                                  b is not None)
-            W_grad += dW  # a view: in_proj's column block, or the projection's own grad
-            if b is not None:
+            if fused.W.requires_grad:  # a view: in_proj's column block
+                W_grad += dW
+            if b is not None and fused.b.requires_grad:
                 b_grad += db
             grads.append(dx)
         return tuple(grads)

@@ -56,7 +56,6 @@ _VOCAB = np.array([32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 29, 198, 2, 1, 4093, 
 
 def restrict_vocab(model, ids):
     """Replace the tied output by a frozen Linear holding E[ids]^T: logits of ``ids``."""
-    from ..finetune import _skip_frozen_grads
     from ..layers.linear import Linear
     E = model.embed.W.data
     head = Linear(E.shape[1], len(ids), bias=False, dtype=E.dtype, rng=0)
@@ -64,7 +63,6 @@ def restrict_vocab(model, ids):
     head.W.grad = np.zeros_like(head.W.data)
     head.requires_grad_(False)
     model.generator = head
-    _skip_frozen_grads(model)
     return model
 
 

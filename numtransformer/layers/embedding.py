@@ -58,8 +58,9 @@ class Embedding(Module):
         return select(self.W.dtype).embedding_forward(ids, self.W.data)
 
     def backward(self, dy, cache: EmbeddingCache):
-        self.W.grad += select(dy.dtype).embedding_backward(dy, cache, self.num_embeddings,
-                                                           self.padding_idx)
+        if self.W.requires_grad:  # a frozen table: no scatter-add, its grad stays zero
+            self.W.grad += select(dy.dtype).embedding_backward(dy, cache, self.num_embeddings,
+                                                               self.padding_idx)
         return None
 
     def extra_repr(self) -> str:

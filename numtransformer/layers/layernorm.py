@@ -76,8 +76,9 @@ class LayerNorm(Module):
         rows = LayerNormCache(x_hat=cache.x_hat.reshape(*lead, n), rstd=cache.rstd.reshape(*lead, 1))
         gamma = None if self.gamma is None else self.gamma.data.reshape(n)
         dx, dgamma, dbeta = select(dy.dtype).layer_norm_backward(dy.reshape(*lead, n), rows, gamma)
-        if self.gamma is not None:
+        if self.gamma is not None and self.gamma.requires_grad:
             self.gamma.grad += dgamma.reshape(self.normalized_shape)
+        if self.beta is not None and self.beta.requires_grad:
             self.beta.grad += dbeta.reshape(self.normalized_shape)
         return dx.reshape(dy.shape)
 

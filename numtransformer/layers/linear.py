@@ -50,7 +50,10 @@ class Linear(Module):
         return select(x.dtype).linear_forward(x, self.W.data, b)
 
     def backward(self, dy, cache: LinearCache):
-        dx, dW, db = select(dy.dtype).linear_backward(dy, cache, self.W.data, self.b is not None)
+        K = select(dy.dtype)
+        if not self.W.requires_grad and (self.b is None or not self.b.requires_grad):
+            return K.frozen_linear_backward(dy, cache, self.W.data)  # dW, db not formed
+        dx, dW, db = K.linear_backward(dy, cache, self.W.data, self.b is not None)
         if self.W.requires_grad:  # a frozen parameter's grad stays zero
             self.W.grad += dW
         if self.b is not None and self.b.requires_grad:
@@ -92,10 +95,14 @@ class TiedLinear(Module):
         return select(x.dtype).tied_linear_forward(x, self.E.data, b)
 
     def backward(self, dy, cache: LinearCache):
-        dx, dE, db = select(dy.dtype).tied_linear_backward(dy, cache, self.E.data,
-                                                            self.b is not None)
-        self.E.grad += dE
-        if self.b is not None:
+        K = select(dy.dtype)
+        if not self.E.requires_grad and (self.b is None or not self.b.requires_grad):
+            # y = x E^T + b: dx = dy E, and no (V, D) dE formed for a frozen table
+            return K.frozen_linear_backward(dy, cache, self.E.data.T)
+        dx, dE, db = K.tied_linear_backward(dy, cache, self.E.data, self.b is not None)
+        if self.E.requires_grad:  # a frozen parameter's grad stays zero
+            self.E.grad += dE
+        if self.b is not None and self.b.requires_grad:
             self.b.grad += db
         return dx
 

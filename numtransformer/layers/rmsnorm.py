@@ -93,7 +93,7 @@ class RMSNorm(Module):
         rows = RMSNormCache(x_hat=cache.x_hat.reshape(*lead, n), r=cache.r.reshape(*lead, 1))
         gamma = None if self.gamma is None else self.gamma.data.reshape(n)
         dx, dgamma = select(dy.dtype).rms_norm_backward(dy.reshape(*lead, n), rows, gamma)
-        if self.gamma is not None:
+        if self.gamma is not None and self.gamma.requires_grad:
             self.gamma.grad += dgamma.reshape(self.normalized_shape)
         return dx.reshape(dy.shape)
 

@@ -674,3 +674,23 @@ def test_splitting_many_attention_layers_is_not_taken_for_tied_weights():
     wrapped = apply_lora(lm, ["q_proj", "v_proj"], r=2, rng=1)
     assert len(wrapped) == 12
     np.testing.assert_allclose(lm(x), before, rtol=0, atol=1e-13)
+
+
+def test_a_frozen_model_forms_no_frozen_gradient():
+    """requires_grad_(False) then LoRA on some projections: after backward every frozen
+    parameter's grad is still zero in every layer kind of the LLaMA-style model (tied
+    output, embedding, RMSNorm, attention with unwrapped projections, SwiGLU), and
+    gradcheck (which reports a frozen parameter that received a gradient) passes."""
+    lm = nt.llama_lm(11, d_model=8, nhead=4, n_kv_heads=2, num_layers=2, dim_feedforward=12,
+                     dtype=np.float64, rng=0)
+    lm.requires_grad_(False)
+    apply_lora(lm, ["q_proj", "up_proj"], r=2, rng=1)
+    for _, p in lora_parameters(lm):
+        p.data[...] = 0.3 * np.random.default_rng(2).standard_normal(p.shape)
+    ids = np.array([[1, 2, 3, 4], [5, 6, 0, 0]])
+    logits, cache = lm.forward(ids, ids == 0)
+    lm.zero_grad()
+    lm.backward(np.ones_like(logits), cache)
+    frozen = [(n, p) for n, p in lm.named_parameters() if not p.requires_grad]
+    assert frozen and all(not p.grad.any() for _, p in frozen)
+    gradcheck(lm, ids, ids == 0, max_entries=8).assert_passed()
