@@ -391,3 +391,17 @@ def test_read_lines_splits_like_an_editor(tmp_path, monkeypatch):
     assert check_output_file(str(tmp_path / "out.svg"), "--out", ("png", "svg")).endswith("svg")
     with pytest.raises(UserError, match="is a directory"):
         check_output_file(str(tmp_path) + os.sep, "--out")
+
+
+@pytest.mark.parametrize("kind", ["tsv", "text"])
+def test_a_non_utf8_corpus_is_named_by_file_and_line(tmp_path, kind):
+    from numtransformer.data.corpora import load_tsv_pairs
+    from numtransformer.data.text import load_text
+
+    path = tmp_path / f"bad.{kind}"
+    path.write_bytes(b"one\ttwo\nthree\tf\xe9our\n")
+    with pytest.raises(ValueError) as info:
+        (load_tsv_pairs if kind == "tsv" else load_text)(
+            str(path) if kind == "tsv" else f"text:{path}")
+    message = str(info.value)
+    assert str(path) in message and "line 2" in message and "0xe9" in message

@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from .._io import decode_text
 from .tasks import TaskData
 from .tokenizers import CharTokenizer, WordTokenizer
 
@@ -33,17 +34,18 @@ def load_tsv_pairs(path: str) -> list[tuple[str, str]]:
     """(source, target) from a tab-separated file; a malformed line is a ValueError."""
     if not os.path.isfile(path):
         raise ValueError(f"corpus {path!r} does not exist")
+    with open(path, "rb") as f:  # a byte that is not UTF-8: named by file and line
+        text = decode_text(f.read(), f"corpus {path!r}")
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if len(cols) < 2 or not cols[0].strip() or not cols[1].strip():
-                raise ValueError(f"corpus {path!r}, line {number}: expected "
-                                 f"'source<TAB>target', got {line[:60]!r}")
-            pairs.append((cols[0].strip(), cols[1].strip()))
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) < 2 or not cols[0].strip() or not cols[1].strip():
+            raise ValueError(f"corpus {path!r}, line {number}: expected "
+                             f"'source<TAB>target', got {line[:60]!r}")
+        pairs.append((cols[0].strip(), cols[1].strip()))
     if not pairs:
         raise ValueError(f"corpus {path!r} has no sentence pairs")
     return pairs

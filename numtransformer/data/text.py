@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._io import decode_text
 from .tokenizers import CharTokenizer
 
 __all__ = ["BUILTIN_TEXTS", "is_text_task", "load_text", "TextTask", "make_text_task",
@@ -50,11 +51,8 @@ def load_text(name: str) -> str:
     if not os.path.isfile(path):
         raise ValueError(f"text {what!r} is neither a built-in text "
                          f"({', '.join(sorted(BUILTIN_TEXTS))}) nor an existing file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"text {path!r} is not UTF-8: {exc}") from exc
+    with open(path, "rb") as f:  # a byte that is not UTF-8: named by file and line
+        return decode_text(f.read(), f"text {path!r}")
 
 
 @dataclass

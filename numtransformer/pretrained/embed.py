@@ -42,13 +42,10 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def _read_sentences(args) -> list[str]:
     sentences = list(args.sentences)
-    if args.input_file is not None:
-        if args.input_file == "-":
-            lines = sys.stdin.read().splitlines()
-        else:
-            with open(args.input_file, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-        sentences += [line for line in lines if line.strip()]
+    if args.input_file is not None:  # "-": standard input; not UTF-8: file and line named
+        from .._io import read_lines
+        sentences += [line for line in read_lines(args.input_file, "cannot read --input-file")
+                      if line.strip()]
     return sentences
 
 
@@ -81,8 +78,8 @@ def run_embed(args) -> int:
 
     try:
         sentences = _read_sentences(args)
-    except OSError as exc:
-        print(f"numtransformer embed: cannot read --input-file: {exc}", file=sys.stderr)
+    except ValueError as exc:  # a missing or unreadable file, or one that is not UTF-8
+        print(f"numtransformer embed: {exc}", file=sys.stderr)
         return 2
     if not sentences:
         print("numtransformer embed: no sentences; give them as arguments or with "

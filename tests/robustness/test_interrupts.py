@@ -20,6 +20,7 @@ through ``numtransformer train`` itself.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import random
@@ -114,6 +115,9 @@ def _worker_main() -> None:
         pid = os.fork()
         if pid == 0:
             code = 1
+            # a child that hangs prints every thread's stack before the test's read gives
+            # up (300 s; a child's run takes well under a second): a diagnosis, not a silence
+            faulthandler.dump_traceback_later(240, exit=True)
             try:
                 try:
                     _child_train(cmd)
@@ -144,7 +148,7 @@ class _Worker:
         self._fd, self._buf = self.proc.stdout.fileno(), b""
         assert self.read().get("ready")
 
-    def read(self, timeout: float = 120.0) -> dict:
+    def read(self, timeout: float = 300.0) -> dict:
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buf:
             ready, _, _ = select.select([self._fd], [], [], max(deadline - time.monotonic(), 0))
