@@ -31,3 +31,28 @@ def check_dtype_preserved(module, *inputs, **kwargs):
     for name, p in module.named_parameters():
         assert p.grad.dtype == np.float32, f"{name}: grad dtype {p.grad.dtype}"
 
+
+
+def hf_llama_in_float64(monkeypatch) -> None:
+    """Hugging Face Llama's two float32 casts removed for a float64 comparison:
+    ``LlamaRMSNorm.forward`` and ``LlamaRotaryEmbedding.forward`` computed in the
+    input's dtype (the same equations; every other line of their code as shipped).
+    See tests/parity/test_llama_model_hf.py for why."""
+    import torch
+    from transformers.models.llama import modeling_llama as hf
+
+    def rms_forward(self, x):
+        variance = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(variance + self.variance_epsilon))
+
+    def rope_forward(self, x, position_ids):
+        cfg = self.config
+        dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        theta = cfg.rope_parameters["rope_theta"]
+        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        freqs = position_ids[..., None].to(torch.float64) * inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+    monkeypatch.setattr(hf.LlamaRMSNorm, "forward", rms_forward)
+    monkeypatch.setattr(hf.LlamaRotaryEmbedding, "forward", rope_forward)

@@ -25,6 +25,7 @@ from transformers.models.llama import modeling_llama as hf  # noqa: E402
 from numtransformer.attention import causal_mask  # noqa: E402
 from numtransformer.interop import from_torch, to_torch, torch_state_dict  # noqa: E402
 from numtransformer.models.transformer import TransformerLM  # noqa: E402
+from tests.helpers import hf_llama_in_float64  # noqa: E402
 
 TOL = 1e-10
 
@@ -38,21 +39,7 @@ def rel(a, b):
 @pytest.fixture
 def float64_llama(monkeypatch):
     """Hugging Face's RMSNorm and rotary tables computed in the input's dtype."""
-    def rms_forward(self, x):
-        variance = x.pow(2).mean(-1, keepdim=True)
-        return self.weight * (x * torch.rsqrt(variance + self.variance_epsilon))
-
-    def rope_forward(self, x, position_ids):
-        cfg = self.config
-        dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        theta = cfg.rope_parameters["rope_theta"]
-        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-        freqs = position_ids[..., None].to(torch.float64) * inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-
-    monkeypatch.setattr(hf.LlamaRMSNorm, "forward", rms_forward)
-    monkeypatch.setattr(hf.LlamaRotaryEmbedding, "forward", rope_forward)
+    hf_llama_in_float64(monkeypatch)
 
 
 def config(H=4, n_kv=2, head_dim=4, layers=2, vocab=23, d_ff=12, tie=False, bias=False,

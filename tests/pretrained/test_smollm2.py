@@ -32,6 +32,7 @@ from numtransformer.pretrained import smollm2
 from numtransformer.pretrained.minilm import PretrainedNotInstalled
 from numtransformer.pretrained.smollm2 import (filter_logits, generate, load_smollm2,
                                                permute_rotary_rows, unpermute_rotary_rows)
+from tests.helpers import hf_llama_in_float64
 
 HAVE_WEIGHTS = importlib.util.find_spec(smollm2.SMOLLM2_PACKAGE) is not None
 needs_weights = pytest.mark.skipif(
@@ -252,26 +253,8 @@ def test_greedy_continuations_equal(lm, hf, length, seed, one_blas_thread):
 
 @pytest.fixture
 def float64_llama(monkeypatch):
-    """Hugging Face's RMSNorm and rotary tables computed in the input's dtype (the
-    two float32 casts named in tests/parity/test_llama_model_hf.py)."""
-    import torch
-    from transformers.models.llama import modeling_llama as hf_llama
-
-    def rms_forward(self, x):
-        variance = x.pow(2).mean(-1, keepdim=True)
-        return self.weight * (x * torch.rsqrt(variance + self.variance_epsilon))
-
-    def rope_forward(self, x, position_ids):
-        cfg = self.config
-        dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        theta = cfg.rope_parameters["rope_theta"]
-        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-        freqs = position_ids[..., None].to(torch.float64) * inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-
-    monkeypatch.setattr(hf_llama.LlamaRMSNorm, "forward", rms_forward)
-    monkeypatch.setattr(hf_llama.LlamaRotaryEmbedding, "forward", rope_forward)
+    """Hugging Face's RMSNorm and rotary tables computed in the input's dtype."""
+    hf_llama_in_float64(monkeypatch)
 
 
 @needs_hf
