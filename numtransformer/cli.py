@@ -516,16 +516,21 @@ def _escape_line(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def _check_attention_path(path: str) -> None:
-    """--attention: matplotlib present, the file writable, its suffix a format it writes."""
+def _check_attention_path(path: str) -> str | None:
+    """--attention: the file writable and its suffix a format matplotlib writes.
+    Returns the message for a missing matplotlib (None when it is there), which the
+    caller raises after the checks that need the run (--layer): every mistake in
+    the command is named, whatever is installed."""
     from ._io import check_output_file
     from .plotting import image_formats
 
     try:
         formats = image_formats()
     except ImportError as exc:
-        raise UserError(f"--attention: {exc}") from None
+        check_output_file(path, "--attention")
+        return f"--attention: {exc}"
     check_output_file(path, "--attention", formats=formats)
+    return None
 
 
 def _cmd_decode(args) -> int:
@@ -533,8 +538,7 @@ def _cmd_decode(args) -> int:
 
     # everything the command line says is checked before the run is loaded
     inputs = _decode_inputs(args)
-    if args.attention:
-        _check_attention_path(args.attention)
+    no_plotting = _check_attention_path(args.attention) if args.attention else None
     trainer = Trainer.from_checkpoint(_checkpoint_path(args.checkpoint))
     lm = isinstance(trainer, LMTrainer)
     if not lm and (args.temperature is not None or args.top_k is not None):
@@ -548,6 +552,8 @@ def _cmd_decode(args) -> int:
         if args.layer is not None and args.layer >= n_layers:
             raise UserError(f"--layer {args.layer}: the model has {n_layers} "
                             f"layer{'s' if n_layers != 1 else ''} (--layer counts from 0)")
+        if no_plotting:
+            raise UserError(no_plotting)
     max_source, max_output = _length_limits(trainer.model, bool(args.attention))
     if args.max_len is not None and max_output is not None and args.max_len > max_output:
         raise UserError(f"--max-len {args.max_len}: this model's positions end at "
