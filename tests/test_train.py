@@ -453,3 +453,28 @@ def test_resuming_with_more_steps_matches_a_longer_run_only_when_the_schedule_ig
     longer.close()
     a, b = _params(straight), _params(longer)
     assert all(np.array_equal(a[k], b[k]) for k in a) == identical
+
+
+def test_a_signal_during_the_step_agreement_is_not_lost(tmp_path):
+    """A signal that lands while the loop agrees on the clock and the stop request
+    (between reading the request and using the answer) stops the run at the next
+    step boundary: an assignment of the agreed value back over the live request
+    erased it, and the run trained on to its last step (a hang in the interrupt test)."""
+    import os
+    import signal
+
+    cfg = TrainConfig(steps=60, **{**TINY, "checkpoint_every": 0, "eval_every": 0})
+    trainer = Trainer(cfg, out_dir=str(tmp_path / "run"), stream=open(os.devnull, "w"))
+    real_agree = trainer.dist.agree
+    calls = []
+
+    def agree(seconds, requested):
+        calls.append(requested)
+        if len(calls) == 5:  # the request was read (None); the signal comes now
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_agree(seconds, requested)
+
+    trainer.dist.agree = agree
+    result = trainer.fit()
+    assert result["stopped_by"] == "interrupted" and result["signal"] == "SIGINT"
+    assert trainer.step == 6  # the step after the one whose agreement the signal hit

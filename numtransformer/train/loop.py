@@ -355,16 +355,21 @@ class Trainer:
         stopped = "steps"
         with StopRequests() as stop:
             self.model.train()
-            while self.step < until and stop.requested is None:
+            agreed = None  # the stop request every rank takes at the same step
+            while self.step < until and agreed is None:
                 batch = next(self.batches)
                 loss = self.train_step(batch)  # a signal only sets stop.requested
                 # several ranks: rank 0's clock and stop request, so all take the same
-                # budget and signal decisions at the same step (the others block signals)
-                self.seconds, stop.requested = self.dist.agree(
+                # budget and signal decisions at the same step (the others block signals).
+                # The request is read, never written back: a signal landing between the
+                # read and an assignment would be erased, and the run would go on.
+                self.seconds, agreed = self.dist.agree(
                     seconds_before + time.perf_counter() - session_start, stop.requested)
                 progress.update(self.step, loss, self.optimizer.lr, batch.n_tgt_tokens,
                                 self.step - start_step, seconds=self.seconds)
-                if stop.requested is not None:
+                if agreed is not None:
+                    if stop.requested is None:  # rank 0's signal, on another rank
+                        stop.requested = agreed
                     break
                 if (cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < until
                         and self.dist.is_root):
@@ -383,7 +388,7 @@ class Trainer:
                     progress.message(f"time budget of {cfg.time_budget:g} s reached at step "
                                      f"{self.step} of {cfg.steps}: stopping")
                     break
-            if stop.requested is not None:
+            if agreed is not None:
                 stopped = "interrupted"
                 progress.message(f"interrupted ({stop.name}) after step {self.step}: "
                                  + ("saving" if self.out_dir else "nothing to save to"))
