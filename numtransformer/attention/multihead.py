@@ -361,26 +361,13 @@ class MultiHeadAttention(Module):
 
     @staticmethod
     def _project(kernels, lin, x):
-        """(x W + b, cache) of one projection: the linear kernel on its weights, or, for a
-        LoRA-wrapped projection, its own forward (base plus the low-rank update)."""
+        """(x W + b, cache) of one projection: the linear kernel on its weights (the layer
+        has checked x: Linear.forward would scan it again), or, for a LoRA-wrapped
+        projection, its own forward (base plus the low-rank update).  Backward is every
+        projection's own ``backward`` (a plain Linear skips a frozen weight's gradient)."""
         if not isinstance(lin, Linear):  # a LoRALinear (layers never import attention)
             return lin.forward(x)
         return kernels.linear_forward(x, lin.W.data, None if lin.b is None else lin.b.data)
-
-    @staticmethod
-    def _project_backward(kernels, lin, dy, cache):
-        """dx of one projection, its parameter gradients added (a LoRA-wrapped one adds
-        dA and dB, its frozen base nothing)."""
-        if not isinstance(lin, Linear):
-            return lin.backward(dy, cache)
-        if not lin.W.requires_grad and (lin.b is None or not lin.b.requires_grad):
-            return kernels.frozen_linear_backward(dy, cache, lin.W.data)  # dW, db not formed
-        dx, dW, db = kernels.linear_backward(dy, cache, lin.W.data, lin.b is not None)
-        if lin.W.requires_grad:  # a frozen parameter's grad stays zero
-            lin.W.grad += dW
-        if lin.b is not None and lin.b.requires_grad:
-            lin.b.grad += db
-        return dx
 
     def _qkv(self, kernels, x):
         """q (B, H, T, d_k) and k, v (B, H_kv, T, d_k) of one input x (B, T, E) by ONE
@@ -617,7 +604,7 @@ class MultiHeadAttention(Module):
         else:
             dy, dweights = dout
         kernels = select(dy.dtype)
-        dC = self._project_backward(kernels, self.out_proj, dy, cache.out_proj)
+        dC = self.out_proj.backward(dy, cache.out_proj)
         dcontext = split_heads(dC, self.n_heads)
         dalpha = None
         if dweights is not None:
@@ -630,10 +617,9 @@ class MultiHeadAttention(Module):
                                                                        dalpha)
 
         if len(cache.inputs) == 1:  # self-attention: dx = [dQ | dK | dV] [W_q | W_k | W_v]^T
-            return self._project_backward(kernels, self.in_proj, kernels.merge_heads(dq, dk, dv),
-                                          cache.inputs[0])
+            return self.in_proj.backward(kernels.merge_heads(dq, dk, dv), cache.inputs[0])
         if self.in_proj is None:  # split (or kdim/vdim) projections, each its own backward
-            grads = tuple(self._project_backward(kernels, lin, kernels.merge_heads(d), c)
+            grads = tuple(lin.backward(kernels.merge_heads(d), c)
                           for d, c, lin in zip((dq, dk, dv), cache.inputs,
                                                (self.q_proj, self.k_proj, self.v_proj)))
             return grads[0] + grads[1] + grads[2] if cache.one_input else grads
