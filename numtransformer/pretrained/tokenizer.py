@@ -26,8 +26,32 @@ sentence-transformers runs) applies it:
    or longer than ``max_input_chars_per_word`` characters, becomes [UNK].
 
 ``encode`` wraps the pieces as [CLS] ... [SEP] and truncates the pieces so the
-whole fits ``max_length``; ``batch_encode`` pads a batch with [PAD] (id 0 in
-BERT vocabularies) and returns the attention mask (1 = real token).
+whole fits ``max_length``; ``encode_batch`` does that for a list of texts;
+``batch_encode`` pads a batch with [PAD] (id 0 in BERT vocabularies) and returns
+the attention mask (1 = real token).
+
+The functions ``normalize`` and ``_pre_tokenize`` and the method ``_wordpiece``
+are the rules, written to be read; ``_tokenize_reference`` runs them.  What
+``tokenize`` and ``encode`` run is faster and gives the same pieces
+(tests/pretrained/test_tokenizer_fast.py checks it on drawn text and against
+the Hugging Face tokenizer), because every step before WordPiece acts on one
+character at a time:
+
+* normalisation and pre-tokenisation are one ``str.translate``: a table maps a
+  character c to ``normalize(c)`` with a space on each side of every
+  punctuation character in it, so ``text.translate(table).split()`` is
+  ``_pre_tokenize(normalize(text))``.  The table is filled lazily (a character
+  is classified the first time it is seen), one per flag combination.  The one
+  step that is not per character is NFD's canonical reordering of combining
+  marks; it can change the result only through a combining mark that stripping
+  keeps (not of category Mn: 38 code points in Unicode 14, such as U+1D165 and
+  U+302E).  The table maps those to NUL, which normalisation never outputs
+  otherwise, and a text with a NUL after translation goes through the
+  reference pipeline.
+* the WordPiece split of a word depends on the word alone: a dictionary (at
+  most ``_WORD_CACHE_SIZE`` words, emptied when full, and when the vocabulary
+  object, [UNK] or ``max_input_chars_per_word`` changes) keeps each word's
+  pieces and ids, so a repeated word is one look-up.
 """
 
 from __future__ import annotations
@@ -100,12 +124,73 @@ def _pre_tokenize(text: str) -> list[str]:
     return words
 
 
+# -- the fast path: normalisation and pre-tokenisation as one translate table -----------------
+_TABLE_SIZE = 1 << 16       # characters kept per table; a rarer one is classified each time
+_WORD_CACHE_SIZE = 100_000  # words kept per tokenizer (emptied when full)
+
+
+def _reorderable(ch: str) -> bool:
+    """Whether NFD of ``ch`` holds a combining mark (canonical class > 0) that is not Mn:
+    canonical reordering across characters could move it and stripping would keep it."""
+    return any(unicodedata.combining(c) and unicodedata.category(c) != "Mn"
+               for c in unicodedata.normalize("NFD", ch))
+
+
+def _char_rule(ch: str, lowercase: bool, strip: bool, handle_cjk: bool) -> str:
+    """What the table maps ``ch`` to: ``normalize(ch)`` with every punctuation character
+    in it surrounded by spaces; NUL where the text needs the reference pipeline."""
+    if strip and _reorderable(ch):
+        return "\0"
+    return "".join(f" {c} " if is_punctuation(c) else c
+                   for c in normalize(ch, lowercase, strip, handle_cjk))
+
+
+class _CharTable(dict):
+    """ord(ch) -> _char_rule(ch, ...), filled on first sight (``str.translate`` looks
+    characters up with ``[]``, which calls ``__missing__`` for an absent one)."""
+
+    __slots__ = ("flags",)
+
+    def __init__(self, lowercase: bool, strip: bool, handle_cjk: bool):
+        super().__init__()
+        self.flags = (lowercase, strip, handle_cjk)
+        for cp in range(128):
+            self[cp] = _char_rule(chr(cp), *self.flags)
+
+    def __missing__(self, cp: int) -> str:
+        rule = _char_rule(chr(cp), *self.flags)
+        if len(self) < _TABLE_SIZE:
+            self[cp] = rule
+        return rule
+
+
+_TABLES: dict = {}
+
+
+def _char_table(lowercase, strip_accents, handle_cjk) -> _CharTable:
+    strip = lowercase if strip_accents is None else strip_accents
+    key = (bool(lowercase), bool(strip), bool(handle_cjk))
+    table = _TABLES.get(key)
+    if table is None:
+        table = _TABLES[key] = _CharTable(*key)
+    return table
+
+
+def _fast_words(text: str, lowercase, strip_accents, handle_cjk) -> list[str]:
+    """``_pre_tokenize(normalize(text, ...))``, by one translate and one split."""
+    spaced = text.translate(_char_table(lowercase, strip_accents, handle_cjk))
+    if "\0" in spaced:  # a reorderable combining mark: NFD of the whole text decides
+        return _pre_tokenize(normalize(text, lowercase, strip_accents, handle_cjk))
+    return spaced.split()
+
+
 class WordPieceTokenizer:
     """BERT's uncased WordPiece tokenizer (see the module docstring).
 
     ``vocab``: a list of tokens (id = position) or a path to ``vocab.txt``
     (one token per line).  ``tokenize(text) -> list[str]``;
     ``encode(text, max_length=None) -> list[int]`` with [CLS]/[SEP];
+    ``encode_batch(texts, max_length=None) -> list[list[int]]``, one such list per text;
     ``batch_encode(texts, max_length=None) -> (ids (B, T) int64,
     attention_mask (B, T) int64)``, padded to the longest sequence.
     """
@@ -139,6 +224,7 @@ class WordPieceTokenizer:
         self.max_length = max_length
         self.unk_id, self.cls_id = self.vocab[unk_token], self.vocab[cls_token]
         self.sep_id, self.pad_id = self.vocab[sep_token], self.vocab[pad_token]
+        self._caches = None  # (key, word -> pieces, word -> ids): see _word_caches
 
     @staticmethod
     def _read_vocab(path) -> list[str]:
@@ -166,8 +252,8 @@ class WordPieceTokenizer:
             start = end
         return pieces
 
-    def tokenize(self, text: str) -> list[str]:
-        """The word pieces of ``text`` (no [CLS]/[SEP], no truncation)."""
+    def _tokenize_reference(self, text: str) -> list[str]:
+        """``tokenize`` by the readable pipeline: the rules that the fast path must match."""
         if not isinstance(text, str):
             raise TypeError(f"WordPieceTokenizer: text must be a str, got {type(text).__name__}")
         out, start = [], 0
@@ -185,31 +271,104 @@ class WordPieceTokenizer:
             pieces.extend(self._wordpiece(word))
         return pieces
 
+    # -- the fast path (module docstring) -------------------------------------------------
+    def _word_caches(self):
+        """(word -> pieces, word -> ids), emptied if what a word's split depends on changed."""
+        key = (id(self.vocab), len(self.vocab), self.unk_token, self.unk_id,
+               self.max_input_chars_per_word)
+        caches = self._caches
+        if caches is None or caches[0] != key:
+            caches = self._caches = (key, {}, {})
+        return caches[1], caches[2]
+
+    def _segments(self, text: str):
+        """(plain text, special token or None) pairs: the text split at special tokens."""
+        if not isinstance(text, str):
+            raise TypeError(f"WordPieceTokenizer: text must be a str, got {type(text).__name__}")
+        if self._special_re.search(text) is None:
+            return ((text, None),)
+        segments, start = [], 0
+        for m in self._special_re.finditer(text):
+            segments.append((text[start:m.start()], m.group()))
+            start = m.end()
+        segments.append((text[start:], None))
+        return segments
+
+    def tokenize(self, text: str) -> list[str]:
+        """The word pieces of ``text`` (no [CLS]/[SEP], no truncation)."""
+        cache = self._word_caches()[0]
+        flags = self.lowercase, self.strip_accents, self.handle_cjk
+        out = []
+        for plain, special in self._segments(text):
+            for word in _fast_words(plain, *flags):
+                pieces = cache.get(word)
+                if pieces is None:
+                    if len(cache) >= _WORD_CACHE_SIZE:
+                        cache.clear()
+                    pieces = cache[word] = tuple(self._wordpiece(word))
+                out += pieces
+            if special is not None:
+                out.append(special)
+        return out
+
+    def _ids(self, text: str, cache: dict, flags) -> list[int]:
+        """``convert_tokens_to_ids(tokenize(text))``, word ids cached in ``cache``."""
+        out = []
+        for plain, special in self._segments(text):
+            for word in _fast_words(plain, *flags):
+                ids = cache.get(word)
+                if ids is None:
+                    if len(cache) >= _WORD_CACHE_SIZE:
+                        cache.clear()
+                    ids = cache[word] = tuple(self.convert_tokens_to_ids(self._wordpiece(word)))
+                out += ids
+            if special is not None:
+                out.append(self.vocab.get(special, self.unk_id))
+        return out
+
     def convert_tokens_to_ids(self, tokens) -> list[int]:
         return [self.vocab.get(t, self.unk_id) for t in tokens]
 
     def convert_ids_to_tokens(self, ids) -> list[str]:
         return [self.inv_vocab[int(i)] for i in ids]
 
+    def _check_max_length(self, max_length):
+        max_length = self.max_length if max_length is None else max_length
+        if max_length is not None and max_length < 2:
+            raise ValueError(f"WordPieceTokenizer: max_length must be >= 2 (room for "
+                             f"[CLS] and [SEP]), got {max_length}")
+        return max_length
+
     def encode(self, text: str, max_length: int | None = None) -> list[int]:
         """[CLS] + pieces + [SEP] as ids; pieces cut so the total is at most max_length."""
-        max_length = self.max_length if max_length is None else max_length
-        ids = self.convert_tokens_to_ids(self.tokenize(text))
+        max_length = self._check_max_length(max_length)
+        flags = self.lowercase, self.strip_accents, self.handle_cjk
+        ids = self._ids(text, self._word_caches()[1], flags)
         if max_length is not None:
-            if max_length < 2:
-                raise ValueError(f"WordPieceTokenizer: max_length must be >= 2 (room for "
-                                 f"[CLS] and [SEP]), got {max_length}")
             ids = ids[:max_length - 2]
         return [self.cls_id] + ids + [self.sep_id]
+
+    def encode_batch(self, texts, max_length: int | None = None) -> list[list[int]]:
+        """``[encode(t, max_length) for t in texts]``, with the per-call work done once."""
+        if isinstance(texts, str):
+            raise TypeError("WordPieceTokenizer.encode_batch: texts must be a list of strings, "
+                            "got one str")
+        max_length = self._check_max_length(max_length)
+        cut = None if max_length is None else max_length - 2
+        cache = self._word_caches()[1]
+        flags = self.lowercase, self.strip_accents, self.handle_cjk
+        cls, sep = [self.cls_id], [self.sep_id]
+        return [cls + self._ids(t, cache, flags)[:cut] + sep for t in texts]
 
     def batch_encode(self, texts, max_length: int | None = None):
         """(ids (B, T) int64, attention_mask (B, T) int64): padded with [PAD], mask 1 = token."""
         if isinstance(texts, str):
             raise TypeError("WordPieceTokenizer.batch_encode: texts must be a list of strings, "
                             "got one str")
-        rows = [self.encode(t, max_length) for t in texts]
-        if not rows:
+        texts = list(texts)
+        if not texts:
             raise ValueError("WordPieceTokenizer.batch_encode: texts is empty")
+        rows = self.encode_batch(texts, max_length)
         T = max(len(r) for r in rows)
         ids = np.full((len(rows), T), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), T), dtype=np.int64)
