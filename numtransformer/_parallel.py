@@ -25,6 +25,7 @@ core's cache does not hold the rows yet) only above ``MIN_BLOCK`` entries;
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 __all__ = ["get_num_threads", "set_num_threads", "parallel_rows", "row_blocks", "add_rows",
-           "column_sum"]
+           "column_sum", "cost_blocks", "parallel_items", "parallel_matmul", "SPLIT_GEMMS"]
 
 MIN_BLOCK = 1 << 17  # entries per block below which a pass stays on one thread
 
@@ -118,7 +119,31 @@ def parallel_rows(kernel, n_rows: int, row_size: int) -> None:
     The kernel must touch only its own rows of its outputs.  Returns when every
     block has finished; the first exception raised by a block is re-raised.
     """
-    blocks = row_blocks(n_rows, row_size)
+    _run_blocks(kernel, row_blocks(n_rows, row_size))
+
+
+def cost_blocks(costs) -> list:
+    """Contiguous slices of range(len(costs)), one per thread, of about equal total
+    cost (each item goes to the block holding the middle of its cost), or a single
+    slice when the total is below MIN_BLOCK (costs: entries of work per item)."""
+    costs = np.asarray(costs, dtype=np.float64)
+    total = float(costs.sum())
+    n = min(get_num_threads(), len(costs), max(1, int(total // MIN_BLOCK)))
+    if n <= 1 or getattr(_local, "inside", False):
+        return [slice(0, len(costs))]
+    middle = np.cumsum(costs) - costs / 2
+    owner = np.minimum((middle * n / total).astype(np.int64), n - 1)
+    bounds = np.searchsorted(owner, np.arange(n + 1), side="left")
+    return [slice(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+
+
+def parallel_items(kernel, costs) -> None:
+    """``parallel_rows`` for items of unequal cost: ``kernel(items)`` on the slices of
+    ``cost_blocks(costs)`` at the same time (the first on this thread)."""
+    _run_blocks(kernel, cost_blocks(costs))
+
+
+def _run_blocks(kernel, blocks) -> None:
     if len(blocks) == 1:
         kernel(blocks[0])
         return
@@ -135,6 +160,44 @@ def parallel_rows(kernel, n_rows: int, row_size: int) -> None:
             error = exc
     if error is not None:
         raise error
+
+
+# Set by ``inference.own_threads()`` while it holds the BLAS to one thread (``_blas``): large
+# GEMMs are then split over this module's threads by ``parallel_matmul``.
+SPLIT_GEMMS = contextvars.ContextVar("numtransformer_split_gemms", default=False)
+MIN_SPLIT_FLOPS = 1 << 22  # multiply-adds below which a GEMM stays whole (a hand-off ~20-30 us)
+MIN_SPLIT_GEMV = 1 << 18  # weights below which a product of fewer than 8 rows per thread stays
+# whole: such a product is memory-bound (each weight read once; 2^18 float32 weights, 1 MiB,
+# stream from memory in ~0.1 ms)
+
+
+def parallel_matmul(a, W):
+    """a @ W for a 2-D a (M, K) and W (K, N).  Inside ``inference.own_threads()`` on several
+    threads (``SPLIT_GEMMS``: the BLAS then runs on one), a large product is cut
+    into one block per thread, by rows of a, or by columns of W when a has fewer
+    rows than threads (a decoding step's one row), and the blocks run at once; a
+    row of the result is the same BLAS call on the same row either way.  Else one
+    BLAS call."""
+    M, K = a.shape
+    N = W.shape[1]
+    n = get_num_threads()
+    rows = M >= 8 * n
+    if not SPLIT_GEMMS.get() or n <= 1 or getattr(_local, "inside", False) \
+            or (M * K * N < MIN_SPLIT_FLOPS if rows else K * N < MIN_SPLIT_GEMV):
+        return a @ W
+    y = np.empty((M, N), np.result_type(a, W))
+    if rows:
+        bounds = [M * k // n for k in range(n + 1)]
+        _run_blocks(lambda r: np.matmul(a[r], W, out=y[r]),
+                    [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])])
+        return y
+    bounds = [N * k // n for k in range(n + 1)]
+
+    def columns(c):
+        y[:, c] = a @ W[:, c]
+
+    _run_blocks(columns, [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])])
+    return y
 
 
 def add_rows(y, b) -> None:

@@ -18,6 +18,14 @@ Inside the block:
 * nothing needs a backward: call modules as ``m(x)`` (which drops the cache)
   or keep ``forward``'s cache only to read it.
 
+``own_threads()`` is the companion for large GEMMs: on several threads it holds
+the BLAS to one thread and splits each large GEMM by rows (or, for one row, by
+columns) over numtransformer's own threads (``_parallel.parallel_matmul``), so
+no BLAS worker spins on a core the elementwise passes need
+(``numtransformer._blas`` explains; OpenBLAS on Linux, elsewhere nothing
+changes).  The BLAS setting is the process's: while a block is open, GEMMs of
+other threads run on one BLAS thread too.  ``SentenceModel.encode`` uses both.
+
 What it does not change: the outputs (up to the kernels' rounding), dropout
 (``model.eval()`` turns it off, as in PyTorch), the parameters, and anything
 outside the block.  Like ``use_kernels``, the mode is local to the thread or
@@ -28,10 +36,11 @@ from __future__ import annotations
 
 import contextlib
 
-from . import _validate
+from . import _blas, _validate
+from ._parallel import SPLIT_GEMMS, get_num_threads
 from .kernels import use_kernels
 
-__all__ = ["inference_mode", "is_inference_mode"]
+__all__ = ["inference_mode", "is_inference_mode", "own_threads"]
 
 
 @contextlib.contextmanager
@@ -43,6 +52,28 @@ def inference_mode():
             yield
     finally:
         _validate.ENTRY_CHECKS_ONLY.reset(token)
+
+
+@contextlib.contextmanager
+def own_threads():
+    """``with own_threads(): ...``: on several threads, hold the BLAS to one thread and
+    split each large GEMM over numtransformer's own threads (``_parallel.parallel_matmul``)
+    inside the block; nothing changes on one thread or where the BLAS's thread count
+    cannot be set (``_blas.available()``).  For work of large GEMMs with elementwise
+    passes between them (``SentenceModel.encode`` enters it): no BLAS worker then spins
+    on a core the passes need (``numtransformer._blas`` explains).  Small GEMMs
+    (decoding a small model step by step) are better left to the BLAS, whose spinning
+    workers take them up at once."""
+    split = get_num_threads() > 1 and _blas.available()
+    if not split:
+        yield
+        return
+    token = SPLIT_GEMMS.set(True)
+    try:
+        with _blas.single_threaded():
+            yield
+    finally:
+        SPLIT_GEMMS.reset(token)
 
 
 def is_inference_mode() -> bool:

@@ -172,13 +172,20 @@ def _check_minilm(model):
                                    rtol=0, atol=1e-12 if dtype == np.float64 else 2e-6)
 
 
-def test_length_buckets():
-    from numtransformer.pretrained.minilm import _length_buckets
+def test_packing_groups_and_token_chunks():
+    from numtransformer.attention.packed import Packing
+    from numtransformer.pretrained.minilm import _token_chunks
     lengths = np.array([44, 40, 39, 30, 20, 20, 19, 18, 18, 18, 5])
-    slices = _length_buckets(lengths, 3)
-    assert [lengths[s].tolist() for s in slices] == [
+    packing = Packing(lengths, max_group=3)
+    assert [lengths[a:b].tolist() for a, b, _ in packing.groups] == [
         [44, 40], [39], [30], [20, 20, 19], [18, 18, 18], [5]]
-    assert _length_buckets(np.array([], int), 4) == []
+    assert [T for _, _, T in packing.groups] == [44, 39, 30, 20, 18, 5]
+    assert Packing(np.array([], int)).groups == []
+    chunks = _token_chunks(lengths, 100)
+    assert [lengths[c].tolist() for c in chunks] == [
+        [44, 40], [39, 30, 20], [20, 19, 18, 18, 18, 5]]
+    short = np.array([7, 3])
+    assert [short[c].tolist() for c in _token_chunks(short, 5)] == [[7], [3]]
 
 
 # -- input checks: once, at the entry --------------------------------------------------------------
@@ -216,11 +223,13 @@ def test_no_scans_inside_decoding(monkeypatch):
     model = _transformer(np.float32)
     src = np.random.default_rng(3).integers(3, 13, (2, 6))
     seen = count_scans(monkeypatch)
-    greedy_decode(model, src, max_len=5, eos_id=-1)
+    state = model.start_decoding(src)
+    model.decode_step(state, np.array([1, 1]))
     assert seen  # outside the mode every layer a decode step calls scans its input
     seen.clear()
+    greedy_decode(model, src, max_len=5, eos_id=-1)  # the decoding functions enter the mode
+    assert seen == []
     with nt.inference_mode():
-        greedy_decode(model, src, max_len=5, eos_id=-1)
         state = model.start_decoding(src)
         model.decode_step(state, np.array([1, 1]))
     assert seen == []

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._init import uniform
+from .._parallel import parallel_items
 from .._validate import (as_rng, check_float, check_float_dtype, check_positive_int,
                          check_probability)
 from ..functional.attention import ScaledDotProductCache, split_heads
@@ -19,8 +20,8 @@ from ..kernels import select
 from ..layers.dropout import Dropout
 from ..layers.linear import Linear
 from ..module import Module, Parameter
-from .masks import (alibi_bias, alibi_slopes, check_attn_mask, check_key_padding_mask,
-                    sliding_window_mask)
+from .masks import (alibi_bias, alibi_slopes, causal_mask, check_attn_mask,
+                    check_key_padding_mask, sliding_window_mask)
 from .rotary import RotaryEmbedding
 
 __all__ = ["MultiHeadAttention", "MultiHeadAttentionCache", "KVCache"]
@@ -636,6 +637,78 @@ class MultiHeadAttention(Module):
                 b_grad += db
             grads.append(dx)
         return tuple(grads)
+
+    # -- packed sequences (inference) -------------------------------------------------------
+    def forward_packed(self, x, packing, causal: bool = False):
+        """Self-attention over packed sequences, for inference (no cache, no dropout).
+
+        x (N, E) holds the sequences of ``packing`` (an ``attention.packed.Packing``)
+        end to end; returns y (N, E), row for row what ``forward`` gives each
+        sequence alone (or in a padded batch with its key-padding mask).  ``causal``:
+        each position sees its sequence's positions up to itself (``causal_mask``).
+
+            QKV = x [W_q | W_k | W_v] + b                 one GEMM over all N rows
+            for each group of packing: gather its rows of QKV into a (b, T, .) block
+                (a view when its sequences are all T long), key-padding mask the rest,
+                C[group's rows] = Attention(q, k, v) of the block
+            y = C W_o + b_o                               one GEMM over all N rows
+
+        Rotary embeddings, sliding windows and ALiBi apply per sequence (each block
+        starts every sequence at position 0).  The attention core is the plain one
+        whatever ``attention_impl`` says (the same function).  Projections wrapped in
+        LoRA run their own forward."""
+        x = check_float(self, "x", x, dtype=self.dtype, ndim=2, last_dim=self.d_model,
+                        last_dim_name="d_model")
+        if x.shape[0] != packing.n_rows:
+            raise ValueError(f"MultiHeadAttention: x has {x.shape[0]} rows, the packing "
+                             f"{packing.n_rows}")
+        if self.alibi and self.window is None and not causal:
+            raise ValueError("MultiHeadAttention: alibi is defined for causal attention; pass "
+                             "causal=True (or set a window)")
+        kernels = select(x.dtype)
+        E, H = self.d_model, self.n_heads
+        if self.in_proj is not None:
+            QKV, _ = self._project(kernels, self.in_proj, x)
+        else:
+            QKV = np.concatenate([self._project(kernels, lin, x)[0] for lin in
+                                  (self.q_proj, self.k_proj, self.v_proj)], axis=-1)
+        C = np.empty((packing.n_rows, E), x.dtype)
+        groups = packing.groups
+        # the groups are independent: split over the threads by their scores' sizes
+        parallel_items(lambda part: self._packed_groups(kernels, QKV, C, packing, part, causal),
+                       [(stop - first) * H * T * T for first, stop, T in groups])
+        y, _ = self._project(kernels, self.out_proj, C)
+        return y
+
+    def _packed_groups(self, kernels, QKV, C, packing, part, causal):
+        """forward_packed's attention for the groups ``part`` (a slice) of the packing:
+        their rows of C from their rows of QKV."""
+        E, E_kv, H, H_kv = self.d_model, self.n_kv_heads * self.d_k, self.n_heads, self.n_kv_heads
+        for g in range(part.start, part.stop):
+            first, stop, T = packing.groups[g]
+            start, rows, kpm, valid = packing.block(g)
+            b = stop - first
+            block = QKV[start:start + b * T].reshape(b, T, -1) if rows is None else QKV[rows]
+            blocked = None if kpm is None else kpm[:, None, None, :]
+            if causal:
+                cm = causal_mask(T)[None, None]
+                blocked = cm if blocked is None else (blocked | cm)
+            bias = position = None
+            if self.window is not None or self.alibi or self.rotary is not None:
+                blocked, bias, position = self._positional(blocked, T, T, 0, QKV.dtype)
+            q = split_heads(block[..., :E], H)
+            if rows is None:  # q is a view of QKV: the core must not scale it in place
+                context, _ = kernels.scaled_dot_product_attention_forward(
+                    q, split_heads(block[..., E:E + E_kv], H_kv),
+                    split_heads(block[..., E + E_kv:], H_kv), blocked, 0.0, None, position,
+                    overwrite_q=False, bias=bias)
+                C[start:start + b * T] = kernels.merge_heads(context).reshape(b * T, E)
+            else:  # the gathered block is this call's own
+                context, _ = kernels.scaled_dot_product_attention_forward(
+                    q, split_heads(block[..., E:E + E_kv], H_kv),
+                    split_heads(block[..., E + E_kv:], H_kv), blocked, 0.0, None, position,
+                    overwrite_q=True, bias=bias)
+                C[rows[valid]] = kernels.merge_heads(context)[valid]
 
     # -- incremental decoding (inference) ---------------------------------------------------
     def new_kv_cache(self, batch_size: int, capacity: int = 16) -> KVCache:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
-from .._parallel import add_rows, column_sum
+from .._parallel import add_rows, column_sum, parallel_matmul
 from ..functional.linear import EmbeddingCache, LinearCache
 
 __all__ = ["linear_forward", "linear_backward", "tied_linear_forward", "tied_linear_backward",
@@ -22,7 +22,7 @@ def linear_forward(x, W, b=None):
     """y = x W + b: the GEMM's fresh output gets b added in place, in row blocks."""
     lead_shape = x.shape[:-1]
     x2 = x.reshape(-1, W.shape[0])
-    y = x2 @ W
+    y = parallel_matmul(x2, W)  # x2 @ W (split over the threads in inference mode)
     if b is not None:
         add_rows(y, b)
     return y.reshape(*lead_shape, W.shape[1]), LinearCache(x=x2, lead_shape=lead_shape)
@@ -42,7 +42,7 @@ def tied_linear_forward(x, E, b=None):
     """y = x E^T + b, the bias added in place in row blocks."""
     lead_shape = x.shape[:-1]
     x2 = x.reshape(-1, E.shape[1])
-    y = x2 @ E.T
+    y = parallel_matmul(x2, E.T)
     if b is not None:
         add_rows(y, b)
     return y.reshape(*lead_shape, E.shape[0]), LinearCache(x=x2, lead_shape=lead_shape)

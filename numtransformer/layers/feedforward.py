@@ -7,8 +7,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._parallel import parallel_matmul
 from .._validate import as_rng, check_float, check_positive_int
+from ..fast.activations import gelu_inplace
 from ..functional.activations import SwiGLUCache
+from ..inference import is_inference_mode
 from ..kernels import select
 from ..module import Module
 from .activations import get_activation
@@ -65,6 +68,34 @@ class PositionwiseFeedForward(Module):
         a_drop, cd = self.dropout.forward(a)
         y, c2 = self.linear2.forward(a_drop)
         return y, FeedForwardCache(linear1=c1, act=ca, dropout=cd, linear2=c2)
+
+    def __call__(self, x):
+        """FFN(x), the output alone.  In ``inference_mode()``, with plain Linear layers,
+        a relu or exact gelu activation and no active dropout, the hidden layer is
+        worked on in place: h = x W1 (the GEMM's own output), then h = act(h + b1) on
+        cache-sized chunks of rows (``fast.activations.gelu_inplace``; the bias add,
+        Phi and the product while a chunk is in cache), then y = h W2 + b2.  The same
+        function as ``forward`` (float64: the same bits), with no cache and no second
+        (N, d_ff) array."""
+        if not (is_inference_mode() and self.activation in ("gelu", "relu")
+                and type(self.linear1) is Linear and type(self.linear2) is Linear
+                and not (self.dropout.training and self.dropout.p > 0)):
+            return super().__call__(x)
+        W1, b1 = self.linear1.W.data, self.linear1.b
+        x = check_float(self, "x", x, dtype=W1.dtype, min_ndim=1, last_dim=self.d_model,
+                        last_dim_name="d_model")
+        kernels = select(x.dtype)
+        h = parallel_matmul(x.reshape(-1, self.d_model), W1)
+        b1 = None if b1 is None else b1.data
+        if self.activation == "gelu":
+            gelu_inplace(h, b1)
+        else:
+            if b1 is not None:
+                h += b1
+            np.maximum(h, 0, out=h)
+        y, _ = kernels.linear_forward(h, self.linear2.W.data,
+                                      None if self.linear2.b is None else self.linear2.b.data)
+        return y.reshape(x.shape)
 
     def backward(self, dy, cache: FeedForwardCache):
         da_drop = self.linear2.backward(dy, cache.linear2)

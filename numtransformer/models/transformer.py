@@ -39,6 +39,8 @@ from ..attention.masks import check_attn_mask, check_key_padding_mask
 from ..layers import (Dropout, Embedding, LearnedPositionalEmbedding, Linear,
                       PositionwiseFeedForward, SinusoidalPositionalEncoding, SwiGLUFeedForward,
                       TiedLinear)
+from ..fast.norm import add_layer_norm_inplace
+from ..layers.layernorm import LayerNorm
 from ..layers.norms import check_norm, make_norm
 from ..layers.residual import SublayerConnection, SublayerConnectionCache
 from ..module import Module
@@ -231,8 +233,34 @@ class TransformerEncoderLayer(Module):
                                                                     key_padding_mask))
         return self.residual2.apply(h)
 
+    def forward_packed(self, x, packing, causal: bool = False):
+        """The layer over packed sequences, for inference (no dropout, no cache): x (N, D)
+        holds the sequences of ``packing`` (``attention.packed.Packing``) end to end;
+        row for row what ``forward`` gives each sequence.  Every sublayer but the
+        attention acts on rows, so it runs on all N rows at once; the attention is
+        ``MultiHeadAttention.forward_packed`` (``causal``: each position sees its
+        sequence up to itself)."""
+        x = check_float(self, "x", x, dtype=self.dtype, ndim=2, last_dim=self.d_model,
+                        last_dim_name="d_model")
+        if not self.norm_first and all(type(n) is LayerNorm and n.normalized_shape ==
+                                       (self.d_model,) for n in (self.norm1, self.norm2)):
+            # post-LN (BERT's): each residual add and its norm in one pass
+            a = self.self_attn.forward_packed(x, packing, causal)
+            h = _add_norm(a, x, self.norm1)
+            return _add_norm(self.ffn(h), h, self.norm2)
+        h = self.residual1.apply(x, lambda n: self.self_attn.forward_packed(n, packing, causal))
+        return self.residual2.apply(h)
+
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, nhead={self.nhead}, norm_first={self.norm_first}"
+
+
+def _add_norm(y, x, norm):
+    """norm(x + y) in place in y (a fresh array of the caller's): post-LN's residual add
+    and LayerNorm in one pass over cache-sized chunks of rows."""
+    gamma = None if norm.gamma is None else norm.gamma.data
+    beta = None if norm.beta is None else norm.beta.data
+    return add_layer_norm_inplace(y, x, gamma, beta, norm.eps)
 
 
 # ----------------------------------------------------------------------------------------

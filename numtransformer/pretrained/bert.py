@@ -15,6 +15,7 @@ import numpy as np
 
 from .._validate import (as_rng, check_float, check_float_dtype, check_ids, check_positive_int,
                          check_probability)
+from ..attention.packed import Packing
 from ..inference import is_inference_mode
 from ..layers import Dropout, Embedding
 from ..layers.norms import check_norm, make_norm
@@ -234,6 +235,43 @@ class BertModel(Module):
             caches.append(c)
         return x, BertModelCache(c_e, caches)
 
+    def forward_packed(self, sequences, packing=None):
+        """The last hidden states of several sequences packed end to end, for inference
+        (no dropout, no cache): ``sequences`` is a list of n id lists (token type 0),
+        the result (h (N, D), packing) with sequence i at rows packing.offsets[i] ..
+        packing.offsets[i+1] - 1, row for row what ``forward`` gives each sequence
+        (in a padded batch, its real positions).  Every sublayer but attention
+        runs as one pass over all N rows, with no padding rows; attention runs per
+        group of similar lengths (``attention.packed.Packing``; pass one to choose
+        the groups, its lengths those of the sequences).  Sort the sequences by
+        length, longest first, for few and large groups.
+
+            e = W_word[ids] + W_pos[position in its sequence] + W_type[0]
+            x_0 = LayerNorm(e);   x_l = EncoderLayer_l.forward_packed(x_{l-1})
+        """
+        emb = self.embeddings
+        lengths = [len(s) for s in sequences]
+        if not lengths or min(lengths) < 1:
+            raise ValueError("BertModel: forward_packed needs at least one sequence, each "
+                             "of at least one token")
+        if max(lengths) > emb.max_position_embeddings:
+            raise ValueError(f"BertModel: sequence length {max(lengths)} exceeds "
+                             f"max_position_embeddings={emb.max_position_embeddings}")
+        if packing is None:
+            packing = Packing(np.array(lengths))
+        elif list(packing.lengths) != lengths:
+            raise ValueError("BertModel: the packing's lengths are not the sequences'")
+        ids = check_ids(self, "sequences", np.concatenate(
+            [np.asarray(s, dtype=np.int64) for s in sequences]), emb.word.num_embeddings)
+        W_word, W_pos, W_type = emb.word.W.data, emb.position.W.data, emb.token_type.W.data
+        e = W_word[ids]
+        e += W_pos[packing.positions]
+        e += W_type[0]
+        x = emb.norm(e)
+        for layer in self.layers:
+            x = layer.forward_packed(x, packing)
+        return x, packing
+
     def backward(self, dx, cache: BertModelCache):
         if cache.layers is None:
             raise ValueError("BertModel: this cache comes from a forward in inference_mode(), "
@@ -356,6 +394,17 @@ class SentenceEncoder(Module):
         if self.normalize is not None:
             s, c_n = self.normalize.forward(s)
         return s, SentenceEncoderCache(c_b, c_p, c_n)
+
+    def encode_packed(self, sequences, packing=None):
+        """Embeddings (n, D) of n id lists, in their order, for inference: the
+        sequences packed end to end (``BertModel.forward_packed``), mean pooling
+        over each one's rows, L2 normalisation; row for row what ``forward``
+        gives them in a padded batch."""
+        h, packing = self.bert.forward_packed(sequences, packing)
+        s = packing.segment_mean(h)
+        if self.normalize is not None:
+            s = self.normalize(s)
+        return s
 
     def backward(self, dy, cache: SentenceEncoderCache):
         if self.normalize is not None:

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .._validate import check_float_dtype
-from ..inference import inference_mode
+from ..attention.packed import Packing
+from ..inference import inference_mode, own_threads
 from .bert import BertModel, SentenceEncoder, load_hf_bert_weights
 from .safetensors import load_safetensors
 from .tokenizer import WordPieceTokenizer
@@ -98,39 +99,42 @@ class SentenceModel:
         with inference_mode():
             return ids, mask, self.encoder.bert(ids, mask)
 
-    def encode(self, sentences, batch_size: int = 32) -> np.ndarray:
+    def encode(self, sentences, batch_size: int = 32, max_tokens: int = 4096) -> np.ndarray:
         """Sentence embeddings (N, D), in input order.
 
-        The sentences are tokenised and sorted by token count (longest first); a batch
-        takes the longest sentence left and the next ones, up to ``batch_size`` of
-        them, as long as each has at least 9/10 of the first one's tokens, so at most
-        a tenth of a batch is padding (on 256 sentences of 6-44 tokens: 3% padding
-        in 16 batches, against 18% in 8 batches of 32; the padding rows are wasted
-        work in every GEMM).  Each batch runs in ``inference_mode()`` and its rows
-        are written back to the callers' positions."""
+        The sentences are tokenised, sorted by token count (longest first) and cut
+        into runs of at most ``max_tokens`` tokens; each run is packed end to end, with
+        no padding (``SentenceEncoder.encode_packed``): every GEMM, norm and GELU of
+        the encoder works on the real tokens alone, as one matrix of up to
+        ``max_tokens`` rows, and attention runs per group of up to ``batch_size``
+        sentences of similar length (each at least 9/10 of the group's longest, so at
+        most a tenth of an attention block is padding).  All of it in
+        ``inference_mode()`` and ``own_threads()`` (on several threads the GEMMs are
+        split over numtransformer's threads, the BLAS held to one); the rows are
+        written back to the callers' positions.
+        On 256 sentences of 6-44 tokens, batches of 32 padded to their longest would
+        add 18% padding rows to every GEMM."""
         sentences = self._sentences(sentences)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
             raise ValueError(f"SentenceModel.encode: batch_size must be an int >= 1, got "
                              f"{batch_size!r}")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) \
+                or max_tokens < 1:
+            raise ValueError(f"SentenceModel.encode: max_tokens must be an int >= 1, got "
+                             f"{max_tokens!r}")
         if not sentences:
             return np.zeros((0, self.dim), self.encoder.bert.dtype)
         self.encoder.eval()
-        encoded = [self.tokenizer.encode(s, self.max_seq_length) for s in sentences]
+        encoded = self.tokenizer.encode_batch(sentences, self.max_seq_length)
         lengths = np.array([len(e) for e in encoded])
         order = np.argsort(-lengths, kind="stable")
         out = np.empty((len(sentences), self.dim), self.encoder.bert.dtype)
-        pad = self.tokenizer.pad_id
-        with inference_mode():
-            for rows in _length_buckets(lengths[order], batch_size):
-                rows = order[rows]
-                T = int(lengths[rows].max())
-                ids = np.full((len(rows), T), pad, dtype=np.int64)
-                mask = np.zeros((len(rows), T), dtype=np.int64)
-                for k, i in enumerate(rows):
-                    ids[k, :lengths[i]] = encoded[i]
-                    mask[k, :lengths[i]] = 1
-                out[rows] = self.encoder(ids, mask)
+        with inference_mode(), own_threads():
+            for chunk in _token_chunks(lengths[order], max_tokens):
+                rows = order[chunk]
+                packing = Packing(lengths[rows], max_group=batch_size)
+                out[rows] = self.encoder.encode_packed([encoded[i] for i in rows], packing)
         return out
 
     def __repr__(self) -> str:
@@ -138,13 +142,14 @@ class SentenceModel:
                 f"{self.tokenizer!r})")
 
 
-def _length_buckets(sorted_lengths, batch_size: int) -> list:
-    """Slices of ``sorted_lengths`` (non-increasing): at most ``batch_size`` each,
-    every length at least 9/10 of the slice's first."""
-    out, i, n = [], 0, len(sorted_lengths)
+def _token_chunks(lengths, max_tokens: int) -> list:
+    """Slices of ``lengths``: consecutive runs of at most ``max_tokens`` tokens in all
+    (a longer single sequence is a run of its own)."""
+    out, i, n = [], 0, len(lengths)
     while i < n:
-        j = i + 1
-        while j < n and j - i < batch_size and 10 * sorted_lengths[j] >= 9 * sorted_lengths[i]:
+        j, total = i + 1, int(lengths[i])
+        while j < n and total + int(lengths[j]) <= max_tokens:
+            total += int(lengths[j])
             j += 1
         out.append(slice(i, j))
         i = j
