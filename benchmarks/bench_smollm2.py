@@ -10,10 +10,12 @@ attention), so they run the same dequantized float32 weights.  Measured, in
 float32, for a prompt of ``--prompt`` random token ids:
 
 * prefill: the prompt fed at once into an empty key/value cache (ours:
-  ``decode_step`` of the whole prompt; theirs: ``model(ids, use_cache=True)``),
+  ``decode_step`` of the whole prompt in ``inference_mode()``, as ``generate``
+  runs it; theirs: ``model(ids, use_cache=True, logits_to_keep=1)``, as
+  ``generate`` asks: both compute the logits of the last position alone),
   the median of ``--reps`` runs after one warm-up, as prompt tokens per second;
 * decode: then ``--new`` greedy steps of one token each through the cache
-  (ours: ``decode_step``; theirs: ``model(token, past_key_values=...)``, what
+  (ours: ``decode_step`` in ``inference_mode()``; theirs: ``model(token, past_key_values=...)``, what
   ``generate`` does without its bookkeeping), as new tokens per second;
 * memory: the anonymous resident memory after loading (the model; the file
   pages of libraries not counted) and the peak during prefill + decode (the
@@ -107,6 +109,7 @@ def _measure(prefill, step, spec):
 def worker_ours(spec):
     import numpy as np
 
+    from numtransformer import inference_mode
     from numtransformer.pretrained import smollm2
     t = time.perf_counter()
     model = smollm2.load_smollm2(np.float32).model
@@ -115,11 +118,13 @@ def worker_ours(spec):
     ids = _prompt(spec["prompt"])
 
     def prefill():
-        state = model.start_decoding(1)
-        return state, int(np.argmax(model.decode_step(state, ids[None])[0]))
+        with inference_mode():
+            state = model.start_decoding(1)
+            return state, int(np.argmax(model.decode_step(state, ids[None])[0]))
 
     def step(state, token):
-        return int(np.argmax(model.decode_step(state, np.array([token]))[0]))
+        with inference_mode():
+            return int(np.argmax(model.decode_step(state, np.array([token]))[0]))
 
     return dict(load_s=load, model_mb=loaded_mb, **_measure(prefill, step, spec))
 
@@ -144,7 +149,7 @@ def worker_torch(spec):
 
     @torch.inference_mode()
     def prefill():
-        out = model(ids, use_cache=True)
+        out = model(ids, use_cache=True, logits_to_keep=1)  # as generate() asks
         return out.past_key_values, int(out.logits[0, -1].argmax())
 
     @torch.inference_mode()

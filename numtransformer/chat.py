@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .inference import inference_mode
+
 __all__ = ["Session", "TurnStats", "add_commands"]
 
 
@@ -116,6 +118,12 @@ class Session:
         return len(new)
 
     def _run(self, ids, max_new_tokens, temperature, top_k, top_p, seed, stream, stop_ids):
+        with inference_mode():
+            return self._run_inference(ids, max_new_tokens, temperature, top_k, top_p, seed,
+                                       stream, stop_ids)
+
+    def _run_inference(self, ids, max_new_tokens, temperature, top_k, top_p, seed, stream,
+                       stop_ids):
         from .pretrained.smollm2 import sample_token
         self.model.eval()
         stats = TurnStats()

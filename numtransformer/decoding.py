@@ -10,14 +10,21 @@ rows; beam search needs it).  ``Transformer`` does this with key/value caches,
 so a step costs O(t), not a recompute of the whole prefix.  A decoder-only LM
 offers ``start_decoding(batch_size)`` and ``decode_step(state, tokens)`` with
 tokens (B,) or (B, T) (a prompt fed at once); ``sample`` uses that.
+
+Every function here runs in ``numtransformer.inference_mode()`` (the fast
+kernels, input checks once, large GEMMs split over the threads): decoding
+needs no backward, and its tokens are the same as outside the mode
+(tests/test_inference.py).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
+from .inference import inference_mode
 from .layers.activations import log_softmax
 from .tokens import BOS_ID, EOS_ID
 
@@ -25,6 +32,16 @@ __all__ = ["greedy_decode", "decode_with_attention", "beam_search", "Hypothesis"
            "length_penalty", "sample"]
 
 
+def _in_inference_mode(fn):
+    """fn, run inside ``inference_mode()``."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with inference_mode():
+            return fn(*args, **kwargs)
+    return run
+
+
+@_in_inference_mode
 def greedy_decode(model, src_ids, src_pad_mask=None, max_len: int = 50,
                   bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> list[list[int]]:
     """The most likely next token at every step, for a batch of sources.
@@ -49,6 +66,7 @@ def greedy_decode(model, src_ids, src_pad_mask=None, max_len: int = 50,
     return out
 
 
+@_in_inference_mode
 def decode_with_attention(model, src_ids, src_pad_mask=None, max_len: int = 50,
                           bos_id: int = BOS_ID, eos_id: int = EOS_ID):
     """Greedy decoding that also returns, per source, the attention matrix of
@@ -116,6 +134,7 @@ def _best_reachable_penalty(n_tokens: int, max_len: int, alpha: float) -> float:
     return max(length_penalty(shortest, alpha), length_penalty(max_len, alpha))
 
 
+@_in_inference_mode
 def beam_search(model, src_ids, src_pad_mask=None, beam_size: int = 4, max_len: int = 50,
                 alpha: float = 0.6, bos_id: int = BOS_ID, eos_id: int = EOS_ID,
                 return_all: bool = False, early_stop: str = "bound"):
@@ -258,6 +277,7 @@ def beam_search(model, src_ids, src_pad_mask=None, beam_size: int = 4, max_len: 
     return results
 
 
+@_in_inference_mode
 def sample(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, rng=None, eos_id: int | None = None,
            suppress=None) -> np.ndarray:

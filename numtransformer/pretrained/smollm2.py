@@ -66,6 +66,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._validate import check_float_dtype
+from ..inference import inference_mode
 from ..layers.activations import log_softmax
 from ..models.transformer import TransformerLM
 from .gguf import GGUFFile, load_gguf_tensors, read_gguf
@@ -369,6 +370,13 @@ def generate(model: TransformerLM, ids, max_new_tokens: int, temperature: float 
                          f"exceed the model's context of {model.max_len}")
     if max_new_tokens == 0:
         return []
+    with inference_mode():
+        return _generate(model, ids, max_new_tokens, temperature, top_k, top_p, seed, stream,
+                         stop_ids)
+
+
+def _generate(model, ids, max_new_tokens, temperature, top_k, top_p, seed, stream, stop_ids):
+    """generate's loop, after its checks (inside ``inference_mode()``)."""
     stop = {int(s) for s in stop_ids}
     rng = np.random.default_rng(seed)
     model.eval()
