@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from hypothesis import strategies as st
 
@@ -56,3 +58,18 @@ def hf_llama_in_float64(monkeypatch) -> None:
 
     monkeypatch.setattr(hf.LlamaRMSNorm, "forward", rms_forward)
     monkeypatch.setattr(hf.LlamaRotaryEmbedding, "forward", rope_forward)
+
+
+@contextlib.contextmanager
+def on_threads(n: int):
+    """numtransformer's pool on n threads, with row blocks forced even for tiny work
+    (``_parallel.MIN_BLOCK = 1``); both restored afterwards."""
+    from numtransformer import _parallel
+    saved = _parallel.MIN_BLOCK
+    _parallel.set_num_threads(n)
+    _parallel.MIN_BLOCK = 1
+    try:
+        yield
+    finally:
+        _parallel.MIN_BLOCK = saved
+        _parallel.set_num_threads(None)

@@ -296,34 +296,31 @@ class WordPieceTokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         """The word pieces of ``text`` (no [CLS]/[SEP], no truncation)."""
-        cache = self._word_caches()[0]
         flags = self.lowercase, self.strip_accents, self.handle_cjk
-        out = []
-        for plain, special in self._segments(text):
-            for word in _fast_words(plain, *flags):
-                pieces = cache.get(word)
-                if pieces is None:
-                    if len(cache) >= _WORD_CACHE_SIZE:
-                        cache.clear()
-                    pieces = cache[word] = tuple(self._wordpiece(word))
-                out += pieces
-            if special is not None:
-                out.append(special)
-        return out
+        return self._collect(text, self._word_caches()[0], flags,
+                             lambda word: tuple(self._wordpiece(word)), lambda special: special)
 
     def _ids(self, text: str, cache: dict, flags) -> list[int]:
         """``convert_tokens_to_ids(tokenize(text))``, word ids cached in ``cache``."""
+        return self._collect(
+            text, cache, flags,
+            lambda word: tuple(self.convert_tokens_to_ids(self._wordpiece(word))),
+            lambda special: self.vocab.get(special, self.unk_id))
+
+    def _collect(self, text: str, cache: dict, flags, of_word, of_special) -> list:
+        """The values of ``text``'s words (``of_word(word)``, a tuple, cached in ``cache``)
+        and special tokens (``of_special(token)``), in order."""
         out = []
         for plain, special in self._segments(text):
             for word in _fast_words(plain, *flags):
-                ids = cache.get(word)
-                if ids is None:
+                values = cache.get(word)
+                if values is None:
                     if len(cache) >= _WORD_CACHE_SIZE:
                         cache.clear()
-                    ids = cache[word] = tuple(self.convert_tokens_to_ids(self._wordpiece(word)))
-                out += ids
+                    values = cache[word] = of_word(word)
+                out += values
             if special is not None:
-                out.append(self.vocab.get(special, self.unk_id))
+                out.append(of_special(special))
         return out
 
     def convert_tokens_to_ids(self, tokens) -> list[int]:

@@ -26,7 +26,7 @@ from numtransformer.layers.lora import apply_lora
 from numtransformer.models.transformer import TransformerEncoderLayer
 from numtransformer.pretrained.bert import BertModel, SentenceEncoder
 
-from ..helpers import seeds
+from ..helpers import on_threads, seeds
 from ..kernels.equal import relative_error
 
 lengths_st = st.lists(st.integers(1, 9), min_size=1, max_size=12)
@@ -67,17 +67,6 @@ def randomize(module, rng, scale=0.5):
         p.data[...] = (rng.standard_normal(p.data.shape) * scale).astype(p.data.dtype)
 
 
-@contextlib.contextmanager
-def two_threads():
-    """Two threads, blocks forced even for tiny work; restored afterwards."""
-    saved = _parallel.MIN_BLOCK
-    _parallel.set_num_threads(2)
-    _parallel.MIN_BLOCK = 1
-    try:
-        yield
-    finally:
-        _parallel.MIN_BLOCK = saved
-        _parallel.set_num_threads(None)
 
 
 def in_mode(mode):
@@ -87,7 +76,7 @@ def in_mode(mode):
         return contextlib.nullcontext()
     stack = contextlib.ExitStack()
     if mode == "threads":
-        stack.enter_context(two_threads())
+        stack.enter_context(on_threads(2))
     stack.enter_context(nt.inference_mode())
     return stack
 

@@ -27,25 +27,12 @@ from numtransformer.layers import feedforward as ff_module
 from numtransformer.layers.feedforward import PositionwiseFeedForward
 from numtransformer.layers.lora import apply_lora
 
-from ..helpers import seeds
+from ..helpers import on_threads, seeds
 from .equal import assert_same, relative_error
 
 EPS32 = float(np.finfo(np.float32).eps)
 dtypes = st.sampled_from([np.float64, np.float32])
 threads = st.sampled_from([1, 2])
-
-
-@contextlib.contextmanager
-def on_threads(n):
-    """n threads, with row blocks forced even for tiny arrays; restored afterwards."""
-    saved = _parallel.MIN_BLOCK
-    _parallel.set_num_threads(n)
-    _parallel.MIN_BLOCK = 1
-    try:
-        yield
-    finally:
-        _parallel.MIN_BLOCK = saved
-        _parallel.set_num_threads(None)
 
 
 @contextlib.contextmanager
