@@ -30,12 +30,12 @@ import errno
 import json
 import math
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._io import atomic_write
 from .module import Module
 
 __all__ = ["save_checkpoint", "load_checkpoint", "Checkpoint", "rng_states", "set_rng_states",
@@ -118,38 +118,22 @@ def save_checkpoint(path: str, model: Module, config: dict, meta: dict | None = 
         for key, value in optimizer.state_dict().items():
             arrays[f"optim/{key}"] = np.asarray(value)
     directory = os.path.dirname(os.path.abspath(path))
+    writer = atomic_write(path, prefix=".ckpt-", suffix=".tmp",
+                          check=lambda tmp: _verify_written(tmp, arrays, path, verify))
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt-", suffix=".tmp")
-    except OSError as exc:
-        raise CheckpointNotSaved(f"could not save checkpoint {path!r}: {_why(exc)}") from exc
-    try:
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as exc:  # a full disk, a quota, an I/O error
+        with writer as (f, _):
+            np.savez(f, **arrays)
+    except OSError as exc:  # no temp file is left; say at which step the save failed
+        if writer.stage == "create":
+            raise CheckpointNotSaved(f"could not save checkpoint {path!r}: {_why(exc)}") from exc
+        if writer.stage == "write":  # a full disk, a quota, an I/O error
             raise CheckpointNotSaved(f"could not write checkpoint {path!r}: {_why(exc)}; "
                                      f"{_kept(path)}") from exc
-        _verify_written(tmp, arrays, path, verify)
-        try:
-            os.replace(tmp, path)
-        except OSError as exc:
+        if writer.stage == "replace":
             raise CheckpointNotSaved(f"could not move the new checkpoint into place at "
                                      f"{path!r}: {_why(exc)}; {_kept(path)}") from exc
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
-        pass
 
 
 def _why(exc: OSError) -> str:

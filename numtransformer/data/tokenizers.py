@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections import Counter
 from typing import Iterable, Sequence
 
+from .._io import atomic_write
 from ..tokens import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID, SPECIALS, UNK, UNK_ID  # noqa: F401
 
 __all__ = ["Tokenizer", "CharTokenizer", "WordTokenizer", "load_tokenizer",
@@ -93,18 +92,12 @@ class Tokenizer:
         return {"kind": self.kind, "tokens": self.itos}
 
     def save(self, path: str) -> None:
-        """Write the vocabulary as JSON, atomically (temp file + rename)."""
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".vocab-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                obj = self.to_json()
-                json.dump({**obj, "sha256": _digest(obj)}, f, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write the vocabulary as JSON, atomically (``_io.atomic_write``: temp file,
+        fsync, rename)."""
+        obj = self.to_json()
+        text = json.dumps({**obj, "sha256": _digest(obj)}, ensure_ascii=False)
+        with atomic_write(path, prefix=".vocab-", suffix=".tmp") as (f, _):
+            f.write(text.encode("utf-8"))
 
 
 class CharTokenizer(Tokenizer):

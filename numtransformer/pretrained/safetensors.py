@@ -29,9 +29,10 @@ import json
 import math
 import os
 import struct
-import tempfile
 
 import numpy as np
+
+from .._io import atomic_write
 
 __all__ = ["load_safetensors", "read_safetensors_header", "save_safetensors", "DTYPES"]
 
@@ -194,18 +195,8 @@ def save_safetensors(path, tensors: dict, metadata: dict | None = None) -> None:
         offset += a.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for a in arrays:
-                f.write(a.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, prefix=".tmp-", suffix=".safetensors") as (f, _):
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for a in arrays:
+            f.write(a.tobytes())

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 
 try:
@@ -32,6 +31,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: _Lock falls back to a pid file
     fcntl = None
 
+from .._io import atomic_write
 from .errors import TrainingError
 
 __all__ = ["CHECKPOINT", "claim", "default_run_dir", "run_name", "corpus_file", "fingerprint",
@@ -140,17 +140,8 @@ def store_data(directory: str, record: dict, content: bytes) -> str:
     if have is not None:
         return have
     path = os.path.join(directory, record["file"])
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".data-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, prefix=".data-", suffix=".tmp") as (f, _):
+        f.write(content)
     return path
 
 
