@@ -24,7 +24,6 @@ import faulthandler
 import json
 import os
 import random
-import select
 import signal
 import subprocess
 import sys
@@ -135,74 +134,20 @@ def _worker_main() -> None:
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the worker forks (POSIX)")
 
 
-class _Worker:
-    """The worker process: send a command, read its events (lines read from the raw
-    pipe with a buffer of our own: select() cannot see lines a buffered reader
-    already holds, and a child's last event and its exit come together)."""
-
-    def __init__(self):
-        env = dict(os.environ, PYTHONPATH=ROOT, **{v: "1" for v in THREAD_VARS})
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                                     text=True, bufsize=1)
-        self._fd, self._buf = self.proc.stdout.fileno(), b""
-        assert self.read().get("ready")
-
-    def read(self, timeout: float = 300.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            ready, _, _ = select.select([self._fd], [], [], max(deadline - time.monotonic(), 0))
-            if not ready:
-                raise TimeoutError("the worker said nothing")
-            chunk = os.read(self._fd, 65536)
-            if not chunk:
-                raise RuntimeError("the worker died")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def send(self, cmd: dict) -> int:
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        return self.read()["pid"]
-
-    def until_exit(self, pid: int) -> list[dict]:
-        events = []
-        while True:
-            e = self.read()
-            events.append(e)
-            if e.get("event") == "error":
-                raise AssertionError(f"the child failed: {e['error']}")
-            if e.get("pid") == pid and "exit" in e:
-                return events
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def worker():
-    w = _Worker()
+    from .events import EventProcess  # (imported here: this file also runs as the worker)
+    env = dict(os.environ, PYTHONPATH=ROOT, **{v: "1" for v in THREAD_VARS})
+    w = EventProcess([sys.executable, os.path.abspath(__file__)], env, timeout=300.0)
     yield w
     w.close()
-
-
-def _result(path):
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
-
-
-def _same_params(a: dict, b: dict) -> bool:
-    keys = [k for k in a if not k.startswith("__")]
-    return keys == [k for k in b if not k.startswith("__")] and all(
-        np.array_equal(a[k], b[k]) for k in keys)
 
 
 def _interrupt_many(worker, tmp_path, signum: int, moments: int, seed: int) -> dict:
     from numtransformer.checkpoint import load_checkpoint
     from numtransformer.train import Trainer
 
+    from .events import load_result, same_params
     from .tally import RUNS
 
     out = str(tmp_path / "run")
@@ -251,10 +196,10 @@ def _interrupt_many(worker, tmp_path, signum: int, moments: int, seed: int) -> d
     events = worker.until_exit(worker.send({"cmd": "train", "cfg": CFG, "out": None,
                                             "until": until, "result": straight}))
     assert events[-1]["exit"] == 0, events
-    a, b = _result(final), _result(straight)
+    a, b = load_result(final), load_result(straight)
     assert int(a["__start__"]) == last_step
     np.testing.assert_array_equal(a["__losses__"], b["__losses__"][last_step:until])
-    assert _same_params(a, b), "the resumed run's parameters differ from the uninterrupted run's"
+    assert same_params(a, b), "the resumed run's parameters differ from the uninterrupted run's"
     RUNS[f"runs interrupted by {name} {moments} times, then equal to the uninterrupted run"] += 1
     return {"moments": moments, "bursts": bursts, "last step": last_step,
             "stopped between checkpoints": saved_between}

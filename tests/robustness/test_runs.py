@@ -10,10 +10,8 @@ start-up.  ``NT_KILLS`` sets the number of kills (20 by default, for CI).
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import select
 import signal
 import subprocess
 import sys
@@ -25,6 +23,7 @@ import pytest
 from numtransformer.checkpoint import load_checkpoint
 from numtransformer.train import TrainConfig, Trainer, TrainingError
 
+from .events import EventProcess, load_result, same_params
 from .tally import NOTES, RUNS
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the worker forks (POSIX)")
@@ -40,49 +39,11 @@ CFG = dict(task="copy", n_train=300, n_valid=10, n_test=10, d_model=8, nhead=2, 
            eval_examples=10, warmup=5, steps=2000)
 
 
-class Zygote:
-    """The worker process: send a command, read its events."""
-
-    def __init__(self, threads: int = 1):
-        env = dict(os.environ, PYTHONPATH=ROOT, **{v: str(threads) for v in THREAD_VARS})
-        self.proc = subprocess.Popen([sys.executable, WORKER], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
-        hello = self.read(timeout=120)
-        assert hello.get("ready")
-        self.blas_threads = hello.get("blas_threads")
-
-    def read(self, timeout: float = 120.0) -> dict:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            raise TimeoutError("the worker said nothing")
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the worker died")
-        return json.loads(line)
-
-    def send(self, cmd: dict) -> int:
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        return self.read()["pid"]
-
-    def until_exit(self, pid: int) -> list[dict]:
-        events = []
-        while True:
-            e = self.read()
-            events.append(e)
-            if e.get("event") == "error":
-                raise AssertionError(f"the child failed: {e['error']}")
-            if e.get("pid") == pid and "exit" in e:
-                return events
-
-    def run(self, cmd: dict) -> list[dict]:
-        events = self.until_exit(self.send(cmd))
-        assert events[-1]["exit"] == 0, events
-        return events
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
+def Zygote(threads: int = 1) -> EventProcess:
+    """The worker (worker.py) with ``threads`` BLAS threads; ``hello["blas_threads"]``
+    is what its BLAS reports."""
+    env = dict(os.environ, PYTHONPATH=ROOT, **{v: str(threads) for v in THREAD_VARS})
+    return EventProcess([sys.executable, WORKER], env, timeout=120.0)
 
 
 @pytest.fixture(scope="module")
@@ -90,17 +51,6 @@ def zygote():
     z = Zygote(threads=1)
     yield z
     z.close()
-
-
-def _result(path):
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
-
-
-def _same_params(a: dict, b: dict) -> bool:
-    keys = [k for k in a if not k.startswith("__")]
-    return keys == [k for k in b if not k.startswith("__")] and all(
-        np.array_equal(a[k], b[k]) for k in keys)
 
 
 # -- SIGKILL, many times over -------------------------------------------------------------------
@@ -148,11 +98,11 @@ def test_sigkill_during_training_and_saving_never_loses_the_run(zygote, tmp_path
     resumed += 1
     straight = str(tmp_path / "straight.npz")
     zygote.run({"cmd": "train", "cfg": CFG, "out": None, "until": until, "result": straight})
-    a, b = _result(final), _result(straight)
+    a, b = load_result(final), load_result(straight)
     assert int(a["__start__"]) == last_step
     # the losses of the last session are the uninterrupted run's, bit for bit
     np.testing.assert_array_equal(a["__losses__"], b["__losses__"][last_step:until])
-    assert _same_params(a, b), "the resumed run's parameters differ from the uninterrupted run's"
+    assert same_params(a, b), "the resumed run's parameters differ from the uninterrupted run's"
     leftovers = [n for n in os.listdir(out) if n.endswith(".tmp")]
     assert not leftovers, f"temp files of killed saves were left behind: {leftovers}"
     RUNS["runs resumed"] += resumed
@@ -217,11 +167,11 @@ def test_same_seed_same_bits_across_runs_and_across_save_resume(zygote, tmp_path
     out = str(tmp_path / "run")
     zygote.run({"cmd": "train", "cfg": cfg, "out": out, "until": 11})  # saves at the end
     zygote.run({"cmd": "train", "cfg": cfg, "out": out, "until": 24, "result": r[2]})
-    a, b, c = (_result(p) for p in r)
+    a, b, c = (load_result(p) for p in r)
     np.testing.assert_array_equal(a["__losses__"], b["__losses__"])
-    assert _same_params(a, b)
+    assert same_params(a, b)
     np.testing.assert_array_equal(c["__losses__"], a["__losses__"][11:])
-    assert _same_params(a, c)
+    assert same_params(a, c)
     RUNS["runs resumed"] += 1
 
 
@@ -247,16 +197,16 @@ def test_blas_threads_change_results_only_by_rounding(tmp_path):
     runs, seen = {}, {}
     for threads in (1, 2):
         z = Zygote(threads=threads)
-        seen[threads] = z.blas_threads
+        seen[threads] = z.hello.get("blas_threads")
         try:
             for k in range(2):
                 p = str(tmp_path / f"t{threads}-{k}.npz")
                 z.run({"cmd": "train", "cfg": cfg, "out": None, "until": steps, "result": p})
-                runs[threads, k] = _result(p)
+                runs[threads, k] = load_result(p)
         finally:
             z.close()
     for threads in (1, 2):  # reproducible at a fixed thread count
-        assert _same_params(runs[threads, 0], runs[threads, 1])
+        assert same_params(runs[threads, 0], runs[threads, 1])
         np.testing.assert_array_equal(runs[threads, 0]["__losses__"],
                                       runs[threads, 1]["__losses__"])
     one, two = runs[1, 0], runs[2, 0]
@@ -269,7 +219,7 @@ def test_blas_threads_change_results_only_by_rounding(tmp_path):
     NOTES["BLAS 1 vs 2 threads"] = {
         "run": f"{steps} AdamW steps, d_model={cfg['d_model']}, batch {cfg['batch_size']}, "
                f"float32", "thread pools seen": seen,
-        "bit-identical": bool(_same_params(one, two)), "max |loss difference|": loss_diff,
+        "bit-identical": bool(same_params(one, two)), "max |loss difference|": loss_diff,
         "max |parameter difference| (key biases excepted)": others,
         "max |key bias difference|": key_bias}
     for threads, pools in seen.items():  # (threadpoolctl, when installed, shows the pool)
