@@ -168,16 +168,14 @@ def run_memory(args) -> dict:
     _threads_setup(args.threads)
     texts = sentences(args.n)
 
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_train import _status_kb, reset_peak
+
     def status_kb(field):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-        return 0
+        return _status_kb(field) or 0
 
     def rss_kb():  # the resident set now, after resetting its peak to it (Linux)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+        reset_peak()
         return status_kb("VmRSS")
 
     from numtransformer.pretrained.minilm import minilm_dir

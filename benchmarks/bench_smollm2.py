@@ -44,37 +44,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# -- memory of this process (Linux /proc; NaN elsewhere) ---------------------------------------
-def _status_kb(field: str):
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def rss_mb() -> float:
-    kb = _status_kb("RssAnon")
-    return kb / 1024 if kb is not None else float("nan")
-
-
-def peak_mb() -> float:
-    """Peak resident memory minus the file-backed pages (library code and data)."""
-    kb = _status_kb("VmHWM")
-    if kb is None:
-        return float("nan")
-    return (kb - (_status_kb("RssFile") or 0) - (_status_kb("RssShmem") or 0)) / 1024
+# -- memory of this process: bench_train's helpers (Linux /proc; NaN elsewhere) ---------------
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_train import peak_mb, reset_peak, rss_mb  # noqa: E402
 
 
 # -- workers (each in its own subprocess) ------------------------------------------------------
