@@ -696,19 +696,16 @@ class MultiHeadAttention(Module):
             bias = position = None
             if self.window is not None or self.alibi or self.rotary is not None:
                 blocked, bias, position = self._positional(blocked, T, T, 0, QKV.dtype)
-            q = split_heads(block[..., :E], H)
-            if rows is None:  # q is a view of QKV: the core must not scale it in place
-                context, _ = kernels.scaled_dot_product_attention_forward(
-                    q, split_heads(block[..., E:E + E_kv], H_kv),
-                    split_heads(block[..., E + E_kv:], H_kv), blocked, 0.0, None, position,
-                    overwrite_q=False, bias=bias)
-                C[start:start + b * T] = kernels.merge_heads(context).reshape(b * T, E)
-            else:  # the gathered block is this call's own
-                context, _ = kernels.scaled_dot_product_attention_forward(
-                    q, split_heads(block[..., E:E + E_kv], H_kv),
-                    split_heads(block[..., E + E_kv:], H_kv), blocked, 0.0, None, position,
-                    overwrite_q=True, bias=bias)
-                C[rows[valid]] = kernels.merge_heads(context)[valid]
+            # a view of QKV (rows None) must not be scaled in place; a gathered block is ours
+            context, _ = kernels.scaled_dot_product_attention_forward(
+                split_heads(block[..., :E], H), split_heads(block[..., E:E + E_kv], H_kv),
+                split_heads(block[..., E + E_kv:], H_kv), blocked, 0.0, None, position,
+                overwrite_q=rows is not None, bias=bias)
+            out = kernels.merge_heads(context)  # (b, T, E)
+            if rows is None:
+                C[start:start + b * T] = out.reshape(b * T, E)
+            else:
+                C[rows[valid]] = out[valid]
 
     # -- incremental decoding (inference) ---------------------------------------------------
     def new_kv_cache(self, batch_size: int, capacity: int = 16) -> KVCache:

@@ -81,12 +81,12 @@ class PositionwiseFeedForward(Module):
                 and type(self.linear1) is Linear and type(self.linear2) is Linear
                 and not (self.dropout.training and self.dropout.p > 0)):
             return super().__call__(x)
-        W1, b1 = self.linear1.W.data, self.linear1.b
+        W1 = self.linear1.W.data
+        b1 = None if self.linear1.b is None else self.linear1.b.data
         x = check_float(self, "x", x, dtype=W1.dtype, min_ndim=1, last_dim=self.d_model,
                         last_dim_name="d_model")
         kernels = select(x.dtype)
         h = parallel_matmul(x.reshape(-1, self.d_model), W1)
-        b1 = None if b1 is None else b1.data
         if self.activation == "gelu":
             gelu_inplace(h, b1)
         else:
