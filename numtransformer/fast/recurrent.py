@@ -4,11 +4,12 @@ Same names, signatures and caches as ``numtransformer.functional.recurrent``
 (whose docstrings state and derive the equations); what differs is how:
 
 - ``W_hh_T=``: a C-contiguous copy of W_hh^T (``transposed_copy``) that an
-  unrolled caller makes once for all T steps.  The forward GEMM h_prev W_hh is
-  then computed as h_prev (W_hh^T)^T, the same product, which OpenBLAS splits
-  better over two threads (32 x 256 x 1024 float32: 135 us against 193 us,
-  and the same on one thread, measured); the backward's da W_hh^T reads it
-  directly (a transposed operand makes that small GEMM ~30% slower).
+  unrolled caller makes once for all T steps, read by the backward's
+  da W_hh^T (a transposed operand makes that small GEMM ~1.7x slower: 16 x
+  1024 x 256 float32, one thread, 121 us against 210, measured with NumPy
+  2.4's OpenBLAS 0.3.31).  The forward's h_prev W_hh reads W_hh itself: on
+  that OpenBLAS the plain product is the faster one (16 x 256 x 1024: 116 us
+  against 204 through W_hh_T.T on one thread, 73 against 107 on two).
 - ``out=`` (backward): a (B, G*H) array, a view is fine, that receives da_x,
   so an unrolled caller has it written straight into its (B, T, G*H) buffer.
 - The LSTM gates in place on the column blocks of the pre-activation a: one
@@ -50,9 +51,9 @@ def transposed_copy(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded[:, :cols].T)
 
 
-def _recurrent(h_prev, W_hh, W_hh_T):
+def _recurrent(h_prev, W_hh):
     """h_prev W_hh, the step's (B, H) x (H, G*H) GEMM (a fresh array)."""
-    return h_prev @ (W_hh if W_hh_T is None else W_hh_T.T)
+    return h_prev @ W_hh
 
 
 def _back(da, W_hh, W_hh_T):
@@ -60,9 +61,9 @@ def _back(da, W_hh, W_hh_T):
     return da @ (W_hh.T if W_hh_T is None else W_hh_T)
 
 
-def rnn_step_forward(xw, h_prev, W_hh, b_hh, *, W_hh_T=None):
+def rnn_step_forward(xw, h_prev, W_hh, b_hh):
     """a = xw + h_prev W_hh + b_hh, h = tanh(a), in place on the GEMM's output."""
-    a = _recurrent(h_prev, W_hh, W_hh_T)
+    a = _recurrent(h_prev, W_hh)
     a += xw
     a += b_hh
     h = np.tanh(a, out=a)
@@ -78,10 +79,10 @@ def rnn_step_backward(dh, cache: RNNStep, W_hh, *, W_hh_T=None, out=None):
     return da, da, (_back(da, W_hh, W_hh_T),)
 
 
-def lstm_step_forward(xw, h_prev, c_prev, W_hh, b_hh, *, W_hh_T=None):
+def lstm_step_forward(xw, h_prev, c_prev, W_hh, b_hh):
     """The gates in place on the column blocks of a = xw + h_prev W_hh + b_hh:
     tanh of the g block aside, one sigmoid pass over all of a, g put back."""
-    a = _recurrent(h_prev, W_hh, W_hh_T)
+    a = _recurrent(h_prev, W_hh)
     a += xw
     if b_hh is not None:
         a += b_hh
@@ -121,11 +122,11 @@ def lstm_step_backward(dh, dc, cache: LSTMStep, W_hh, *, W_hh_T=None, out=None):
     return da, da, (_back(da, W_hh, W_hh_T), dc_prev)
 
 
-def gru_step_forward(xw, h_prev, W_hh, b_hh, *, W_hh_T=None):
-    """The reference step with the GEMM on the contiguous W_hh^T, b_hh added in
-    place, and the gates' sigmoid and tanh in place on their fresh pre-activations."""
+def gru_step_forward(xw, h_prev, W_hh, b_hh):
+    """The reference step with b_hh added in place, and the gates' sigmoid and
+    tanh in place on their fresh pre-activations."""
     H = h_prev.shape[1]
-    hw = _recurrent(h_prev, W_hh, W_hh_T)
+    hw = _recurrent(h_prev, W_hh)
     hw += b_hh
     r = xw[:, :H] + hw[:, :H]
     sigmoid(r, out=r)

@@ -18,9 +18,9 @@ the previous state, and leaves the parameter gradients to the caller, who turns
 ``backward`` for one step; ``RNN.backward`` once for all T steps).  For the
 tanh RNN and the LSTM the two pre-activations are summed, so da_x = da_h; the
 GRU's candidate gate multiplies its hidden half by r, so they differ there.
-Both take an optional ``W_hh_T``: a contiguous copy of W_hh^T (``transposed_copy``)
-that an unrolled caller makes once for all T steps and uses in both directions;
-``step_backward`` also takes ``out=``, a (B, G*H) array (a view is fine) that
+``step_backward`` takes an optional ``W_hh_T``: a contiguous copy of W_hh^T
+(``transposed_copy``) that an unrolled caller makes once for all T steps for
+the products da W_hh^T, and ``out=``, a (B, G*H) array (a view is fine) that
 receives da_x.  The fast kernels use both (see ``numtransformer.fast.recurrent``);
 with the reference kernels W_hh_T is not needed and da_x is copied into ``out``.
 
@@ -147,18 +147,16 @@ class _Cell(Module):
         grads = (dx,) + tuple(d for d, g in zip(dstates, cache.given) if g)
         return grads[0] if len(grads) == 1 else grads
 
-    def step(self, xw, *states, W_hh_T=None):
-        """xw = x W_ih + b_ih (B, G*H), the previous states (h[, c]) -> (new states, step cache).
-
-        ``W_hh_T``: a contiguous copy of W_hh^T made once by an unrolled caller
-        (used by the fast kernels)."""
+    def step(self, xw, *states):
+        """xw = x W_ih + b_ih (B, G*H), the previous states (h[, c]) -> (new states, step cache)."""
         K = select(xw.dtype)
         forward = getattr(K, f"{self.kernel}_step_forward")
-        return forward(xw, *states, self.W_hh.data, self.b_hh.data, **loop_options(K, W_hh_T))
+        return forward(xw, *states, self.W_hh.data, self.b_hh.data)
 
     def step_backward(self, *args, W_hh_T=None, out=None):
         """(dh[, dc], step cache) -> (da_x, da_h, d(previous states)); parameter
-        gradients are left to the caller.  ``out``: a (B, G*H) array that receives
+        gradients are left to the caller.  ``W_hh_T``: a contiguous copy of W_hh^T
+        made once by an unrolled caller (used by the fast kernels).  ``out``: a (B, G*H) array that receives
         da_x (the returned da_x is then ``out``)."""
         *dstates, cache = args
         K = select(dstates[0].dtype)

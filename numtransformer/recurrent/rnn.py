@@ -235,10 +235,9 @@ class RNN(Module):
         y = np.empty((B, T, self.hidden_size), x.dtype)
         W_hh_T = transposed_copy(cell.W_hh.data) if K is fast else None
         step_forward = getattr(K, f"{cell.kernel}_step_forward")
-        options = loop_options(K, W_hh_T)
         steps = []
         for t in range(T):
-            new, step = step_forward(xw[:, t], *state, cell.W_hh.data, cell.b_hh.data, **options)
+            new, step = step_forward(xw[:, t], *state, cell.W_hh.data, cell.b_hh.data)
             if pad is None:
                 state = new
                 y[:, t] = new[0]

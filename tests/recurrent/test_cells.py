@@ -178,8 +178,8 @@ def test_transposed_copy_is_a_contiguous_transpose(rows, cols, f32, seed):
 
 @pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
 def test_step_with_transposed_weights_and_out_matches_plain_step(cls):
-    """The unrolled RNN passes a contiguous W_hh^T to step and step_backward and
-    has da_x written into a strided view of its (B, T, G*H) buffer."""
+    """The unrolled RNN passes a contiguous W_hh^T to step_backward and has
+    da_x written into a strided view of its (B, T, G*H) buffer."""
     rng = np.random.default_rng(3)
     B, D, H, T = 4, 3, 5, 2
     cell = cls(D, H, dtype=F64, rng=rng)
@@ -187,13 +187,10 @@ def test_step_with_transposed_weights_and_out_matches_plain_step(cls):
     states = [rng.standard_normal((B, H)) for _ in range(N_STATES[cls])]
     douts = [rng.standard_normal((B, H)) for _ in range(N_STATES[cls])]
     W_hh_T = transposed_copy(cell.W_hh.data)
-    new_a, step_a = cell.step(xw, *states)
-    new_b, step_b = cell.step(xw, *states, W_hh_T=W_hh_T)
-    for a, b in zip(new_a, new_b):
-        np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
+    _, step_a = cell.step(xw, *states)
     buf = np.full((B, T, cell.n_gates * H), np.nan)
     da_x, da_h, prev = cell.step_backward(*douts, step_a)
-    da_x2, da_h2, prev2 = cell.step_backward(*douts, step_b, W_hh_T=W_hh_T, out=buf[:, 1])
+    da_x2, da_h2, prev2 = cell.step_backward(*douts, step_a, W_hh_T=W_hh_T, out=buf[:, 1])
     assert da_x2 is buf[:, 1] or np.shares_memory(da_x2, buf)
     assert np.isnan(buf[:, 0]).all()  # only its own time step is written
     for a, b in zip((da_x, da_h) + tuple(prev), (buf[:, 1], da_h2) + tuple(prev2)):
