@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._parallel import parallel_rows
+from .activations import last_axis_max
 from ..functional.losses import CrossEntropyCache
 
 __all__ = ["cross_entropy_forward", "cross_entropy_backward"]
@@ -31,7 +32,7 @@ def cross_entropy_forward(logits, targets, ignore_index: int = -100,
     loss_i = np.empty(z.shape[0], z.dtype)
 
     def rows(r):  # the forward on a block of rows
-        u = np.subtract(z[r], z[r].max(axis=1, keepdims=True), out=p[r])  # exp'd in place
+        u = np.subtract(z[r], last_axis_max(z[r]), out=p[r])  # exp'd in place
         u_y = np.take_along_axis(u, y[r, None], axis=1)[:, 0]
         mean_u = u.mean(axis=1) if eps else None
         e = np.exp(u, out=u)

@@ -74,6 +74,23 @@ def test_softmax_and_its_backward(B, H, T, mask_kind, dtype, seed):
     same("softmax_backward", dy, same("softmax", x, 1), 1)
 
 
+@given(st.lists(st.integers(0, 5), min_size=0, max_size=3), st.integers(1, 40),
+       st.sampled_from([None, np.nan, np.inf, -np.inf]), dtypes, seeds)
+def test_last_axis_max_is_numpys_max(lead, n, special, dtype, seed):
+    """The halving row max (rows up to 32) and NumPy's (longer rows) give
+    x.max(-1, keepdims=True) exactly, NaN and infinities included, and never write x."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((*lead, n)) * 4).astype(dtype)
+    if special is not None and x.size:
+        x.reshape(-1)[rng.integers(0, x.size, max(1, x.size // 7))] = special
+    before = x.copy()
+    got = fast.last_axis_max(x)
+    want = x.max(axis=-1, keepdims=True)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(x, before)
+
+
 @given(st.lists(dims, min_size=0, max_size=3), st.integers(1, 40), st.booleans(), dtypes, seeds)
 def test_layer_norm(lead, n, affine, dtype, seed):
     rng = np.random.default_rng(seed)
