@@ -249,15 +249,7 @@ def _cmd_train(args) -> int:
     if (getattr(args, "nproc", None) or 1) > 1 and not launched_by_mpi():
         return _train_under_mpiexec(args)  # --nproc N: the same command on N ranks
     try:  # (a Ctrl-C while the data is built: before fit took over the signals)
-        overrides = _train_overrides(args)
-        if not args.resume:  # a kind and its tasks go together: either implies the other
-            implied = registry.kind_for_task(overrides.get("task"))
-            if "model" not in overrides and implied is not None:
-                overrides["model"] = implied.name
-            kind = registry.get(overrides.get("model", registry.DEFAULT))
-            if "task" not in overrides and kind.default_task:
-                overrides["task"] = kind.default_task
-            overrides = {**kind.defaults, **overrides}  # the kind's defaults, then the flags
+        overrides = _train_overrides(args) if args.resume else _new_run_overrides(args)
         if args.resume:
             if not args.out:
                 raise UserError("--resume needs --out DIR, the run to continue")
@@ -338,6 +330,19 @@ def _train_command(args) -> list[str]:
     return argv
 
 
+def _new_run_overrides(args) -> dict:
+    """The TrainConfig fields of a new run: the flags over their model kind's
+    defaults (a kind and its tasks go together: either implies the other)."""
+    overrides = _train_overrides(args)
+    implied = registry.kind_for_task(overrides.get("task"))
+    if "model" not in overrides and implied is not None:
+        overrides["model"] = implied.name
+    kind = registry.get(overrides.get("model", registry.DEFAULT))
+    if "task" not in overrides and kind.default_task:
+        overrides["task"] = kind.default_task
+    return {**kind.defaults, **overrides}  # the kind's defaults, then the flags
+
+
 def _train_under_mpiexec(args) -> int:
     """``train --nproc N``: run the same command under ``mpiexec -n N``, pass its
     output through, and when a rank dies name it (mpiexec names its pid; rank 0
@@ -348,13 +353,13 @@ def _train_under_mpiexec(args) -> int:
     from .train.distributed import MPIUnavailable, mpiexec_command
     from .train.rundir import default_run_dir
 
-    if not args.out and not args.resume:  # every rank must write to one directory
-        overrides = _train_overrides(args)
-        implied = registry.kind_for_task(overrides.get("task"))
-        kind = registry.get(overrides.get("model") or (implied.name if implied
-                                                         else registry.DEFAULT))
-        args.out = default_run_dir(overrides.get("task") or kind.default_task
-                                   or TrainConfig.task, kind.name)
+    if not args.resume:
+        # the configuration checked here, once: a mistake is one message, not one per rank
+        cfg = TrainConfig(**_new_run_overrides(args))
+        from .train.sizes import check_fits
+        check_fits(cfg)
+        if not args.out:  # every rank must write to one directory
+            args.out = default_run_dir(cfg.task, cfg.model)
     try:
         command = mpiexec_command(args.nproc, _train_command(args))
     except MPIUnavailable as exc:

@@ -206,6 +206,17 @@ def test_without_mpi4py_one_line_says_what_to_install(monkeypatch, capsys):
     assert err.count("\n") == 0 and "mpi4py is not installed" in err
 
 
+def test_a_config_error_under_nproc_is_one_message_and_starts_no_rank(monkeypatch, capsys):
+    """The launcher checks the configuration itself: one error line, not one per rank."""
+    def no_mpiexec(*args, **kwargs):
+        raise AssertionError("mpiexec was started for a configuration that cannot run")
+
+    monkeypatch.setattr(distributed, "mpiexec_command", no_mpiexec)
+    assert main(["train", "--nproc", "2", "--d-model", "30", "--nhead", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not divisible by nhead=4" in err, err
+
+
 def test_one_process_costs_nothing():
     w = distributed.World()
     assert (w.rank, w.size, w.is_root) == (0, 1, True)
