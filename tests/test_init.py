@@ -35,3 +35,18 @@ def test_a_float32_linear_allocates_no_float64_twin():
     # scaled copy) and small change; the old way added a float64 array of 2 x weight
     assert peak < 2 * weight + 2 * 8 * _init.BLOCK + 2 ** 20
     assert peak < 4 * weight
+
+
+def test_skipped_gives_zeros_without_drawing_and_ends_with_its_block():
+    rng = np.random.default_rng(5)
+    state = rng.bit_generator.state
+    with _init.skipped():
+        lin = Linear(4, 3, dtype=np.float32, rng=rng)
+        w = _init.normal(rng, (2, 2), np.float64)
+    assert not lin.W.data.any() and not lin.b.data.any() and not w.any()
+    assert lin.W.data.dtype == np.float32 and w.dtype == np.float64
+    assert rng.bit_generator.state == state  # nothing drawn
+    assert _init.uniform(rng, -1, 1, (50,), np.float32).any()  # drawing again after the block
+    with pytest.raises(RuntimeError), _init.skipped():
+        raise RuntimeError
+    assert _init.normal(rng, (50,), np.float32).any()  # an exception ends the block too

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._init import skipped
 from .._validate import check_float_dtype
 from ..attention.packed import Packing
 from ..inference import inference_mode, own_threads
@@ -190,7 +191,8 @@ def load_sentence_model(directory, *, dtype=np.float32) -> SentenceModel:
         strip_accents=tok_config.get("strip_accents"),
         handle_cjk=bool(tok_config.get("tokenize_chinese_chars", True)),
         max_length=max_seq_length)
-    bert = BertModel.from_config(config, dtype=dtype)
+    with skipped():  # every weight is loaded next (a missing one is an error): no draws
+        bert = BertModel.from_config(config, dtype=dtype)
     if bert.embeddings.word.num_embeddings != len(tokenizer):
         raise ValueError(f"load_sentence_model: config vocab_size="
                          f"{bert.embeddings.word.num_embeddings} but vocab.txt has "

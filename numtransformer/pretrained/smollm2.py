@@ -65,6 +65,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._init import skipped
 from .._validate import check_float_dtype
 from ..inference import inference_mode
 from ..layers.activations import log_softmax
@@ -239,7 +240,8 @@ def load_llama_gguf(path, *, dtype=np.float32, num_layers: int | None = None,
     names = [n for n in gg.tensors if _block_index(n) is None or
              _block_index(n) < kw["num_layers"]]
     n_kv = kw["n_kv_heads"] or kw["nhead"]
-    model = _untouched_grads(TransformerLM(**kw, dtype=dtype, rng=0))
+    with skipped():  # every weight is loaded next (strictly): no random draws
+        model = _untouched_grads(TransformerLM(**kw, dtype=dtype, rng=0))
     state = hf_llama_state_from_gguf(load_gguf_tensors(gg, names), kw["nhead"], n_kv,
                                      unpermute=rope_layout == "half")
     load_torch_state_dict(model, state)  # the Hugging Face names, whatever the row order
@@ -247,8 +249,9 @@ def load_llama_gguf(path, *, dtype=np.float32, num_layers: int | None = None,
     _weights_as_rows(model)
     if rope_layout == "interleaved":  # the same parameters, rotated in interleaved pairs
         half = model
-        model = _untouched_grads(TransformerLM(**kw, rope_layout="interleaved", dtype=dtype,
-                                               rng=0))
+        with skipped():
+            model = _untouched_grads(TransformerLM(**kw, rope_layout="interleaved",
+                                                   dtype=dtype, rng=0))
         model.load_state_dict(half.state_dict())
         del half
     _release_free_memory()
