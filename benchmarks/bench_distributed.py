@@ -79,7 +79,7 @@ def worker_ours(spec):
         t0 = time.perf_counter()
         logits, cache = fwd(b)
         loss, lcache = loss_fn.forward(logits, b["targets"])
-        model.zero_grad()
+        opt.zero_grad()  # as Trainer.train_step: the optimizer holds every parameter
         model.backward(loss_fn.backward(1.0, lcache), cache)
         del cache, lcache, logits
         w.average_gradients(opt.params, float(loss), n_tokens)

@@ -306,7 +306,9 @@ class Trainer:
         if not math.isfinite(loss):
             raise TrainingError(f"the loss became {loss} at step {self.step + 1}; stopping "
                                 f"(the last checkpoint is intact)")
-        model.zero_grad()
+        # every parameter of the model (the optimizer holds them all): one fill of the
+        # flat gradient buffer, not a walk of the module tree and a fill per parameter
+        self.optimizer.zero_grad()
         model.backward(self.loss_fn.backward(1.0, loss_cache), cache)
         # several ranks: the global batch's gradient and loss (one Allreduce, token-weighted)
         loss = self.dist.average_gradients(self.optimizer.params, loss, batch.n_tgt_tokens)
