@@ -360,6 +360,12 @@ def _train_under_mpiexec(args) -> int:
         check_fits(cfg)
         if not args.out:  # every rank must write to one directory
             args.out = default_run_dir(cfg.task, cfg.model)
+    else:  # the checkpoint and the settings it resumes with, checked once here too
+        if not args.out:
+            raise UserError("--resume needs --out DIR, the run to continue")
+        from .train import CHECKPOINT
+        from .train.loop import restored_config
+        restored_config(os.path.join(args.out, CHECKPOINT), _train_overrides(args))
     try:
         command = mpiexec_command(args.nproc, _train_command(args))
     except MPIUnavailable as exc:

@@ -206,7 +206,8 @@ def test_without_mpi4py_one_line_says_what_to_install(monkeypatch, capsys):
     assert err.count("\n") == 0 and "mpi4py is not installed" in err
 
 
-def test_a_config_error_under_nproc_is_one_message_and_starts_no_rank(monkeypatch, capsys):
+def test_a_config_error_under_nproc_is_one_message_and_starts_no_rank(monkeypatch, capsys,
+                                                                     tmp_path):
     """The launcher checks the configuration itself: one error line, not one per rank."""
     def no_mpiexec(*args, **kwargs):
         raise AssertionError("mpiexec was started for a configuration that cannot run")
@@ -215,6 +216,19 @@ def test_a_config_error_under_nproc_is_one_message_and_starts_no_rank(monkeypatc
     assert main(["train", "--nproc", "2", "--d-model", "30", "--nhead", "4"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not divisible by nhead=4" in err, err
+    # --resume: the checkpoint and the settings it resumes with are checked there too
+    missing = str(tmp_path / "none")
+    assert main(["train", "--nproc", "2", "--resume", "--out", missing]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "does not exist" in err, err
+    run = str(tmp_path / "run")
+    assert main(["train", "--task", "copy", "--steps", "2", "--eval-every", "0", "--d-model",
+                 "16", "--nhead", "2", "--layers", "1", "--ff", "32", "--n-train",
+                 "50", "--n-valid", "5", "--n-test", "5", "--out", run]) == 0
+    capsys.readouterr()
+    assert main(["train", "--nproc", "2", "--resume", "--out", run, "--d-model", "15"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not divisible by nhead=2" in err, err
 
 
 def test_one_process_costs_nothing():

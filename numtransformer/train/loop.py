@@ -621,24 +621,7 @@ class Trainer:
         trainer of its model kind).  A run on a file reads the data kept in its
         directory (``rundir``), so it works after the corpus moved; resuming one
         whose directory keeps only splits needs the corpus at its recorded path."""
-        ck = load_checkpoint(path)
-        if ck.config.get("kind") == "memnn-training-run":
-            raise CheckpointError(f"checkpoint {path!r} is a memory-network run: "
-                                  f"`numtransformer eval` evaluates it; decode, trace and "
-                                  f"--resume take sequence-to-sequence and language-model runs")
-        if ck.config.get("kind") != "seq2seq-training-run":
-            raise CheckpointError(f"checkpoint {path!r} is not a numtransformer training run")
-        if not isinstance(ck.config.get("train"), dict):
-            raise CheckpointError(f"checkpoint {path!r}: config has no training settings")
-        train = dict(ck.config["train"])
-        for key, value in overrides.items():
-            if value is not None:
-                train[key] = value
-        try:
-            cfg = TrainConfig.from_json(train)
-        except CheckpointError as exc:
-            raise CheckpointError(f"checkpoint {path!r}: {exc}") from exc
-        _check_sizes(cfg, ck, path)  # before any data or model is built from them
+        ck, cfg = restored_config(path, overrides)
         record = ck.config.get("data")
         source = _data_source(path, ck, cfg, record, _resuming, log)
         try:  # Trainer.from_checkpoint: the trainer of the run's kind
@@ -687,6 +670,32 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path!r} does not fit this model: "
                                   f"{type(exc).__name__}: {exc}") from exc
         return trainer
+
+
+def restored_config(path: str, overrides: dict):
+    """(checkpoint, TrainConfig) of the training run saved at ``path``, its
+    settings with ``overrides`` (None values left out) applied and checked, sizes
+    included, before any data or model is built from them.  Raises
+    CheckpointError naming the file."""
+    ck = load_checkpoint(path)
+    if ck.config.get("kind") == "memnn-training-run":
+        raise CheckpointError(f"checkpoint {path!r} is a memory-network run: "
+                              f"`numtransformer eval` evaluates it; decode, trace and "
+                              f"--resume take sequence-to-sequence and language-model runs")
+    if ck.config.get("kind") != "seq2seq-training-run":
+        raise CheckpointError(f"checkpoint {path!r} is not a numtransformer training run")
+    if not isinstance(ck.config.get("train"), dict):
+        raise CheckpointError(f"checkpoint {path!r}: config has no training settings")
+    train = dict(ck.config["train"])
+    for key, value in overrides.items():
+        if value is not None:
+            train[key] = value
+    try:
+        cfg = TrainConfig.from_json(train)
+    except CheckpointError as exc:
+        raise CheckpointError(f"checkpoint {path!r}: {exc}") from exc
+    _check_sizes(cfg, ck, path)
+    return ck, cfg
 
 
 def _data_source(path: str, ck, cfg: TrainConfig, record, resuming: bool, log) -> dict:
