@@ -24,7 +24,6 @@ class DirectionCache(NamedTuple):
     xw: tuple  # the LinearCache of xw = x W_ih + b_ih (all T steps)
     steps: list  # T step caches of the cell (h_prev, gates, ...)
     rev: np.ndarray | None  # (B, T) the per-sequence reversal index (reverse direction only)
-    W_hh_T: np.ndarray | None  # contiguous W_hh^T for the fast kernels, made once (else None)
 
 
 class StackStep(NamedTuple):
@@ -233,7 +232,6 @@ class RNN(Module):
         K = select(x.dtype)
         xw, c_xw = input_projection(x, cell.W_ih.data, cell.b_ih.data)  # all T steps: one GEMM
         y = np.empty((B, T, self.hidden_size), x.dtype)
-        W_hh_T = transposed_copy(cell.W_hh.data) if K is fast else None
         step_forward = getattr(K, f"{cell.kernel}_step_forward")
         steps = []
         for t in range(T):
@@ -248,7 +246,7 @@ class RNN(Module):
             steps.append(step)
         if rev is not None:
             y = _gather_time(y, rev)
-        return y, state, DirectionCache(x=x, xw=c_xw, steps=steps, rev=rev, W_hh_T=W_hh_T)
+        return y, state, DirectionCache(x=x, xw=c_xw, steps=steps, rev=rev)
 
     # -- backward ---------------------------------------------------------------------------
     def backward(self, dout, cache: RNNCache):
@@ -301,6 +299,8 @@ class RNN(Module):
         GH = cell.W_hh.shape[1]
         K = select(x.dtype)
         step_backward = getattr(K, f"{cell.kernel}_step_backward")
+        # the fast kernels' da W_hh^T reads a contiguous W_hh^T, made once for all T steps
+        W_hh_T = transposed_copy(cell.W_hh.data) if K is fast else None
         da_x = np.empty((B, T, GH), x.dtype)
         da_h = None  # stays None while the cell returns da_h = da_x (tanh RNN, LSTM): one copy
         for t in reversed(range(T)):
@@ -309,7 +309,7 @@ class RNN(Module):
                 p = pad[:, t, None]
                 dnew = tuple(np.where(p, 0, dn) for dn in dnew)
             # the fast kernels write da_x of step t straight into da_x[:, t]
-            options = loop_options(K, cache.W_hh_T, out=da_x[:, t])
+            options = loop_options(K, W_hh_T, out=da_x[:, t])
             dax_t, dah_t, dprev = step_backward(*dnew, steps[t], cell.W_hh.data, **options)
             if "out" not in options:
                 da_x[:, t] = dax_t
