@@ -246,14 +246,14 @@ def load_llama_gguf(path, *, dtype=np.float32, num_layers: int | None = None,
                                      unpermute=rope_layout == "half")
     load_torch_state_dict(model, state)  # the Hugging Face names, whatever the row order
     del state
-    _weights_as_rows(model)
     if rope_layout == "interleaved":  # the same parameters, rotated in interleaved pairs
         half = model
         with skipped():
             model = _untouched_grads(TransformerLM(**kw, rope_layout="interleaved",
                                                    dtype=dtype, rng=0))
-        model.load_state_dict(half.state_dict())
+        model.load_state_dict(half.state_dict())  # (C-ordered copies)
         del half
+    _weights_as_rows(model)  # the final model's, whichever layout built it
     _release_free_memory()
     return LoadedLM(model.eval(), gg.metadata, path)
 

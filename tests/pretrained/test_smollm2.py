@@ -187,6 +187,8 @@ def test_interleaved_rows_with_the_interleaved_layout_are_the_same_model(lm):
     assert inter.config["rope_layout"] == "interleaved"
     assert inter.blocks[0].self_attn.rotary.layout == "interleaved"
     np.testing.assert_array_equal(inter.embed.W.data, lm.model.embed.W.data)
+    for model in (inter, lm.model):  # both layouts keep the weights as the file's rows
+        assert model.blocks[0].self_attn.in_proj.W.data.flags.f_contiguous
     a = copy.deepcopy(inter.blocks[0]).astype(np.float64)
     b = copy.deepcopy(lm.model.blocks[0]).astype(np.float64)
     assert not np.array_equal(a.self_attn.in_proj.W.data, b.self_attn.in_proj.W.data)
