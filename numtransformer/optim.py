@@ -210,7 +210,7 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = float(b1), float(b2)
         self.eps, self.weight_decay = float(eps), float(weight_decay)
         self._flat = fast.FlatAdam()
-        self._chunk = fast.optim.CHUNK  # elements updated per pass over the flat buffers
+        self._chunk = None  # elements per pass over the flat buffers (None: FlatAdam's default)
 
     def _hyper(self) -> tuple:
         return (float(self.lr), self.beta1, self.beta2, self.eps, self.weight_decay,

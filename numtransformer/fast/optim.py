@@ -17,9 +17,10 @@ packs again.  At the first step it packs every parameter's data and
 grad, and its m and v, into four flat buffers and rebinds ``p.data``,
 ``p.grad`` and the optimizer's ``m`` and ``v`` state arrays to views of them
 (same shapes, same values), so a step is a dozen vectorised operations per
-chunk of 2^15 entries (small enough that a chunk of all five arrays, data, grad,
-m, v and the scratch, stays in a core's L2 cache across the dozen passes)
-instead of a dozen per parameter; the chunks are shared out in contiguous
+chunk (``CHUNK`` entries on one thread: a chunk of all five arrays, data, grad,
+m, v and the scratch, then stays in a core's L2 cache across the dozen passes;
+``CHUNK_THREADED`` on several, where each call must be long enough that the
+threads seldom wait for the GIL between calls) instead of a dozen per parameter; the chunks are shared out in contiguous
 blocks over the configured threads (the update is elementwise: the same bits
 whatever the split).  Backward passes still add into ``p.grad`` in place and
 land in the flat buffer.  Whenever anything rebinds one of those arrays
@@ -34,14 +35,18 @@ import math
 
 import numpy as np
 
-from .._parallel import parallel_rows
+from .._parallel import get_num_threads, parallel_rows
 
 __all__ = ["adam_update", "FlatAdam"]
 
-CHUNK = 1 << 15  # elements updated per pass over the flat buffers.  Measured, one thread,
-# 1.43M float32 parameters: 3.5 ms per step at 2^15 or 2^16, 4.7 ms at 2^18 (whose five
-# 1 MiB chunk arrays overflow a 2 MiB L2); 10M float32: 35 against 47 ms; 1.43M float64:
-# 9.6 against 13.0 ms; 2^13 pays the per-call overhead (5.0 ms)
+# Elements updated per pass over the flat buffers (``FlatAdam.step``'s default chunk).
+# Measured, float32, 1.43M / 10M parameters, ms per step:
+#   one thread:  2^15 3.2 / 29.6, 2^16 3.1 / 29.7, 2^17 3.3 / 32.8, 2^18 3.9 / 35.5
+#   two threads: 2^15 3.9 / 30.8, 2^16 2.8 / 23.2, 2^17 2.5 / 19.5, 2^18 2.4 / 18.7
+# (2^18's five 1 MiB chunk arrays overflow a 2 MiB L2; on two threads the short calls of
+# small chunks wait for the GIL between them).
+CHUNK = 1 << 16
+CHUNK_THREADED = 1 << 18
 
 
 def _adam_in_place(p, g, m, v, tmp, lr, beta1, beta2, eps, weight_decay, decoupled,
@@ -141,9 +146,12 @@ class FlatAdam:
         return buffers
 
     def step(self, buffers, t: int, lr: float, beta1: float, beta2: float, eps: float,
-             weight_decay: float, decoupled: bool, *, chunk: int = CHUNK) -> None:
+             weight_decay: float, decoupled: bool, *, chunk: int | None = None) -> None:
         """One Adam/AdamW step of every parameter over ``buffers`` (what ``pack``
-        returned); t: the step count."""
+        returned); t: the step count; chunk: entries per pass (default ``CHUNK`` on
+        one thread, ``CHUNK_THREADED`` on several)."""
+        if chunk is None:
+            chunk = CHUNK if get_num_threads() == 1 else CHUNK_THREADED
         data, grad, m, v = buffers
         size = data.size
         t = int(t)
