@@ -62,13 +62,14 @@ def check_state(layer: Module, arg: str, s, shape: tuple, dtype) -> np.ndarray:
     return s
 
 
-def loop_options(K, W_hh_T=None, out=None) -> dict:
+def loop_options(K, W_hh_T=None, out=None, W_hh_blocks=None) -> dict:
     """The keyword options an unrolled loop passes to the step kernels of ``K``:
-    the fast kernels take ``W_hh_T`` and ``out`` (``numtransformer.fast.recurrent``),
-    the reference kernels none."""
+    the fast kernels take ``W_hh_T`` and ``out`` (backward) and ``W_hh_blocks``
+    (forward) (``numtransformer.fast.recurrent``), the reference kernels none."""
     if K is not fast:
         return {}
-    return {name: a for name, a in (("W_hh_T", W_hh_T), ("out", out)) if a is not None}
+    return {name: a for name, a in (("W_hh_T", W_hh_T), ("out", out),
+                                    ("W_hh_blocks", W_hh_blocks)) if a is not None}
 
 
 def input_projection(x, W_ih, b_ih):

@@ -233,9 +233,13 @@ class RNN(Module):
         xw, c_xw = input_projection(x, cell.W_ih.data, cell.b_ih.data)  # all T steps: one GEMM
         y = np.empty((B, T, self.hidden_size), x.dtype)
         step_forward = getattr(K, f"{cell.kernel}_step_forward")
+        # the fast kernels on one BLAS thread: h W_hh on W_hh's column blocks, made once
+        options = loop_options(K, W_hh_blocks=fast.column_blocks(cell.W_hh.data, B)
+                               if K is fast else None)
         steps = []
         for t in range(T):
-            new, step = step_forward(xw[:, t], *state, cell.W_hh.data, cell.b_hh.data)
+            new, step = step_forward(xw[:, t], *state, cell.W_hh.data, cell.b_hh.data,
+                                     **options)
             if pad is None:
                 state = new
                 y[:, t] = new[0]
@@ -299,8 +303,13 @@ class RNN(Module):
         GH = cell.W_hh.shape[1]
         K = select(x.dtype)
         step_backward = getattr(K, f"{cell.kernel}_step_backward")
-        # the fast kernels' da W_hh^T reads a contiguous W_hh^T, made once for all T steps
-        W_hh_T = transposed_copy(cell.W_hh.data) if K is fast else None
+        # the fast kernels' da W_hh^T reads a contiguous W_hh^T made once for all T steps,
+        # or on one BLAS thread its column blocks
+        W_hh_T = None
+        if K is fast:
+            W_hh_T = fast.column_blocks(cell.W_hh.data, B, transpose=True)
+            if W_hh_T is None:
+                W_hh_T = transposed_copy(cell.W_hh.data)
         da_x = np.empty((B, T, GH), x.dtype)
         da_h = None  # stays None while the cell returns da_h = da_x (tanh RNN, LSTM): one copy
         for t in reversed(range(T)):

@@ -4,14 +4,18 @@ an unrolled loop passes (a contiguous W_hh^T, da_x written into a buffer)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from numtransformer import fast
+from numtransformer import _parallel, fast
 from numtransformer import functional as F
-from numtransformer.fast.recurrent import transposed_copy
+from numtransformer.fast import recurrent as fast_recurrent
+from numtransformer.fast.recurrent import column_blocks, transposed_copy
+from numtransformer.recurrent import RNN
 
 from ..helpers import seeds
 from .equal import assert_same, same, to_float64
@@ -65,6 +69,119 @@ def test_step_kernels_with_the_loop_options(kind, B, T, H, dtype, seed):
     assert np.shares_memory(got[0], buf)
     np.testing.assert_array_equal(buf[:, t], got[0])
     assert np.isnan(buf[:, :t]).all()  # only its own time step is written
+
+
+@contextlib.contextmanager
+def one_thread_small_blocks():
+    """One thread and a block limit of 64 multiply-adds, so drawn shapes get blocks."""
+    saved = fast_recurrent.SMALL_GEMM, fast_recurrent.MIN_BLOCK_COLUMNS
+    fast_recurrent.SMALL_GEMM, fast_recurrent.MIN_BLOCK_COLUMNS = 64, 1
+    _parallel.set_num_threads(1)
+    try:
+        yield
+    finally:
+        fast_recurrent.SMALL_GEMM, fast_recurrent.MIN_BLOCK_COLUMNS = saved
+        _parallel.set_num_threads(None)
+
+
+@given(rows=st.integers(1, 6), K=st.integers(1, 12), N=st.integers(1, 40), f32=st.booleans(),
+       seed=seeds)
+def test_column_blocks_are_the_columns_of_w(rows, K, N, f32, seed):
+    """blocks[j] = W[:, j nb:(j+1) nb] (of W^T with transpose=True), each block's product
+    at most SMALL_GEMM multiply-adds, nb a power-of-two split of N; None when the
+    whole product is within the limit or no split reaches it."""
+    W = np.random.default_rng(seed).standard_normal((K, N)).astype(np.float32 if f32 else
+                                                                      np.float64)
+    for transpose, full in ((False, W), (True, W.T)):
+        with one_thread_small_blocks():
+            blocks = column_blocks(W, rows, transpose=transpose)
+        KK, NN = full.shape
+        if rows * KK * NN <= 64:
+            assert blocks is None
+            continue
+        if blocks is None:  # no power-of-two split of N brings a block within the limit
+            nb = NN
+            while nb % 2 == 0:
+                nb //= 2
+            assert rows * KK * nb > 64
+            continue
+        n, k, nb = blocks.shape
+        assert blocks.flags.c_contiguous and blocks.dtype == W.dtype
+        assert k == KK and n * nb == NN and rows * KK * nb <= 64 and NN % nb == 0
+        assert nb == NN or rows * KK * 2 * nb > 64  # the widest such split
+        for j in range(n):
+            np.testing.assert_array_equal(blocks[j], full[:, j * nb:(j + 1) * nb])
+        a = np.random.default_rng(seed + 1).standard_normal((rows, KK)).astype(W.dtype)
+        got = fast_recurrent._product(a, blocks)
+        assert got.shape == (rows, NN) and got.dtype == W.dtype
+        np.testing.assert_allclose(got, a @ full, rtol=1e-5, atol=1e-5)
+
+
+def test_column_blocks_only_on_one_thread(monkeypatch):
+    """On several BLAS threads the whole product is the faster one: no blocks."""
+    W = np.ones((256, 1024), np.float32)
+    monkeypatch.setattr(_parallel, "_cores", lambda: 8)
+    try:
+        _parallel.set_num_threads(2)
+        assert column_blocks(W, 16) is None
+        _parallel.set_num_threads(1)
+        assert column_blocks(W, 16).shape == (8, 256, 128)  # 16 x 256 x 128 = 2^19
+        assert column_blocks(W, 16, transpose=True).shape == (8, 1024, 32)
+        assert column_blocks(W, 2) is None  # 2 x 256 x 1024 = 2^19: whole
+        assert column_blocks(W, 64, transpose=True) is None  # blocks of 8 columns: too narrow
+    finally:
+        _parallel.set_num_threads(None)
+
+
+@pytest.mark.parametrize("kind", list(CELLS))
+@given(B=st.integers(1, 6), H=dims, dtype=dtypes, seed=seeds)
+def test_step_kernels_on_column_blocks(kind, B, H, dtype, seed):
+    """W_hh_blocks (forward) and the column blocks of W_hh^T (backward) give the
+    reference's numbers."""
+    rng = np.random.default_rng(seed)
+    xw, states, W_hh, b_hh, dstates = _draw(rng, kind, B, H, dtype, scale=3.0)
+    forward, backward = f"{kind}_step_forward", f"{kind}_step_backward"
+    with one_thread_small_blocks():
+        blocks = column_blocks(W_hh, B)
+        blocks_T = column_blocks(W_hh, B, transpose=True)
+    ref = getattr(F, forward)(xw, *states, W_hh, b_hh)
+    oracle = getattr(F, forward)(*to_float64((xw, *states, W_hh, b_hh)))
+    assert_same(getattr(fast, forward)(xw, *states, W_hh, b_hh, W_hh_blocks=blocks), ref,
+                forward, oracle=to_float64(oracle))
+    cache = ref[1]
+    got = getattr(fast, backward)(*dstates, cache, W_hh, W_hh_T=blocks_T)
+    ref = getattr(F, backward)(*dstates, cache, W_hh)
+    oracle = getattr(F, backward)(*to_float64((*dstates, cache, W_hh)))
+    assert_same(got, ref, backward, oracle=to_float64(oracle))
+
+
+@pytest.mark.parametrize("B", [8, 16])
+def test_lstm_on_one_thread_with_real_blocks_equals_reference(B):
+    """The benchmark's LSTM layer (H = 256) on one thread, where the unrolled loop
+    really cuts W_hh into blocks (16 x 256 x 1024 -> 8 x 128 columns): output and
+    every gradient equal the reference kernels' (float32, ulps of the oracle)."""
+    from numtransformer.kernels import use_kernels
+    rng = np.random.default_rng(B)
+    x = rng.standard_normal((B, 5, 32)).astype(np.float32)
+    dy = rng.standard_normal((B, 5, 256)).astype(np.float32)
+    results = {}
+    _parallel.set_num_threads(1)
+    try:
+        assert column_blocks(np.zeros((256, 1024), np.float32), B) is not None
+        for mode in ("fast", "reference"):
+            rnn = RNN("lstm", 32, 256, dtype=np.float32, rng=0)
+            with use_kernels(mode):
+                (y, h, c), cache = rnn.forward(x)
+                dx = rnn.backward(dy, cache)
+            results[mode] = (y, dx) + tuple(p.grad for p in rnn.parameters())
+    finally:
+        _parallel.set_num_threads(None)
+    rnn64 = RNN("lstm", 32, 256, dtype=np.float64, rng=0)
+    with use_kernels("reference"):
+        (y, h, c), cache = rnn64.forward(x.astype(np.float64))
+        dx = rnn64.backward(dy.astype(np.float64), cache)
+    oracle = (y, dx) + tuple(p.grad for p in rnn64.parameters())
+    assert_same(results["fast"], results["reference"], "LSTM on blocks", oracle=oracle)
 
 
 @given(N=st.integers(0, 40), D=dims, GH=st.integers(1, 30), bias=st.booleans(), dtype=dtypes,
