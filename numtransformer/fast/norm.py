@@ -90,8 +90,8 @@ def add_layer_norm_inplace(y, x, gamma, beta, eps: float):
     """y = LayerNorm(x + y) in place in y, for inference (no cache): the residual add of
     a post-LN block and its norm on 2-D (N, n) arrays, on chunks of rows while they
     are in cache (row blocks on the threads):
-        r = x + y;  mu = mean(r);  r -= mu;  rstd = 1 / sqrt(mean(r^2) + eps)
-        y = gamma * (r rstd) + beta
+        r = x + y;  mu = mean(r);  r -= mu;  std = sqrt(mean(r^2) + eps)
+        y = gamma * (r / std) + beta
     The same math as ``layer_norm_forward(x + y)`` (float64 within 1e-15 relative).
     Returns y."""
     rows, n = y.shape
@@ -110,8 +110,8 @@ def add_layer_norm_inplace(y, x, gamma, beta, eps: float):
             var = np.einsum("ij,ij->i", yk, yk)[:, None]
             var *= inv_n
             var += eps
-            np.sqrt(var, out=var)
-            yk /= var
+            std = np.sqrt(var, out=var)
+            yk /= std
             if gamma is not None:
                 yk *= gamma
                 yk += beta

@@ -20,8 +20,9 @@ grad, and its m and v, into four flat buffers and rebinds ``p.data``,
 chunk (``CHUNK`` entries on one thread: a chunk of all five arrays, data, grad,
 m, v and the scratch, then stays in a core's L2 cache across the dozen passes;
 ``CHUNK_THREADED`` on several, where each call must be long enough that the
-threads seldom wait for the GIL between calls) instead of a dozen per parameter; the chunks are shared out in contiguous
-blocks over the configured threads (the update is elementwise: the same bits
+threads seldom wait for the GIL between calls) instead of a dozen per
+parameter; the chunks are shared out in contiguous blocks over the
+configured threads (the update is elementwise: the same bits
 whatever the split).  Backward passes still add into ``p.grad`` in place and
 land in the flat buffer.  Whenever anything rebinds one of those arrays
 (``load_state_dict`` of the model or the optimizer, ``astype``,

@@ -42,8 +42,8 @@ from ..functional.recurrent import GRUStep, LSTMNStep, LSTMStep, RNNStep
 from .activations import sigmoid, softmax, softmax_backward
 from .attention import additive_energy_backward, additive_energy_forward
 
-__all__ = ["column_blocks", "rnn_step_forward", "rnn_step_backward", "lstm_step_forward", "lstm_step_backward",
-           "gru_step_forward", "gru_step_backward", "projection_grads",
+__all__ = ["column_blocks", "rnn_step_forward", "rnn_step_backward", "lstm_step_forward",
+           "lstm_step_backward", "gru_step_forward", "gru_step_backward", "projection_grads",
            "lstmn_step_forward", "lstmn_step_backward"]
 
 

@@ -157,8 +157,8 @@ class _Cell(Module):
     def step_backward(self, *args, W_hh_T=None, out=None):
         """(dh[, dc], step cache) -> (da_x, da_h, d(previous states)); parameter
         gradients are left to the caller.  ``W_hh_T``: a contiguous copy of W_hh^T
-        made once by an unrolled caller (used by the fast kernels).  ``out``: a (B, G*H) array that receives
-        da_x (the returned da_x is then ``out``)."""
+        made once by an unrolled caller (used by the fast kernels).  ``out``: a
+        (B, G*H) array that receives da_x (the returned da_x is then ``out``)."""
         *dstates, cache = args
         K = select(dstates[0].dtype)
         backward = getattr(K, f"{self.kernel}_step_backward")
